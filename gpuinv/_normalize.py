@@ -1,0 +1,105 @@
+"""Step 1 of a call: turn any array-like into a validated :class:`Operand`.
+
+Every shape and dtype error is raised here, before any engine runs. Nothing
+is copied: the operand holds the caller's array (or a plain view of it), and
+the engines read it chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._dtypes import result_dtype
+
+__all__ = ["Operand", "normalize", "array_backend"]
+
+
+def array_backend(a: Any) -> str:
+    """Name the array library that owns ``a`` without importing any.
+
+    Returns ``"cupy"`` for a CuPy ndarray and ``"numpy"`` for everything
+    else (NumPy arrays, lists, scalars and other array-likes are converted
+    with :func:`numpy.asarray`).
+    """
+    module = type(a).__module__
+    if module.startswith("cupy") and hasattr(a, "__cuda_array_interface__"):
+        return "cupy"
+    return "numpy"
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A validated input stack.
+
+    Attributes
+    ----------
+    array
+        The caller's data as a ``numpy.ndarray`` or ``cupy.ndarray`` of
+        shape ``batch_shape + (n, n)``, never copied or written to. Its
+        dtype and byte order may differ from ``dtype``; engines convert it
+        chunk by chunk.
+    backend
+        ``"numpy"`` or ``"cupy"``: the kind of array the result is returned as.
+    batch_shape
+        The leading axes.
+    n
+        The order of every matrix.
+    dtype
+        The dtype computed in and returned (see :mod:`gpuinv._dtypes`).
+    """
+
+    array: Any
+    backend: str
+    batch_shape: tuple[int, ...]
+    n: int
+    dtype: np.dtype
+
+    @property
+    def count(self) -> int:
+        """Number of matrices in the stack."""
+        return math.prod(self.batch_shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stack in the compute dtype (the size of the result)."""
+        return self.count * self.n * self.n * self.dtype.itemsize
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0 or self.n == 0
+
+
+def normalize(a: Any) -> Operand:
+    """Validate ``a`` and describe it as an :class:`Operand`.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If ``a`` has fewer than two dimensions or its last two are not
+        square (NumPy's own wording).
+    TypeError
+        For masked arrays and for dtypes without an inverse.
+    """
+    backend = array_backend(a)
+    if backend == "numpy":
+        if isinstance(a, np.ma.MaskedArray):
+            raise TypeError(
+                "masked arrays are not supported by gpuinv.inv: the mask would be "
+                "silently ignored; pass a.filled(value) or a.data explicitly"
+            )
+        # asarray keeps the data in place: memmaps and ndarray subclasses
+        # become plain views, lists and scalars become new arrays.
+        a = np.asarray(a)
+    if a.ndim < 2:
+        raise np.linalg.LinAlgError(
+            f"{a.ndim}-dimensional array given. Array must be at least two-dimensional"
+        )
+    n = a.shape[-1]
+    if a.shape[-2] != n:
+        raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
+    dtype = result_dtype(a.dtype)
+    return Operand(array=a, backend=backend, batch_shape=tuple(a.shape[:-2]), n=n, dtype=dtype)

@@ -1,0 +1,253 @@
+"""The CPU engine: the embedded default where there is no GPU.
+
+Per chunk of the batch (a view of the caller's array, never the whole stack):
+
+1. gather the chunk into a contiguous block of the compute dtype;
+2. mark matrices holding NaN or Inf (info -1, inverse NaN);
+3. invert the rest by the route that dispatch picks for n: batch-vectorized
+   closed forms for n <= 4 (matrices they cannot do accurately go to step 4),
+   LAPACK's getrf/getrs through NumPy's own gufunc above that;
+4. for matrices LAPACK could not invert, find the zero pivot's step with a
+   vectorized partial-pivoting LU, so every matrix gets its own info code.
+
+Chunks run on a shared thread pool: NumPy's inner loops release the GIL, and
+``numpy.linalg.inv`` itself inverts one matrix at a time on one core.
+
+Peak extra memory: the output and info arrays, plus per worker thread about
+``GPUINV_CPU_CHUNK_BYTES`` times a small constant (the gathered chunk and the
+closed forms' temporaries), whatever the size of the stack.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+
+from .._chunks import Chunk, plan_chunks
+from .._config import config
+from .._dispatch import cpu_route
+from .._errors import INFO_NONFINITE
+from .._normalize import Operand
+from ._closed_form import closed_form_inverse
+
+try:  # NumPy's batched inverse gufunc without the raise-on-first-failure wrapper
+    from numpy.linalg import _umath_linalg
+
+    _gufunc_inv: Any = _umath_linalg.inv
+except (ImportError, AttributeError):  # pragma: no cover - future NumPy layouts
+    _gufunc_inv = None
+
+__all__ = ["CpuEngine", "lu_pivot_info"]
+
+_SIGNATURES = {
+    np.dtype(np.float32): "f->f",
+    np.dtype(np.float64): "d->d",
+    np.dtype(np.complex64): "F->F",
+    np.dtype(np.complex128): "D->D",
+}
+
+
+class CpuEngine:
+    """Inverts NumPy stacks on the host. Stateless apart from a shared thread pool."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "CpuEngine()"
+
+    def invert(self, op: Operand) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(inverse, info)`` for a validated NumPy operand."""
+        n, dtype = op.n, op.dtype
+        out = np.empty(op.batch_shape + (n, n), dtype=dtype)
+        info = np.zeros(op.batch_shape, dtype=np.int32)
+        if op.empty:
+            return out, info
+        a = op.array
+        out3 = out.reshape(-1, n, n)
+        info1 = info.reshape(-1)
+        per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
+
+        def task(chunk: Chunk) -> None:
+            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+            invert_block(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop])
+
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        return out, info
+
+    def _executor(self, threads: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pool_size != threads:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gpuinv-cpu")
+                self._pool_size = threads
+            return self._pool
+
+    def _run(self, task: Callable[[Chunk], None], chunks: Iterable[Chunk], threads: int) -> None:
+        """Run ``task`` over ``chunks``, with at most 2 * threads in flight.
+
+        Bounded submission keeps memory flat for billions of matrices; an
+        exception (or KeyboardInterrupt) stops submission, cancels what has
+        not started and re-raises once the running chunks have finished.
+        """
+        it = iter(chunks)
+        first = next(it, None)
+        if first is None:
+            return
+        second = next(it, None)
+        if second is None or threads <= 1:
+            task(first)
+            if second is not None:
+                task(second)
+                for chunk in it:
+                    task(chunk)
+            return
+        pool = self._executor(threads)
+        pending: set[Future[None]] = {pool.submit(task, first), pool.submit(task, second)}
+        try:
+            for chunk in it:
+                if len(pending) >= 2 * threads:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+                pending.add(pool.submit(task, chunk))
+            for f in pending:
+                f.result()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise
+
+
+def _threads_for(n: int) -> int:
+    """Worker threads for order n (benchmarks/bench_cpu.py, threads sweep).
+
+    * 5 <= n <= 8: LAPACK's tiny-matrix calls contend inside OpenBLAS; two
+      threads ran at 0.74x of one, so these stay on one thread.
+    * n >= 128: getrf is blocked and OpenBLAS threads it itself; our threads
+      on top oversubscribe the cores.
+    """
+    if 5 <= n <= 8 or n >= 128:
+        return 1
+    return config.cpu_threads
+
+
+def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    """Invert a contiguous block ``x`` (m, n, n) into ``out``, codes into ``info``.
+
+    ``x`` may be the caller's own memory: it is only read.
+    """
+    with np.errstate(all="ignore"):
+        all_finite = np.isfinite(x.sum())  # cheap; an overflow just takes the exact check
+    if all_finite:
+        _invert_finite(x, out, info)
+        return
+    finite = np.isfinite(x).all(axis=(1, 2))
+    info[~finite] = INFO_NONFINITE
+    out[~finite] = np.nan
+    keep = np.flatnonzero(finite)
+    if keep.size == 0:
+        return
+    if keep.size == len(x):
+        _invert_finite(x, out, info)
+        return
+    sub_out = np.empty((keep.size,) + x.shape[1:], dtype=out.dtype)
+    sub_info = np.zeros(keep.size, dtype=np.int32)
+    _invert_finite(x[keep], sub_out, sub_info)
+    out[keep] = sub_out
+    info[keep] = sub_info
+
+
+def _invert_finite(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    if cpu_route(x.shape[-1]) == "closed_form":
+        redo = closed_form_inverse(x, out)
+        if redo is None:
+            return
+        idx = np.flatnonzero(redo)
+        sub_out = np.empty((idx.size,) + x.shape[1:], dtype=out.dtype)
+        sub_info = np.zeros(idx.size, dtype=np.int32)
+        _lapack_inverse(x[idx], sub_out, sub_info)
+        out[idx] = sub_out
+        info[idx] = sub_info
+    else:
+        _lapack_inverse(x, out, info)
+
+
+def _lapack_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    """LAPACK getrf + getrs against the identity, per matrix, with info codes."""
+    with np.errstate(all="ignore"):
+        if _gufunc_inv is not None:
+            _gufunc_inv(x, signature=_SIGNATURES[x.dtype], out=out)
+        else:  # pragma: no cover - exercised only if NumPy moves its gufunc
+            _loop_inverse(x, out)
+        if np.isfinite(out.sum()):
+            return
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=(1, 2)))
+    zero_step, smallest_step = lu_pivot_info(x[bad])
+    # LAPACK marks a matrix it could not factor by filling it with NaN. If our
+    # LU found no exactly zero pivot where LAPACK did (a different rounding
+    # order), report LAPACK's verdict at our smallest pivot's step. A finite
+    # factorization whose inverse overflowed keeps info 0, as in LAPACK.
+    lapack_failed = np.isnan(out[bad]).all(axis=(1, 2))
+    code = np.where(zero_step > 0, zero_step, np.where(lapack_failed, smallest_step, 0))
+    info[bad] = code
+    out[bad[code > 0]] = np.nan
+
+
+def _loop_inverse(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    for i in range(len(x)):
+        try:
+            out[i] = np.linalg.inv(x[i])
+        except np.linalg.LinAlgError:
+            out[i] = np.nan
+
+
+def _cabs1(z: np.ndarray) -> np.ndarray:
+    """|re| + |im|: the magnitude LAPACK's i?amax pivots on."""
+    if z.dtype.kind == "c":
+        return np.abs(z.real) + np.abs(z.imag)
+    return np.abs(z)
+
+
+def lu_pivot_info(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Partial-pivoting LU of every matrix in ``x`` (m, n, n), vectorized over m.
+
+    Follows LAPACK's getf2: at step k the pivot is the first entry of largest
+    |re| + |im| in column k on or below the diagonal. Returns two int32
+    arrays: the 1-based step of the first exactly zero pivot (0 if none), and
+    the 1-based step of the smallest pivot in magnitude.
+    """
+    a = np.array(x, copy=True)
+    m, n, _ = a.shape
+    rows = np.arange(m)
+    zero_step = np.zeros(m, dtype=np.int32)
+    smallest = np.full(m, np.inf)
+    smallest_step = np.ones(m, dtype=np.int32)
+    with np.errstate(all="ignore"):
+        for k in range(n):
+            p = k + _cabs1(a[:, k:, k]).argmax(axis=1)
+            pivot_row = a[rows, p].copy()
+            a[rows, p] = a[:, k]
+            a[:, k] = pivot_row
+            pivot = a[:, k, k]
+            size = _cabs1(pivot)
+            zero = size == 0
+            zero_step[(zero_step == 0) & zero] = k + 1
+            better = size < smallest
+            smallest[better] = size[better]
+            smallest_step[better] = k + 1
+            if k + 1 < n:
+                # A zero pivot means the whole column below it is zero: skip.
+                mult = a[:, k + 1 :, k] / np.where(zero, 1, pivot)[:, None]
+                a[:, k + 1 :, k + 1 :] -= mult[:, :, None] * a[:, k, None, k + 1 :]
+    return zero_step, smallest_step
