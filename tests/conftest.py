@@ -1,0 +1,42 @@
+"""Shared test helpers: random stacks with known conditioning, GPU detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def cuda_usable() -> bool:
+    """True where CuPy is installed and a CUDA device answers."""
+    try:
+        import cupy
+    except ImportError:
+        return False
+    try:
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if cuda_usable():
+        return
+    skip = pytest.mark.skip(reason="no usable CUDA device (cupy missing, no driver or no GPU)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261124)
+
+
+def well_conditioned(rng, shape, n, dtype):
+    """Random matrices with a dominant diagonal: condition numbers of a few units."""
+    dtype = np.dtype(dtype)
+    a = rng.standard_normal(tuple(shape) + (n, n))
+    if dtype.kind == "c":
+        a = a + 1j * rng.standard_normal(tuple(shape) + (n, n))
+    a = a + 2 * np.sqrt(n) * np.eye(n)
+    return a.astype(dtype)
