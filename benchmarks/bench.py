@@ -3,7 +3,8 @@
 Times ``gpuinv.inv`` (on the best device present: ``device="auto"``) and, on
 the same stack in the same run, ``numpy.linalg.inv``, ``scipy.linalg.inv``
 and, where importable, ``torch.linalg.inv_ex`` and ``jax.numpy.linalg.inv``
-on host arrays. Every case is the median of ``--repeat`` timed runs after a
+on host arrays, and ``cupy.linalg.inv`` host to host where a GPU is usable
+(``benchmarks/gpu_check.py`` measures device-resident input). Every case is the median of ``--repeat`` timed runs after a
 warm-up, on random well-conditioned float64 (or ``--dtype``) matrices, with a
 stack of about ``--batch-mb`` megabytes.
 
@@ -66,6 +67,14 @@ def peers() -> dict:
         import scipy.linalg
 
         found["scipy"] = scipy.linalg.inv
+    except ImportError:
+        pass
+    try:
+        import cupy
+
+        if cupy.cuda.is_available():
+            # Host in, host out, like gpuinv.inv on a NumPy stack.
+            found["cupy"] = lambda a: cupy.linalg.inv(cupy.asarray(a)).get()
     except ImportError:
         pass
     try:
