@@ -437,7 +437,13 @@ class CudaEngine:
                                   info1[chunk.start : chunk.stop], route)
                     done = chunk.stop
 
-            self._with_retry(run, n, dtype, per_matrix, config.cuda_chunk_bytes, device)
+            try:
+                self._with_retry(run, n, dtype, per_matrix, config.cuda_chunk_bytes, device)
+            except BaseException:
+                # The traceback keeps this frame alive (a notebook keeps the
+                # last one for good): drop the result so its memory goes now.
+                del out, info, out3, info1
+                raise
             return out, info
 
     @staticmethod
