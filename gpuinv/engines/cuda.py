@@ -274,7 +274,7 @@ def _cublas_getrf_getri(x: Any, c: Any, pivots: Any, factor_info: Any, invert_in
     cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
     a_ptrs = _pointer_array(x)
     c_ptrs = _pointer_array(c)
-    for lo, hi in batch_calls(m):
+    for lo, hi in batch_calls(m, CUBLAS_MAX_BATCH):
         k = hi - lo
         getrf(handle, n, a_ptrs.data.ptr + 8 * lo, n, pivots.data.ptr + 4 * n * lo,
               factor_info.data.ptr + 4 * lo, k)
@@ -438,7 +438,8 @@ class CudaEngine:
                     done = chunk.stop
 
             try:
-                self._with_retry(run, n, dtype, per_matrix, config.cuda_chunk_bytes, device)
+                self._with_retry(run, op.count, n, dtype, per_matrix, config.cuda_chunk_bytes,
+                                 device)
             except BaseException:
                 # The traceback keeps this frame alive (a notebook keeps the
                 # last one for good): drop the result so its memory goes now.
@@ -447,12 +448,17 @@ class CudaEngine:
             return out, info
 
     @staticmethod
-    def _with_retry(run: Any, n: int, dtype: np.dtype, per_matrix: int, chunk_bytes: int,
-                    device: int) -> None:
-        """Call ``run(count)``, halving ``count`` after each out-of-memory error."""
+    def _with_retry(run: Any, total: int, n: int, dtype: np.dtype, per_matrix: int,
+                    chunk_bytes: int, device: int) -> None:
+        """Call ``run(count)``, halving ``count`` after each out-of-memory error.
+
+        ``total`` is the number of matrices: no chunk holds more, so halving
+        starts from there.
+        """
         import cupy
 
-        count = max_chunk_count(n, dtype.itemsize, per_matrix, _available_bytes(), chunk_bytes)
+        planned = max_chunk_count(n, dtype.itemsize, per_matrix, _available_bytes(), chunk_bytes)
+        count = min(planned, total)
         what = f"inverting one {n}x{n} {dtype} matrix"
         while True:
             if count < 1:
@@ -491,7 +497,7 @@ class CudaEngine:
             def run(count: int) -> None:
                 self._pipeline(op, out, info, count, route, progress, device.id)
 
-            self._with_retry(run, n, dtype, per_matrix, chunk_bytes, device.id)
+            self._with_retry(run, op.count, n, dtype, per_matrix, chunk_bytes, device.id)
         return out, info
 
     def _acquire_staging(self, device: int, slots: int, data_bytes: int,
