@@ -247,3 +247,29 @@ def test_empty_stacks(fake):
             x, info = CudaEngine(None).invert(normalize(inp))
             assert x.shape == shape and info.shape == shape[:-2]
             assert not np.asarray(info).any()
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_kernel_route_gathers_unless_input_is_read_only(fake, rng, monkeypatch, read_only):
+    import types
+
+    pointers = []
+
+    def invert_small(x, out, info):
+        pointers.append(x.data.ptr)
+        res = gpuinv.inv_ex(np.asarray(x), device="cpu")
+        out[...] = res.inverse
+        info[...] = res.info
+
+    module = types.ModuleType("gpuinv.kernels")
+    module.invert_small = invert_small
+    if read_only:
+        module.INPUT_READ_ONLY = True
+    monkeypatch.setitem(sys.modules, "gpuinv.kernels", module)
+    a = stack(rng, (6,), 3)
+    d = fake.asarray(a)
+    check(*CudaEngine(None).invert(normalize(d), route="kernel"), a)
+    assert (pointers == [d.data.ptr]) is read_only
+    pointers.clear()
+    check(*CudaEngine(None).invert(normalize(d[::-1]), route="kernel"), a[::-1])
+    assert pointers != [d.data.ptr]  # a strided view is always gathered

@@ -215,14 +215,18 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
     m, n = out.shape[0], out.shape[1]
     dtype = out.dtype
     if route == "kernel":
-        from ..kernels import invert_small
+        from .. import kernels
 
-        if owned and view.dtype == dtype and view.flags.c_contiguous:
+        # Small n is bound by memory traffic: skip the gather when the chunk
+        # is already a C-contiguous stack of the compute dtype and either we
+        # own it or the kernels promise to only read their input.
+        may_read = owned or getattr(kernels, "INPUT_READ_ONLY", False)
+        if may_read and view.dtype == dtype and view.flags.c_contiguous:
             x = view.reshape(m, n, n)
         else:
             x = cupy.empty((m, n, n), dtype=dtype)
             cupy.copyto(x.reshape(view.shape), view, casting="unsafe")
-        invert_small(x, out, info)
+        kernels.invert_small(x, out, info)
         return
 
     # x[i] = A_i^T in C order, i.e. A_i in column-major order: cuBLAS and
