@@ -40,8 +40,8 @@ memory plus the CuPy pool's cached free bytes, within the pool's limit). So:
 * NumPy input: peak = :data:`PIPELINE_SLOTS` x (input, output and info device
   buffers + one chunk's scratch), each chunk at most
   ``min(cuda_chunk_bytes, PIPELINE_CHUNK_BYTES)`` of input: about 4 to 5
-  times ``PIPELINE_SLOTS * PIPELINE_CHUNK_BYTES`` (320 MiB by default) for a
-  stack of any size. Pinned host memory: ``PIPELINE_SLOTS`` x (input + output
+  times ``PIPELINE_SLOTS * PIPELINE_CHUNK_BYTES`` (about 250 MiB by default)
+  for a stack of any size. Pinned host memory: ``PIPELINE_SLOTS`` x (input + output
   + info) staging buffers of one chunk, cached once per engine and reused.
 
 Out of memory: a chunk that hits ``cupy.cuda.memory.OutOfMemoryError`` is
