@@ -47,6 +47,10 @@ COMPLEX_SIZES = [4, 32, 256]
 BATCH_BYTES = 256 << 20
 NUMPY_BATCH_BYTES = 16 << 20  # NumPy is timed on a smaller stack, reported per matrix
 PEERS = ["cupy", "torch", "jax", "numpy"]
+CROSSOVER_SIZES = [16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+CROSSOVER_N = (2, 4, 8, 32)
+ROUTE_N = (32, 64, 128, 192, 256, 384, 512)
+ROUTE_BATCH_BYTES = 64 << 20
 
 
 # --- pure helpers (tested on CPU) ------------------------------------------------
@@ -421,8 +425,8 @@ def measure_crossover(rec: Recorder, repeats: int) -> None:
     import gpuinv
 
     result: dict[str, Any] = {}
-    sizes = [16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
-    for n in (2, 4, 8, 32):
+    sizes = CROSSOVER_SIZES
+    for n in CROSSOVER_N:
         rng = np.random.default_rng(n)
         cpu, gpu = [], []
         for nbytes in sizes:
@@ -446,8 +450,8 @@ def measure_route_threshold(rec: Recorder, repeats: int) -> None:
     engine = cuda_engine(None)
     result: dict[str, Any] = {}
     for dtype in (np.float64, np.float32):
-        for n in (32, 64, 128, 192, 256, 384, 512):
-            count = batch_count(n, np.dtype(dtype).itemsize, 64 << 20)
+        for n in ROUTE_N:
+            count = batch_count(n, np.dtype(dtype).itemsize, ROUTE_BATCH_BYTES)
             op = normalize(random_device_stack(count, n, dtype))
             row = {}
             for route in ("cublas", "cusolver"):

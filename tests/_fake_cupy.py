@@ -129,6 +129,9 @@ int32 = np.int32
 
 
 class _Pool:
+    def free_all_blocks(self):
+        pass
+
     def free_bytes(self):
         return 0
 
@@ -154,6 +157,34 @@ class _Event:
 
     def synchronize(self) -> None:
         pass
+
+
+class Event:
+    done = True
+
+    def record(self, stream=None):
+        import time
+
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+
+def get_elapsed_time(start, end):
+    return 1e3 * (end.t - start.t)
+
+
+class _RandomState:
+    def __init__(self, seed=0):
+        self._rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size, dtype=np.float64):
+        return _alloc(self._rng.standard_normal(size).astype(dtype))
+
+
+def _linalg_inv(a):
+    return _alloc(np.linalg.inv(np.asarray(a)))
 
 
 class Stream:
@@ -292,6 +323,9 @@ def _make_blas(dtype):
 calls: list[tuple[str, int]] = []
 
 
+__version__ = "0.0-fake"
+
+
 def _build_modules() -> dict[str, types.ModuleType]:
     cupy = sys.modules[__name__]
     cuda = types.ModuleType("cupy.cuda")
@@ -315,6 +349,9 @@ def _build_modules() -> dict[str, types.ModuleType]:
     runtime.memcpyAsync = lambda dst, src, n, kind, stream: ctypes.memmove(dst, src, n)
     runtime.memGetInfo = lambda: (state.free_bytes, 2 * state.free_bytes)
     runtime.getDeviceCount = lambda: 1
+    runtime.runtimeGetVersion = lambda: 12080
+    runtime.driverGetVersion = lambda: 12080
+    runtime.getDeviceProperties = lambda i: {"name": b"Fake GPU", "totalGlobalMem": 1 << 34}
     device.get_cublas_handle = lambda: 1
     device.get_cusolver_handle = lambda: 2
     memory.OutOfMemoryError = OutOfMemoryError
@@ -326,7 +363,11 @@ def _build_modules() -> dict[str, types.ModuleType]:
     cuda.PinnedMemory = PinnedMemory
     cuda.PinnedMemoryPointer = PinnedMemoryPointer
     cuda.is_available = lambda: True
+    cuda.Event = Event
+    cuda.get_elapsed_time = get_elapsed_time
     cupy.cuda = cuda
+    cupy.random = types.SimpleNamespace(RandomState=_RandomState)
+    cupy.linalg = types.SimpleNamespace(inv=_linalg_inv)
     return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.cublas": cublas,
             "cupy.cuda.cusolver": cusolver, "cupy.cuda.runtime": runtime,
             "cupy.cuda.device": device, "cupy.cuda.memory": memory}

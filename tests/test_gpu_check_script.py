@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
@@ -90,3 +91,67 @@ def test_recorder_writes_partial_results(gpu_check, tmp_path):
     assert data["cases"][0]["times"]["gpuinv"] == [2.0, 1.0, 3.0]
     md = (tmp_path / "results.md").read_text()
     assert "Fake GPU" in md and "d2d_bytes_per_s 3000.0" in md and "| cupy | float64 | 4 |" in md
+
+
+def test_bench_case_runs_against_the_fake_cupy(gpu_check, tmp_path, monkeypatch):
+    # The benchmark code path end to end, with tests/_fake_cupy.py standing
+    # in for CuPy: catches errors that would waste a rare GPU run.
+    spec = importlib.util.spec_from_file_location(
+        "gpuinv_tests_fake_cupy_bench", Path(__file__).with_name("_fake_cupy.py"))
+    fake = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpuinv_tests_fake_cupy_bench", fake)
+    spec.loader.exec_module(fake)
+    with fake.installed(monkeypatch):
+        rec = gpu_check.Recorder(tmp_path, deadline=float("inf"))
+        rec.data["floors"] = {"d2d_bytes_per_s": 3e12, "h2d_pinned_bytes_per_s": 5e10,
+                              "d2h_pinned_bytes_per_s": 5e10}
+        for n, dtype in [(3, "float64"), (4, "complex64")]:
+            gpu_check.bench_case(rec, {}, n, dtype, repeats=2, batch_bytes=n * n * 16 * 50,
+                                 per_case=30)
+        monkeypatch.setattr(gpu_check, "CROSSOVER_SIZES", [2000, 8000])
+        monkeypatch.setattr(gpu_check, "CROSSOVER_N", (2, 3))
+        monkeypatch.setattr(gpu_check, "ROUTE_N", (3, 5))
+        monkeypatch.setattr(gpu_check, "ROUTE_BATCH_BYTES", 4000)
+        gpu_check.measure_crossover(rec, 2)
+        gpu_check.measure_route_threshold(rec, 2)
+    assert not rec.data["errors"], rec.data["errors"]
+    assert set(rec.data["crossover"]) == {"n=2 float64", "n=3 float64"}
+    assert rec.data["route_threshold"]["float32 n=5"]["faster"] in ("cublas", "cusolver")
+    cases = rec.data["cases"]
+    assert [(c["input"], c["n"]) for c in cases] == [("cupy", 3), ("numpy", 3), ("cupy", 4),
+                                                    ("numpy", 4)]
+    for c in cases:
+        assert c["times"]["gpuinv"] and c["times"]["cupy"] and c["times"]["numpy"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| cupy | float64 | 3 |" in md and "| numpy | complex64 | 4 |" in md
+
+
+def test_main_plans_every_case_and_writes_results(gpu_check, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "gpuinv_tests_fake_cupy_main", Path(__file__).with_name("_fake_cupy.py"))
+    fake = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpuinv_tests_fake_cupy_main", fake)
+    spec.loader.exec_module(fake)
+    seen = []
+
+    def floors(rec, repeats, quick):
+        rec.data["floors"]["d2d_bytes_per_s"] = 1e12
+
+    def case(rec, peers, n, dtype, repeats, batch_bytes, per_case):
+        seen.append((n, np.dtype(dtype).name, batch_bytes))
+        assert per_case > 3
+
+    monkeypatch.setattr(gpu_check, "measure_floors", floors)
+    monkeypatch.setattr(gpu_check, "bench_case", case)
+    monkeypatch.setattr(gpu_check, "_load_peers", lambda: {})
+    monkeypatch.setattr(gpu_check, "measure_crossover", lambda rec, r: seen.append("crossover"))
+    monkeypatch.setattr(gpu_check, "measure_route_threshold", lambda rec, r: seen.append("route"))
+    with fake.installed(monkeypatch):
+        assert gpu_check.main(["--out", str(tmp_path / "res"), "--skip-tests"]) == 0
+    sizes = [n for n, dt, _ in seen[:-2] if dt == "float64"]
+    assert sizes == gpu_check.SIZES
+    assert {dt for _, dt, _ in seen[:-2]} == {"float32", "float64", "complex64", "complex128"}
+    assert seen[-2:] == ["crossover", "route"]
+    machine = json.loads((tmp_path / "res" / "machine.json").read_text())
+    assert machine["gpu"] == "Fake GPU" and "commit" in machine
+    assert (tmp_path / "res" / "results.md").exists()
