@@ -36,8 +36,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -226,7 +227,7 @@ def machine_info() -> dict[str, Any]:
                      ("nvidia_smi", ["nvidia-smi"])):
         try:
             info[key] = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                                       timeout=30).stdout.strip()
+                                       timeout=30, check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError) as exc:
             info[key] = f"unavailable: {exc}"
     return info
@@ -240,7 +241,7 @@ def run_tests(rec: Recorder, timeout: float) -> None:
     with log.open("w") as fh:
         try:
             proc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                  timeout=timeout)
+                                  timeout=timeout, check=False)
             rc: int | str = proc.returncode
         except subprocess.TimeoutExpired:
             rc = f"timed out after {timeout:.0f} s"
@@ -290,12 +291,27 @@ def measure_floors(rec: Recorder, repeats: int, quick: bool) -> None:
     import cupy
 
     size = (256 if quick else 1024) << 20
+    rec.data["floors"]["d2d_bytes_per_s"] = 2 * size / _time_d2d(size, repeats)  # read + write
+    hsize = 256 << 20
+    up, down = _time_pinned(hsize, repeats)
+    rec.data["floors"]["h2d_pinned_bytes_per_s"] = hsize / up
+    rec.data["floors"]["d2h_pinned_bytes_per_s"] = hsize / down
+    cupy.get_default_memory_pool().free_all_blocks()
+    rec.save()
+
+
+def _time_d2d(size: int, repeats: int) -> float:
+    import cupy
+
     src = cupy.empty(size, dtype=np.uint8)
     dst = cupy.empty_like(src)
     src.fill(1)
-    t = summarize(time_events(lambda: dst.__setitem__(Ellipsis, src), repeats, 10))
-    rec.data["floors"]["d2d_bytes_per_s"] = 2 * size / t  # read + write
-    hsize = 256 << 20
+    return summarize(time_events(lambda: dst.__setitem__(Ellipsis, src), repeats, 10))
+
+
+def _time_pinned(hsize: int, repeats: int) -> tuple[float, float]:
+    import cupy
+
     mem = cupy.cuda.alloc_pinned_memory(hsize)
     host = np.frombuffer(mem, dtype=np.uint8, count=hsize)
     host[:] = 1
@@ -308,11 +324,7 @@ def measure_floors(rec: Recorder, repeats: int, quick: bool) -> None:
     down = summarize(time_events(lambda: rt.memcpyAsync(host.ctypes.data, dev.data.ptr, hsize,
                                                         rt.memcpyDeviceToHost, stream.ptr),
                                  repeats, 10))
-    rec.data["floors"]["h2d_pinned_bytes_per_s"] = hsize / up
-    rec.data["floors"]["d2h_pinned_bytes_per_s"] = hsize / down
-    del src, dst, dev, host, mem
-    cupy.get_default_memory_pool().free_all_blocks()
-    rec.save()
+    return up, down
 
 
 # --- peers ------------------------------------------------------------------------------
@@ -325,7 +337,7 @@ def _load_peers() -> dict[str, Any]:
 
         if torch.cuda.is_available():
             peers["torch"] = torch
-    except Exception:  # noqa: BLE001 - any failure means "not installed here"
+    except Exception:  # noqa: BLE001, S110 - any failure means "not installed here"
         pass
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
@@ -334,7 +346,7 @@ def _load_peers() -> dict[str, Any]:
         jax.config.update("jax_enable_x64", True)
         if any(d.platform == "gpu" for d in jax.devices()):
             peers["jax"] = jax
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001, S110
         pass
     return peers
 
@@ -354,15 +366,26 @@ def random_device_stack(count: int, n: int, dtype: Any, seed: int = 0) -> Any:
 
 def bench_case(rec: Recorder, peers: dict[str, Any], n: int, dtype: Any, repeats: int,
                batch_bytes: int, per_case: float) -> None:
+    """One (n, dtype): CuPy input against the peers, then NumPy input."""
+    import cupy
+
+    dt = np.dtype(dtype)
+    count = batch_count(n, dt.itemsize, batch_bytes)
+    cap = per_case / 6
+    host, numpy_times = _bench_device_input(rec, peers, n, dt, count, repeats, cap)
+    _bench_host_input(rec, peers, n, dt, host, numpy_times, repeats, cap)
+    cupy.get_default_memory_pool().free_all_blocks()
+
+
+def _bench_device_input(rec: Recorder, peers: dict[str, Any], n: int, dt: np.dtype, count: int,
+                        repeats: int, cap: float) -> tuple[np.ndarray, list[float]]:
+    """CuPy input; returns the stack on the host and NumPy's times."""
     import cupy
 
     import gpuinv
 
-    dt = np.dtype(dtype)
-    count = batch_count(n, dt.itemsize, batch_bytes)
     d2d = rec.data["floors"].get("d2d_bytes_per_s")
     moved = 2 * count * n * n * dt.itemsize
-    cap = per_case / 6
     a = random_device_stack(count, n, dt)
     case: dict[str, Any] = {"input": "cupy", "dtype": dt.name, "n": n, "count": count,
                             "times": {}, "peer_count": {},
@@ -379,7 +402,6 @@ def bench_case(rec: Recorder, peers: dict[str, Any], n: int, dtype: Any, repeats
         torch = peers["torch"]
         t = torch.from_dlpack(a)
         case["times"]["torch"] = time_events(lambda: torch.linalg.inv_ex(t), repeats, cap)
-        del t
     if "jax" in peers and rec.left() > 60:
         jax = peers["jax"]
         try:
@@ -387,36 +409,42 @@ def bench_case(rec: Recorder, peers: dict[str, Any], n: int, dtype: Any, repeats
             f = jax.jit(jax.numpy.linalg.inv)
             case["times"]["jax"] = time_wall(lambda: f(x), repeats, cap,
                                              sync=lambda r: r.block_until_ready())
-            del x
         except Exception as exc:  # noqa: BLE001
             rec.data["errors"].append(f"jax n={n} {dt.name}: {exc!r}")
-    host = cupy.asnumpy(a[: batch_count(n, dt.itemsize, NUMPY_BATCH_BYTES)])
-    case["peer_count"]["numpy"] = len(host)
-    case["times"]["numpy"] = time_wall(lambda: np.linalg.inv(host), max(1, repeats // 2), cap)
+    host = cupy.asnumpy(a)
+    small = host[: batch_count(n, dt.itemsize, NUMPY_BATCH_BYTES)]
+    case["peer_count"]["numpy"] = len(small)
+    case["times"]["numpy"] = time_wall(lambda: np.linalg.inv(small), max(1, repeats // 2), cap)
     rec.save()
+    return host, case["times"]["numpy"]
 
-    # NumPy input: the host pipeline, against the pinned copy floor.
+
+def _bench_host_input(rec: Recorder, peers: dict[str, Any], n: int, dt: np.dtype,
+                      full: np.ndarray, numpy_times: list[float], repeats: int,
+                      cap: float) -> None:
+    """NumPy input: the host pipeline, against the pinned copy floor."""
+    import cupy
+
+    import gpuinv
+
     h2d = rec.data["floors"].get("h2d_pinned_bytes_per_s")
     d2h = rec.data["floors"].get("d2h_pinned_bytes_per_s")
-    full = cupy.asnumpy(a)
-    del a
     nbytes = full.nbytes
-    hcase: dict[str, Any] = {"input": "numpy", "dtype": dt.name, "n": n, "count": count,
-                             "times": {}, "peer_count": {"numpy": len(host)},
-                             "floor_s": max(nbytes / h2d, nbytes / d2h) if h2d and d2h else None,
-                             "serial_floor_s": nbytes / h2d + nbytes / d2h if h2d and d2h else None}
-    rec.data["cases"].append(hcase)
-    hcase["times"]["gpuinv"] = time_wall(lambda: gpuinv.inv_ex(full, device="cuda"), repeats, cap)
-    hcase["times"]["numpy"] = case["times"]["numpy"]
+    small = batch_count(n, dt.itemsize, NUMPY_BATCH_BYTES)
+    case: dict[str, Any] = {"input": "numpy", "dtype": dt.name, "n": n, "count": len(full),
+                            "times": {}, "peer_count": {"numpy": min(small, len(full))},
+                            "floor_s": max(nbytes / h2d, nbytes / d2h) if h2d and d2h else None,
+                            "serial_floor_s": nbytes / h2d + nbytes / d2h if h2d and d2h else None}
+    rec.data["cases"].append(case)
+    case["times"]["gpuinv"] = time_wall(lambda: gpuinv.inv_ex(full, device="cuda"), repeats, cap)
+    case["times"]["numpy"] = numpy_times
     if "torch" in peers:  # torch's own round trip: upload, inv_ex, download
         torch = peers["torch"]
         th = torch.from_numpy(full)
-        hcase["times"]["torch"] = time_wall(
+        case["times"]["torch"] = time_wall(
             lambda: [r.cpu() for r in torch.linalg.inv_ex(th.cuda())], repeats, cap)
-    hcase["times"]["cupy"] = time_wall(lambda: cupy.asnumpy(cupy.linalg.inv(cupy.asarray(full))),
-                                       repeats, cap)
-    del full
-    cupy.get_default_memory_pool().free_all_blocks()
+    case["times"]["cupy"] = time_wall(lambda: cupy.asnumpy(cupy.linalg.inv(cupy.asarray(full))),
+                                      repeats, cap)
     rec.save()
 
 
@@ -432,8 +460,9 @@ def measure_crossover(rec: Recorder, repeats: int) -> None:
         for nbytes in sizes:
             count = batch_count(n, 8, nbytes)
             a = rng.standard_normal((count, n, n)) + n * np.eye(n)
-            cpu.append(summarize(time_wall(lambda: gpuinv.inv_ex(a, device="cpu"), repeats, 5)))
-            gpu.append(summarize(time_wall(lambda: gpuinv.inv_ex(a, device="cuda"), repeats, 5)))
+            for where, times in (("cpu", cpu), ("cuda", gpu)):
+                run = lambda a=a, where=where: gpuinv.inv_ex(a, device=where)
+                times.append(summarize(time_wall(run, repeats, 5)))
         result[f"n={n} float64"] = {"bytes": sizes, "cpu_s": cpu, "gpu_s": gpu,
                                     "crossover_bytes": crossover(sizes, cpu, gpu)}
         rec.data["crossover"] = result
@@ -455,7 +484,8 @@ def measure_route_threshold(rec: Recorder, repeats: int) -> None:
             op = normalize(random_device_stack(count, n, dtype))
             row = {}
             for route in ("cublas", "cusolver"):
-                t = summarize(time_events(lambda: engine.invert(op, route=route), repeats, 8))
+                run = lambda op=op, route=route: engine.invert(op, route=route)
+                t = summarize(time_events(run, repeats, 8))
                 row[route] = count / t
             result[f"{np.dtype(dtype).name} n={n}"] = {"count": count, "matrices_per_s": row,
                                                        "faster": max(row, key=row.get)}

@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-__all__ = ["Step", "schedule", "run_pipeline"]
+__all__ = ["Step", "run_pipeline", "schedule"]
 
 
 class Step(NamedTuple):
@@ -104,6 +104,6 @@ def run_pipeline(
         for slot in sorted(in_flight):
             try:
                 abandon(slot)
-            except BaseException:  # noqa: S110 - the first error wins
+            except BaseException:  # noqa: BLE001, S110 - the first error wins
                 pass
         raise

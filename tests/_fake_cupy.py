@@ -74,7 +74,7 @@ class _State:
 
     fail_above: int | None = None
     fail_after: int | None = None
-    allocations: list[int] = []
+    allocations: list[int] = []  # noqa: RUF012 - reset by installed()
     free_bytes = 1 << 40
 
 
@@ -188,7 +188,7 @@ def _linalg_inv(a):
 
 
 class Stream:
-    _next = [100]
+    _next = [100]  # noqa: RUF012 - a shared counter
 
     def __init__(self, null=False, non_blocking=False):
         Stream._next[0] += 1
@@ -224,7 +224,7 @@ class PinnedMemory:
         self.size = size
 
 
-def PinnedMemoryPointer(mem, offset):  # noqa: N802 - CuPy's name
+def PinnedMemoryPointer(mem, offset):  # CuPy's name
     return mem._buf[offset:]
 
 
@@ -275,8 +275,6 @@ def _colmajor(ptr: int, n: int, dtype) -> np.ndarray:
 
 
 def _make_blas(dtype):
-    s = np.dtype(dtype).itemsize
-
     def getrf_batched(handle, n, a_array, lda, piv_ptr, info_ptr, batch):
         assert lda == n and 0 < batch <= 65535
         ptrs = _mem(a_array, 8 * batch, np.uint64)

@@ -280,6 +280,6 @@ def test_info_is_the_step_of_a_not_of_its_transpose(fake, route):
     # A = [[0, 0], [1, 1]]: LU of A meets the zero pivot at step 2, LU of A^T
     # at step 1. LAPACK, NumPy and the CPU engine say 2.
     a = np.array([[[0.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
-    x, info = CudaEngine(None).invert(normalize(fake.asarray(a)), route=route)
+    _, info = CudaEngine(None).invert(normalize(fake.asarray(a)), route=route)
     np.testing.assert_array_equal(np.asarray(info), [2, 1])
     np.testing.assert_array_equal(gpuinv.inv_ex(a, device="cpu").info, [2, 1])

@@ -7,6 +7,7 @@ allocating), the pipeline's schedule, and the host copies.
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -16,8 +17,7 @@ import numpy as np
 import pytest
 
 import gpuinv
-from gpuinv import CudaUnavailableError
-from gpuinv import _dispatch
+from gpuinv import CudaUnavailableError, _dispatch
 from gpuinv._chunks import plan_chunks
 from gpuinv._device import cuda_unavailable_reason, parse_device
 from gpuinv._normalize import normalize
@@ -177,7 +177,7 @@ def test_batch_calls_cover_huge_chunks():
     calls = batch_calls(3 * 2**31 + 7)
     assert all(0 < hi - lo <= CUBLAS_MAX_BATCH for lo, hi in calls)
     assert calls[0][0] == 0 and calls[-1][1] == 3 * 2**31 + 7
-    assert all(a[1] == b[0] for a, b in zip(calls, calls[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(calls))
     with pytest.raises(ValueError, match="at least 1"):
         batch_calls(5, cap=0)
 

@@ -143,7 +143,7 @@ def test_main_plans_every_case_and_writes_results(gpu_check, tmp_path, monkeypat
 
     monkeypatch.setattr(gpu_check, "measure_floors", floors)
     monkeypatch.setattr(gpu_check, "bench_case", case)
-    monkeypatch.setattr(gpu_check, "_load_peers", lambda: {})
+    monkeypatch.setattr(gpu_check, "_load_peers", dict)
     monkeypatch.setattr(gpu_check, "measure_crossover", lambda rec, r: seen.append("crossover"))
     monkeypatch.setattr(gpu_check, "measure_route_threshold", lambda rec, r: seen.append("route"))
     with fake.installed(monkeypatch):

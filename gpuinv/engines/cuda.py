@@ -74,17 +74,17 @@ from .._normalize import Operand
 from .._pipeline import run_pipeline
 
 __all__ = [
-    "CudaEngine",
     "CUBLAS_MAX_BATCH",
     "MAX_CHUNK_ELEMENTS",
     "MEMORY_HEADROOM",
-    "PIPELINE_SLOTS",
     "PIPELINE_CHUNK_BYTES",
-    "batch_calls",
-    "scratch_bytes_per_matrix",
-    "pipeline_bytes_per_matrix",
+    "PIPELINE_SLOTS",
+    "CudaEngine",
     "available_device_bytes",
+    "batch_calls",
     "max_chunk_count",
+    "pipeline_bytes_per_matrix",
+    "scratch_bytes_per_matrix",
 ]
 
 #: The most matrices one cuBLAS batched call gets. Batched getri fails from
@@ -591,7 +591,7 @@ class CudaEngine:
             for stream in staging.streams:
                 try:
                     stream.synchronize()
-                except Exception:  # noqa: S110 - the original error matters
+                except Exception:  # noqa: BLE001, S110 - the original error matters
                     pass
             raise
         finally:
