@@ -14,7 +14,13 @@ from ._device import DeviceRequest, require_cuda
 if TYPE_CHECKING:
     from ._normalize import Operand
 
-__all__ = ["cpu_route", "select_engine", "CPU_CLOSED_FORM_MAX_N"]
+__all__ = [
+    "cpu_route",
+    "cuda_route",
+    "select_engine",
+    "CPU_CLOSED_FORM_MAX_N",
+    "CUDA_CUSOLVER_MIN_N",
+]
 
 # Closed forms beat LAPACK's per-matrix calls by 5-30x for n <= 4 and keep its
 # accuracy (with the guard in engines/_closed_form.py); at n = 5 the 5x5
@@ -25,6 +31,24 @@ CPU_CLOSED_FORM_MAX_N = 4
 def cpu_route(n: int) -> str:
     """The CPU engine's route for order n: "closed_form" or "lapack"."""
     return "closed_form" if n <= CPU_CLOSED_FORM_MAX_N else "lapack"
+
+
+# Provisional until measured on hardware: cuBLAS's batched getrf runs one
+# matrix per thread block and stops paying once a matrix no longer fits a
+# block's shared memory and registers; from there cuSOLVER's blocked getrf +
+# getrs against the identity, one matrix at a time, should win.
+# benchmarks/gpu_check.py (the "route_threshold" section of its results)
+# times both routes at n = 32..512, float32 and float64, and names the faster.
+CUDA_CUSOLVER_MIN_N = 256
+
+
+def cuda_route(n: int, dtype: object) -> str:
+    """The CUDA engine's route for order n and compute dtype.
+
+    Returns ``"cublas"`` (batched getrf + getri) or ``"cusolver"`` (getrf +
+    getrs per matrix) for ``n >= CUDA_CUSOLVER_MIN_N``.
+    """
+    return "cusolver" if n >= CUDA_CUSOLVER_MIN_N else "cublas"
 
 
 def select_engine(op: Operand, request: DeviceRequest):

@@ -22,8 +22,13 @@ def cpu_engine():
     return CpuEngine()
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_engine(index: int | None):
-    """The CUDA engine for device ``index`` (None: CuPy's current device)."""
-    from .._device import CudaUnavailableError
+    """The CUDA engine for device ``index`` (None: CuPy's current device at call time).
 
-    raise CudaUnavailableError("the CUDA engine is not built yet: use device='cpu'")
+    Cached per index, so each device's pinned staging buffers are reused
+    across calls. Importing the engine does not import CuPy.
+    """
+    from .cuda import CudaEngine
+
+    return CudaEngine(index)

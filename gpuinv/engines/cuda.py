@@ -1,0 +1,605 @@
+"""The CUDA engine: stacks of matrices inverted on an NVIDIA GPU through CuPy.
+
+Routes (picked per chunk by :func:`gpuinv._dispatch.cuda_route`):
+
+* ``"cublas"``: cuBLAS ``<t>getrfBatched`` in place on a scratch copy, then
+  out-of-place ``<t>getriBatched``, with device arrays of matrix pointers;
+  at most :data:`CUBLAS_MAX_BATCH` matrices per cuBLAS call.
+* ``"cusolver"`` (large n): cuSOLVER ``<t>getrf`` then ``<t>getrs`` against
+  the identity, one matrix at a time, all enqueued without a host wait.
+* ``"kernel"`` (small n, when :mod:`gpuinv.kernels` is present): our own
+  kernels, ``invert_small(a, out, info)``.
+
+The cuBLAS and cuSOLVER routes factor each matrix A itself, not its
+transpose: the gather that every chunk needs anyway (the input is never
+written, and may have any strides and dtype) stores each matrix
+column-major, and the column-major inverse is transposed back on the way
+out. Reading the C-ordered stack as column-major would save that transpose
+(inv(A^T) = inv(A)^T), but would factor A^T, whose zero-pivot step differs
+from A's; factoring A keeps ``info`` equal to LAPACK's, the CPU engine's and
+``torch.linalg.inv_ex``'s codes. NaN/Inf matrices are found on the device,
+replaced by the identity in the scratch (so they cannot disturb anything),
+and reported as info -1 with a NaN inverse.
+
+Synchronization: CuPy input is computed on the device that holds it, on the
+current CuPy stream, and never waits for the device (``inv`` syncs once later,
+in :func:`gpuinv._policy.apply_policy`). The cuBLAS/cuSOLVER handles are the
+ones CuPy caches per device; the current stream is set on them before each use.
+
+Chunks and peak device memory. With s the itemsize of the compute dtype, a
+chunk of m matrices of order n needs about m * (2 s n^2 + n^2 + 4 n + 64)
+bytes of scratch (:func:`scratch_bytes_per_matrix`: the gathered copy, the
+getri output, the NaN mask, pivots, pointers and info). A chunk holds at most
+``gpuinv.config.cuda_chunk_bytes`` of input, fewer than 2^31 elements, and no
+more than :data:`MEMORY_HEADROOM` of the free device memory (driver free
+memory plus the CuPy pool's cached free bytes, within the pool's limit). So:
+
+* CuPy input: peak = the result (n^2 s per matrix, plus 4 bytes of info)
+  + one chunk's scratch, i.e. at most about 2.1 to 3 times
+  ``cuda_chunk_bytes`` on top of the result.
+* NumPy input: peak = :data:`PIPELINE_SLOTS` x (input, output and info device
+  buffers + one chunk's scratch), each chunk at most
+  ``min(cuda_chunk_bytes, PIPELINE_CHUNK_BYTES)`` of input: about 4 to 5
+  times ``PIPELINE_SLOTS * PIPELINE_CHUNK_BYTES`` (about 250 MiB by default)
+  for a stack of any size. Pinned host memory: ``PIPELINE_SLOTS`` x (input + output
+  + info) staging buffers of one chunk, cached once per engine and reused.
+
+Out of memory: a chunk that hits ``cupy.cuda.memory.OutOfMemoryError`` is
+retried with half as many matrices (chunks already finished are kept); if a
+single matrix does not fit, :class:`MemoryError` names the bytes it needs.
+Every scratch buffer is a CuPy array owned by the call, so nothing stays
+allocated after an error.
+
+NumPy input goes through the host<->device pipeline of :mod:`gpuinv._pipeline`:
+each chunk is copied (and cast) by host threads into a pinned buffer, uploaded,
+inverted and downloaded on its slot's own stream, so that the upload of one
+chunk, the compute of another and the download of a third overlap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .._chunks import Chunk, chunk_count, plan_chunks
+from .._config import config
+from .._dispatch import cuda_route
+from .._errors import INFO_NONFINITE
+from .._normalize import Operand
+from .._pipeline import run_pipeline
+
+__all__ = [
+    "CUBLAS_MAX_BATCH",
+    "MAX_CHUNK_ELEMENTS",
+    "MEMORY_HEADROOM",
+    "PIPELINE_CHUNK_BYTES",
+    "PIPELINE_SLOTS",
+    "CudaEngine",
+    "available_device_bytes",
+    "batch_calls",
+    "max_chunk_count",
+    "pipeline_bytes_per_matrix",
+    "scratch_bytes_per_matrix",
+]
+
+#: The most matrices one cuBLAS batched call gets. Batched getri fails from
+#: a batch of 65536 on (MAGMA issue 10 on Bitbucket; PyTorch has worked
+#: around the same limit in cuBLAS), so calls stay at 2**16 - 1.
+CUBLAS_MAX_BATCH = 65535
+
+#: The most elements one chunk holds: kernels that index with 32-bit ints
+#: (in cuBLAS, cuSOLVER or CuPy's own fast paths) stay in range.
+MAX_CHUNK_ELEMENTS = 2**31 - 1
+
+#: The fraction of the available device memory one call plans to use; the
+#: rest covers the cuBLAS/cuSOLVER workspaces and pool fragmentation.
+MEMORY_HEADROOM = 0.75
+
+#: Staging slots (streams) of the host pipeline: three let an upload, a
+#: compute and a download run at once (two copy engines plus the SMs).
+PIPELINE_SLOTS = 3
+
+#: Provisional until measured on hardware: the most input bytes per pipeline
+#: chunk. Small enough that a 256 MB stack flows through many chunks (the
+#: overlap needs several), large enough that per-chunk costs (launches, host
+#: threads) stay small. benchmarks/gpu_check.py measures NumPy-input
+#: throughput against the pinned-copy floor with this value.
+PIPELINE_CHUNK_BYTES = 16 << 20
+
+#: Host copies (user array <-> pinned staging) larger than this are split
+#: over threads: one core copies at 5-10 GB/s, well below PCIe 5's ~50 GB/s.
+_HOST_COPY_SPLIT_BYTES = 4 << 20
+_HOST_COPY_THREADS = max(1, min(8, (os.cpu_count() or 1)))
+
+_TYPE_LETTER = {"f": "s", "d": "d", "F": "c", "D": "z"}
+
+
+# --- chunk planning: pure integer arithmetic, tested on CPU -----------------
+
+
+def batch_calls(count: int, cap: int = CUBLAS_MAX_BATCH) -> list[tuple[int, int]]:
+    """Split ``count`` matrices into ``(start, stop)`` ranges of at most ``cap``.
+
+    >>> batch_calls(65536)
+    [(0, 65535), (65535, 65536)]
+    """
+    if cap < 1:
+        raise ValueError(f"cap must be at least 1, got {cap}")
+    return [(lo, min(lo + cap, count)) for lo in range(0, count, cap)]
+
+
+def scratch_bytes_per_matrix(n: int, itemsize: int, route: str) -> int:
+    """Device scratch bytes per matrix of one chunk on ``route``.
+
+    cuBLAS/cuSOLVER: the gathered copy and the inverse (``2 s n^2``), the
+    NaN/Inf test's boolean temporary (``n^2``), pivots (``4 n``), and
+    pointers, info codes and masks (64, rounded up). Our kernels: the
+    gathered copy only.
+    """
+    if route == "kernel":
+        return itemsize * n * n + 16
+    return 2 * itemsize * n * n + n * n + 4 * n + 64
+
+
+def pipeline_bytes_per_matrix(n: int, itemsize: int, route: str, slots: int = PIPELINE_SLOTS) -> int:
+    """Device bytes per matrix of one pipeline chunk, over all ``slots``:
+    each slot holds its input, output and info buffers plus a chunk's scratch."""
+    return slots * (2 * itemsize * n * n + 4 + scratch_bytes_per_matrix(n, itemsize, route))
+
+
+def available_device_bytes(driver_free: int, pool_free: int, pool_used: int, pool_limit: int) -> int:
+    """Bytes a call may still allocate through CuPy's memory pool.
+
+    The driver's free memory plus the pool's cached free blocks, capped by
+    the pool's limit (``set_limit``; 0 means none) minus what is in use.
+    """
+    available = driver_free + pool_free
+    if pool_limit > 0:
+        available = min(available, max(0, pool_limit - pool_used))
+    return available
+
+
+def max_chunk_count(
+    n: int,
+    itemsize: int,
+    per_matrix_bytes: int,
+    available_bytes: int,
+    chunk_bytes: int,
+) -> int:
+    """The most matrices one chunk may hold; 0 if not even one fits in memory.
+
+    Bounded by ``chunk_bytes`` of input (at least one matrix), by
+    :data:`MAX_CHUNK_ELEMENTS` elements, and by :data:`MEMORY_HEADROOM` of
+    ``available_bytes`` at ``per_matrix_bytes`` each.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    by_size = max(1, chunk_bytes // (itemsize * n * n))
+    by_elements = max(1, MAX_CHUNK_ELEMENTS // (n * n))
+    by_memory = int(available_bytes * MEMORY_HEADROOM) // per_matrix_bytes
+    return min(by_size, by_elements, by_memory)
+
+
+def _memory_error(what: str, needed: int, available: int, device: int) -> MemoryError:
+    return MemoryError(
+        f"out of GPU memory on CUDA device {device}: {what} needs {needed} bytes "
+        f"({needed / 2**20:.1f} MiB) but about {available} bytes are available; "
+        "free device memory, or use device='cpu'"
+    )
+
+
+# --- device work -------------------------------------------------------------
+
+
+def _available_bytes() -> int:
+    """Available bytes on the current device (see :func:`available_device_bytes`)."""
+    import cupy
+
+    free, _total = cupy.cuda.runtime.memGetInfo()
+    pool = cupy.get_default_memory_pool()
+    return available_device_bytes(free, pool.free_bytes(), pool.used_bytes(), pool.get_limit())
+
+
+def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = False) -> None:
+    """Invert ``view`` (any batch shape + (n, n), any strides and dtype, read
+    only unless ``owned``) into ``out`` (m, n, n) and ``info`` (m,), both
+    C-contiguous, on the current device and stream. Never waits for the host.
+    """
+    import cupy
+
+    m, n = out.shape[0], out.shape[1]
+    dtype = out.dtype
+    if route == "kernel":
+        from .. import kernels
+
+        # Small n is bound by memory traffic: skip the gather when the chunk
+        # is already a C-contiguous stack of the compute dtype and either we
+        # own it or the kernels promise to only read their input.
+        may_read = owned or getattr(kernels, "INPUT_READ_ONLY", False)
+        if may_read and view.dtype == dtype and view.flags.c_contiguous:
+            x = view.reshape(m, n, n)
+        else:
+            x = cupy.empty((m, n, n), dtype=dtype)
+            cupy.copyto(x.reshape(view.shape), view, casting="unsafe")
+        kernels.invert_small(x, out, info)
+        return
+
+    # x[i] = A_i^T in C order, i.e. A_i in column-major order: cuBLAS and
+    # cuSOLVER factor A_i itself (see the module docstring).
+    x = cupy.empty((m, n, n), dtype=dtype)
+    cupy.copyto(x.reshape(view.shape), view.swapaxes(-1, -2), casting="unsafe")
+    bad = ~cupy.isfinite(x).all(axis=(1, 2))
+    eye = cupy.eye(n, dtype=dtype)
+    cupy.copyto(x, eye, where=bad[:, None, None])  # NaN/Inf matrices -> identity
+    c = cupy.empty_like(x)
+    pivots = cupy.empty((m, n), dtype=np.int32)
+    factor_info = cupy.empty(m, dtype=np.int32)
+    if route == "cublas":
+        invert_info = cupy.empty(m, dtype=np.int32)
+        _cublas_getrf_getri(x, c, pivots, factor_info, invert_info)
+        code = cupy.where(factor_info > 0, factor_info, invert_info)
+    elif route == "cusolver":
+        cupy.copyto(c, eye)
+        _cusolver_getrf_getrs(x, c, pivots, factor_info)
+        code = factor_info
+    else:
+        raise ValueError(f"unknown CUDA route {route!r}")
+    cupy.copyto(info, cupy.where(bad, np.int32(INFO_NONFINITE), code), casting="same_kind")
+    cupy.copyto(out, c.swapaxes(1, 2))  # column-major inverse -> C order
+    cupy.copyto(out, dtype.type(np.nan), where=bad[:, None, None])
+
+
+def _pointer_array(x: Any) -> Any:
+    """Device array of the addresses of x[0], x[1], ... (uint64)."""
+    import cupy
+
+    step = x.shape[1] * x.shape[2] * x.itemsize
+    start = x.data.ptr
+    return cupy.arange(start, start + step * x.shape[0], step, dtype=cupy.uint64)
+
+
+def _cublas_getrf_getri(x: Any, c: Any, pivots: Any, factor_info: Any, invert_info: Any) -> None:
+    import cupy
+    from cupy.cuda import cublas
+
+    m, n = x.shape[0], x.shape[1]
+    letter = _TYPE_LETTER[x.dtype.char]
+    getrf = getattr(cublas, letter + "getrfBatched")
+    getri = getattr(cublas, letter + "getriBatched")
+    handle = cupy.cuda.device.get_cublas_handle()
+    # CuPy's wrappers set the current stream on its shared handle themselves
+    # (cupy_backends/cuda/libs/cublas.pyx, _setStream); setting it here too
+    # keeps that true whatever the CuPy version.
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    a_ptrs = _pointer_array(x)
+    c_ptrs = _pointer_array(c)
+    for lo, hi in batch_calls(m, CUBLAS_MAX_BATCH):
+        k = hi - lo
+        getrf(handle, n, a_ptrs.data.ptr + 8 * lo, n, pivots.data.ptr + 4 * n * lo,
+              factor_info.data.ptr + 4 * lo, k)
+        getri(handle, n, a_ptrs.data.ptr + 8 * lo, n, pivots.data.ptr + 4 * n * lo,
+              c_ptrs.data.ptr + 8 * lo, n, invert_info.data.ptr + 4 * lo, k)
+
+
+def _cusolver_getrf_getrs(x: Any, c: Any, pivots: Any, factor_info: Any) -> None:
+    """Per matrix: getrf in place on x[i], then getrs on c[i] (the identity)."""
+    import cupy
+    from cupy.cuda import cublas, cusolver
+
+    m, n = x.shape[0], x.shape[1]
+    letter = _TYPE_LETTER[x.dtype.char]
+    getrf = getattr(cusolver, letter + "getrf")
+    getrs = getattr(cusolver, letter + "getrs")
+    buffer_size = getattr(cusolver, letter + "getrf_bufferSize")
+    handle = cupy.cuda.device.get_cusolver_handle()
+    cusolver.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    step = n * n * x.itemsize
+    work = cupy.empty(buffer_size(handle, n, n, x.data.ptr, n), dtype=x.dtype)
+    solve_info = cupy.empty(1, dtype=np.int32)  # getrs reports argument errors only
+    for i in range(m):
+        a_ptr = x.data.ptr + i * step
+        piv = pivots.data.ptr + 4 * n * i
+        getrf(handle, n, n, a_ptr, n, work.data.ptr, piv, factor_info.data.ptr + 4 * i)
+        getrs(handle, cublas.CUBLAS_OP_N, n, n, a_ptr, n, piv, c.data.ptr + i * step, n,
+              solve_info.data.ptr)
+
+
+# --- host copies -------------------------------------------------------------
+
+_copy_pool: ThreadPoolExecutor | None = None
+_copy_pool_lock = threading.Lock()
+
+
+def _host_copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` (casting), over several threads for large copies.
+
+    Each thread copies a block of whole matrices; the blocks are views of
+    both arrays whatever their strides (see :mod:`gpuinv._chunks`).
+    """
+    global _copy_pool
+    if dst.nbytes < _HOST_COPY_SPLIT_BYTES or _HOST_COPY_THREADS == 1 or dst.ndim < 3:
+        np.copyto(dst, src, casting="unsafe")
+        return
+    batch = dst.shape[:-2]
+    per = max(1, math.prod(batch) // _HOST_COPY_THREADS + 1)
+    with _copy_pool_lock:
+        if _copy_pool is None:
+            _copy_pool = ThreadPoolExecutor(_HOST_COPY_THREADS, thread_name_prefix="gpuinv-copy")
+        pool = _copy_pool
+    futures = [
+        pool.submit(np.copyto, dst[c.index], src[c.index], casting="unsafe")
+        for c in plan_chunks(batch, per)
+    ]
+    for f in futures:
+        f.result()
+
+
+# --- pinned staging ----------------------------------------------------------
+
+
+class _Staging:
+    """Pinned host buffers, streams and events of the pipeline's slots.
+
+    One set is cached per engine and reused across chunks and calls; a call
+    that finds it busy (another thread) or too small allocates its own.
+    """
+
+    def __init__(self, slots: int, data_bytes: int, info_bytes: int) -> None:
+        import cupy
+
+        self.slots = slots
+        self.data_bytes = data_bytes
+        self.info_bytes = info_bytes
+        self._memory: list[Any] = []
+        self.host_in = [self._pinned(data_bytes) for _ in range(slots)]
+        self.host_out = [self._pinned(data_bytes) for _ in range(slots)]
+        self.host_info = [self._pinned(info_bytes) for _ in range(slots)]
+        self.streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(slots)]
+        self.events: list[Any] = [None] * slots
+
+    def _pinned(self, nbytes: int) -> tuple[int, np.ndarray]:
+        import cupy
+
+        mem = cupy.cuda.PinnedMemory(max(nbytes, 1))
+        self._memory.append(mem)
+        buf = np.frombuffer(cupy.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=nbytes)
+        return mem.ptr, buf
+
+    def fits(self, slots: int, data_bytes: int, info_bytes: int) -> bool:
+        return self.slots >= slots and self.data_bytes >= data_bytes and self.info_bytes >= info_bytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.slots * (2 * self.data_bytes + self.info_bytes)
+
+
+class CudaEngine:
+    """Inverts stacks on CUDA device ``index`` (None: CuPy's current device at call time).
+
+    CuPy input always runs on the device that holds it.
+    """
+
+    name = "cuda"
+
+    def __init__(self, index: int | None = None) -> None:
+        self.index = index
+        self._lock = threading.Lock()
+        self._staging: dict[int, _Staging] = {}  # device id -> cached staging set
+
+    def __repr__(self) -> str:
+        return f"CudaEngine({self.index!r})"
+
+    def clear_cache(self) -> None:
+        """Release the cached pinned staging buffers and streams."""
+        with self._lock:
+            self._staging.clear()
+
+    def invert(self, op: Operand, *, route: str | None = None) -> tuple[Any, Any]:
+        """Return ``(inverse, info)`` for a validated operand.
+
+        ``route`` overrides :func:`gpuinv._dispatch.cuda_route` (for tests
+        and benchmarks).
+        """
+        route = route or cuda_route(op.n, op.dtype)
+        if op.backend == "cupy":
+            return self._invert_cupy(op, route)
+        return self._invert_numpy(op, route)
+
+    # -- CuPy input --------------------------------------------------------
+
+    def _invert_cupy(self, op: Operand, route: str) -> tuple[Any, Any]:
+        import cupy
+
+        a = op.array
+        n, dtype = op.n, op.dtype
+        with a.device:
+            device = a.device.id
+            try:
+                out = cupy.empty(op.batch_shape + (n, n), dtype=dtype)
+                info = (cupy.zeros if op.empty else cupy.empty)(op.batch_shape, dtype=np.int32)
+            except cupy.cuda.memory.OutOfMemoryError:
+                needed = op.nbytes + 4 * op.count
+                raise _memory_error("the result", needed, _available_bytes(), device) from None
+            if op.empty:
+                return out, info
+            out3 = out.reshape(-1, n, n)
+            info1 = info.reshape(-1)
+            per_matrix = scratch_bytes_per_matrix(n, dtype.itemsize, route)
+            done = 0
+
+            def run(count: int) -> None:
+                nonlocal done
+                for chunk in plan_chunks(op.batch_shape, count):
+                    if chunk.stop <= done:
+                        continue  # finished before an out-of-memory retry
+                    _invert_chunk(a[chunk.index], out3[chunk.start : chunk.stop],
+                                  info1[chunk.start : chunk.stop], route)
+                    done = chunk.stop
+
+            try:
+                self._with_retry(run, op.count, n, dtype, per_matrix, config.cuda_chunk_bytes,
+                                 device)
+            except BaseException:
+                # The traceback keeps this frame alive (a notebook keeps the
+                # last one for good): drop the result so its memory goes now.
+                del out, info, out3, info1
+                raise
+            return out, info
+
+    @staticmethod
+    def _with_retry(run: Any, total: int, n: int, dtype: np.dtype, per_matrix: int,
+                    chunk_bytes: int, device: int) -> None:
+        """Call ``run(count)``, halving ``count`` after each out-of-memory error.
+
+        ``total`` is the number of matrices: no chunk holds more, so halving
+        starts from there.
+        """
+        import cupy
+
+        planned = max_chunk_count(n, dtype.itemsize, per_matrix, _available_bytes(), chunk_bytes)
+        count = min(planned, total)
+        what = f"inverting one {n}x{n} {dtype} matrix"
+        while True:
+            if count < 1:
+                raise _memory_error(what, per_matrix, _available_bytes(), device)
+            try:
+                run(count)
+                return
+            except cupy.cuda.memory.OutOfMemoryError:
+                if count == 1:
+                    failed = True
+                else:
+                    failed = False
+            # Outside the except block, so the error's traceback (and the
+            # scratch arrays its frames hold) is released before retrying.
+            if failed:
+                raise _memory_error(what, per_matrix, _available_bytes(), device)
+            fresh = max_chunk_count(n, dtype.itemsize, per_matrix, _available_bytes(), chunk_bytes)
+            count = max(1, min(count // 2, fresh))
+
+    # -- NumPy input: the host<->device pipeline -----------------------------
+
+    def _invert_numpy(self, op: Operand, route: str) -> tuple[np.ndarray, np.ndarray]:
+        import cupy
+
+        n, dtype = op.n, op.dtype
+        out = np.empty(op.batch_shape + (n, n), dtype=dtype)
+        info = np.zeros(op.batch_shape, dtype=np.int32)
+        if op.empty:
+            return out, info
+        device = cupy.cuda.Device(self.index) if self.index is not None else cupy.cuda.Device()
+        with device:
+            per_matrix = pipeline_bytes_per_matrix(n, dtype.itemsize, route)
+            chunk_bytes = min(config.cuda_chunk_bytes, PIPELINE_CHUNK_BYTES)
+            progress = [0]  # matrices finished, in C order
+
+            def run(count: int) -> None:
+                self._pipeline(op, out, info, count, route, progress, device.id)
+
+            self._with_retry(run, op.count, n, dtype, per_matrix, chunk_bytes, device.id)
+        return out, info
+
+    def _acquire_staging(self, device: int, slots: int, data_bytes: int,
+                         info_bytes: int) -> _Staging:
+        with self._lock:
+            cached = self._staging.pop(device, None)
+        if cached is not None and cached.fits(slots, data_bytes, info_bytes):
+            return cached
+        return _Staging(slots, data_bytes, info_bytes)
+
+    def _release_staging(self, device: int, staging: _Staging) -> None:
+        with self._lock:
+            current = self._staging.get(device)
+            # Bounded: one set per device, the largest seen; its size is
+            # capped by PIPELINE_SLOTS * PIPELINE_CHUNK_BYTES per buffer kind.
+            if current is None or current.nbytes < staging.nbytes:
+                self._staging[device] = staging
+
+    def _pipeline(self, op: Operand, out: np.ndarray, info: np.ndarray, count: int,
+                  route: str, progress: list[int], device: int) -> None:
+        import cupy
+        from cupy.cuda import runtime
+
+        n, dtype = op.n, op.dtype
+        a = op.array
+        out3 = out.reshape(-1, n, n)
+        info1 = info.reshape(-1)
+        done = progress[0]
+
+        def remaining() -> Any:  # chunks not finished before an out-of-memory retry
+            return (c for c in plan_chunks(op.batch_shape, count) if c.stop > done)
+
+        total = chunk_count(op.batch_shape, count) if done == 0 else sum(1 for _ in remaining())
+        chunks = remaining()
+        slots = min(PIPELINE_SLOTS, total)
+        itemsize = dtype.itemsize
+        matrix_bytes = n * n * itemsize
+        staging = self._acquire_staging(device, slots, count * matrix_bytes, 4 * count)
+        d_in: list[Any] = []
+        d_out: list[Any] = []
+        d_info: list[Any] = []
+        slot_chunk: list[Chunk | None] = [None] * slots
+
+        def fill(i: int, slot: int) -> None:
+            chunk = next(chunks)
+            slot_chunk[slot] = chunk
+            m = chunk.count
+            stream = staging.streams[slot]
+            if len(d_in) <= slot:  # device buffers: once per call, on the slot's stream
+                with stream:
+                    d_in.append(cupy.empty((count, n, n), dtype=dtype))
+                    d_out.append(cupy.empty((count, n, n), dtype=dtype))
+                    d_info.append(cupy.empty(count, dtype=np.int32))
+            in_ptr, in_buf = staging.host_in[slot]
+            view = a[chunk.index]
+            _host_copy(in_buf[: m * matrix_bytes].view(dtype).reshape(view.shape), view)
+            nbytes = m * matrix_bytes
+            with stream:
+                runtime.memcpyAsync(d_in[slot].data.ptr, in_ptr, nbytes,
+                                    runtime.memcpyHostToDevice, stream.ptr)
+                _invert_chunk(d_in[slot][:m], d_out[slot][:m], d_info[slot][:m], route, owned=True)
+                runtime.memcpyAsync(staging.host_out[slot][0], d_out[slot].data.ptr, nbytes,
+                                    runtime.memcpyDeviceToHost, stream.ptr)
+                runtime.memcpyAsync(staging.host_info[slot][0], d_info[slot].data.ptr, 4 * m,
+                                    runtime.memcpyDeviceToHost, stream.ptr)
+                staging.events[slot] = stream.record()
+
+        def drain(i: int, slot: int) -> None:
+            staging.events[slot].synchronize()
+            chunk = slot_chunk[slot]
+            assert chunk is not None
+            m = chunk.count
+            out_buf = staging.host_out[slot][1][: m * matrix_bytes].view(dtype).reshape(m, n, n)
+            _host_copy(out3[chunk.start : chunk.stop], out_buf)
+            info1[chunk.start : chunk.stop] = staging.host_info[slot][1][: 4 * m].view(np.int32)
+            progress[0] = chunk.stop
+
+        def abandon(slot: int) -> None:
+            staging.streams[slot].synchronize()
+
+        try:
+            run_pipeline(total, slots, fill, drain, abandon)
+        except BaseException:
+            # run_pipeline waited for the slots in flight; wait for every
+            # stream once more in case that wait itself was interrupted, so
+            # that no transfer into the pinned buffers outlives this call.
+            for stream in staging.streams:
+                try:
+                    stream.synchronize()
+                except Exception:  # noqa: BLE001, S110 - the original error matters
+                    pass
+            raise
+        finally:
+            # On success every slot was drained; on an error run_pipeline has
+            # waited for the slots in flight. The buffers can go, and the
+            # pinned set is idle and can be cached for the next call.
+            d_in.clear()
+            d_out.clear()
+            d_info.clear()
+            self._release_staging(device, staging)
+
