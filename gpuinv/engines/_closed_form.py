@@ -61,7 +61,9 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray) -> np.ndarray | None:
     if n > MAX_N:
         raise ValueError(f"closed forms cover n <= {MAX_N}, got {n}")
     # Structure of arrays: t[i, j] is entry (i, j) of every matrix, contiguous.
-    t = np.ascontiguousarray(x.transpose(1, 2, 0))
+    # np.array, not ascontiguousarray: for a single matrix the transpose is
+    # already contiguous and would be a view of x, which is scaled in place below.
+    t = np.array(x.transpose(1, 2, 0), order="C")
     big = _entry_max(t.reshape(n * n, m))
     # Power-of-two factors s with max|s * a| in [0.5, 1). The exponent is
     # clipped to keep s finite; a matrix still outside the safe range after
