@@ -1,0 +1,7 @@
+"""``python -m gpuinv``: the same as the ``gpuinv`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
