@@ -134,11 +134,13 @@ def _import_torch(t: Any) -> Imported:
 def _import_jax(a: Any) -> Imported:
     import jax
 
-    if not isinstance(a, jax.Array) or isinstance(a, jax.core.Tracer):
+    if isinstance(a, jax.core.Tracer):
         raise TypeError(
             "gpuinv.inv cannot run inside jax.jit, vmap or grad (it got a traced value): "
             "call it on concrete arrays, or use jax.numpy.linalg.inv in traced code"
         )
+    if not isinstance(a, jax.Array):
+        raise TypeError(f"unsupported JAX object {type(a).__name__}: pass a jax.Array")
     devices = a.devices()
     if len(devices) != 1:
         raise TypeError(

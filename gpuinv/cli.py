@@ -242,7 +242,10 @@ class _TqdmProgress(_Progress):
         super().__init__(total, stream)
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="mat", unit_scale=True, file=stream, desc="inverting")
+        # k/M suffixes only where counts are large enough to need them
+        self.bar = tqdm(
+            total=total, unit="mat", unit_scale=total >= 10_000, file=stream, desc="inverting"
+        )
 
     def update(self, k: int) -> None:
         super().update(k)

@@ -265,6 +265,23 @@ def test_builtin_bar_draws_on_a_terminal(monkeypatch):
     assert "\rinverting [" in text and "100.0%" in text and "10/10 matrices" in text
 
 
+def test_tqdm_bar_on_a_terminal():
+    import io
+
+    pytest.importorskip("tqdm")
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    bar = cli.make_progress(4, quiet=False, stream=stream)
+    assert type(bar).__name__ == "_TqdmProgress"
+    bar.update(4)
+    bar.close()
+    assert "100%" in stream.getvalue() and "4/4" in stream.getvalue()
+
+
 # -------------------------------------------------------------------- bench
 
 

@@ -213,6 +213,13 @@ def test_jax_bfloat16_computes_in_float32(jax):
 def test_jax_traced_value_is_refused(jax):
     with pytest.raises(TypeError, match="jax.jit"):
         jax.jit(gpuinv.inv)(jax.numpy.eye(2))
+    with pytest.raises(TypeError, match="jax.jit"):
+        jax.vmap(gpuinv.inv)(jax.numpy.ones((3, 2, 2)))
+
+
+def test_jax_non_array_object_is_refused(jax):
+    with pytest.raises(TypeError, match="unsupported JAX object"):
+        gpuinv.inv(jax.ShapeDtypeStruct((2, 2), jax.numpy.float32))
 
 
 # ---------------------------------------------------------------- CUDA
