@@ -24,14 +24,17 @@ import gpuinv
 
 
 def main() -> None:
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        # the raise demo below fails a task on purpose: keep its worker log quiet
-        silence_logs=logging.CRITICAL,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            # the raise demo below fails a task on purpose: keep its worker log quiet
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         print(f"cluster: {len(client.scheduler_info()['workers'])} worker processes")
         # 2,000,000 matrices of 4x4 float64 (256 MB), generated on the workers
         # in 20 blocks of 100,000: the client never holds the stack.
@@ -65,7 +68,9 @@ def main() -> None:
 
         # Check one block against NumPy.
         first = a[:1000].compute()
-        ok = np.allclose(gpuinv.inv(a, on_singular="nan")[8:1000].compute(), np.linalg.inv(first[8:]))
+        ok = np.allclose(
+            gpuinv.inv(a, on_singular="nan")[8:1000].compute(), np.linalg.inv(first[8:])
+        )
         print(f"block 0 matches numpy.linalg.inv: {ok}")
 
 

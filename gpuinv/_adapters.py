@@ -149,7 +149,9 @@ def _import_jax(a: Any) -> Imported:
         )
     (device,) = devices
     if device.platform not in ("cpu", "gpu", "cuda"):
-        raise TypeError(f"JAX arrays on platform {device.platform!r} are unsupported: use cpu or gpu")
+        raise TypeError(
+            f"JAX arrays on platform {device.platform!r} are unsupported: use cpu or gpu"
+        )
     if a.dtype == jax.numpy.bfloat16:
         a = a.astype(jax.numpy.float32)
     on_cuda = device.platform != "cpu"

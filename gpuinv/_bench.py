@@ -213,7 +213,9 @@ def _copy_floor(a: np.ndarray, device: str, repeats: int, min_time: float) -> tu
         d = cupy.asarray(a)
         out = cupy.empty_like(d)
         sync = cupy.cuda.get_current_stream().synchronize
-        t = time_call(lambda: (out.__setitem__(Ellipsis, d), sync()), repeats=repeats, min_time=min_time)
+        t = time_call(
+            lambda: (out.__setitem__(Ellipsis, d), sync()), repeats=repeats, min_time=min_time
+        )
         return t.median, "device copy"
     out = np.empty_like(a)
     t = time_call(lambda: np.copyto(out, a), repeats=repeats, min_time=min_time)
@@ -248,18 +250,19 @@ def run_bench(
         batch = batch_for(n, dtype, target_bytes)
         a = _test_stack(n, batch, dtype)
         row = BenchRow(n=n, batch=batch, dtype=dtype.name)
-        calls: list[tuple[str, Callable[[], Callable[[], Any]]]] = [
-            ("gpuinv", lambda: (lambda: inv(a, device=device)))
+        # (name, prepare): prepare(a) returns the zero-argument call to time.
+        calls: list[tuple[str, Callable[[np.ndarray], Callable[[], Any]]]] = [
+            ("gpuinv", lambda x: lambda: inv(x, device=device))
         ]
         if device != "cpu" and _cuda_ready():
             # Device-resident input, the like-for-like row against cupy/torch/jax on the GPU.
-            calls.append(("gpuinv-cupy", lambda: _gpuinv_on_device(a)))
-        calls += [(p.name, lambda p=p: p.prepare(a)) for p in peers]
+            calls.append(("gpuinv-cupy", _gpuinv_on_device))
+        calls += [(p.name, p.prepare) for p in peers]
         for name, prepare in calls:
             if progress:
                 progress(f"n={n} batch={batch} {name}")
             try:
-                row.seconds[name] = time_call(prepare(), repeats=repeats, min_time=min_time).median
+                row.seconds[name] = time_call(prepare(a), repeats=repeats, min_time=min_time).median
             except Exception as exc:  # a peer's own limitation: record, keep going
                 row.errors[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if floor:
@@ -270,7 +273,7 @@ def run_bench(
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model(),
         "cpu_count": _cpu_count(),
         "gpu": _gpu_name() if device != "cpu" else None,
         "device": device,
@@ -281,6 +284,18 @@ def run_bench(
         "peers": [p.name for p in peers],
     }
     return rows, meta
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name where the OS tells it (Linux), else its architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _cpu_count() -> int:

@@ -186,7 +186,9 @@ def open_input(path: str, key: str | None) -> np.ndarray:
             if key is None:
                 if len(names) != 1:
                     listed = ", ".join(names) or "none"
-                    raise CliError(f"{path} holds {len(names)} arrays ({listed}): pick one with --key")
+                    raise CliError(
+                        f"{path} holds {len(names)} arrays ({listed}): pick one with --key"
+                    )
                 key = names[0]
             elif key not in names:
                 raise CliError(f"{path} has no array {key!r}; it holds: {', '.join(names)}")
@@ -630,14 +632,18 @@ def build_parser() -> argparse.ArgumentParser:
         "print matrices/s (median of repeats).",
     )
     p.add_argument("--n", type=int, nargs="+", metavar="N", help="matrix orders to time")
-    p.add_argument("--dtype", default="float64", help="float32, float64 (default), complex64, complex128")
+    p.add_argument(
+        "--dtype", default="float64", help="float32, float64 (default), complex64, complex128"
+    )
     p.add_argument("--device", default="auto", help="gpuinv's device= (default auto)")
     p.add_argument("--peers", help="comma-separated subset of numpy,scipy,cupy,torch,jax")
     p.add_argument("--mib", type=float, help="stack size in MiB per n (default 32; --quick 1)")
     p.add_argument("--repeats", type=int, help="timed repeats, the median is reported (default 5)")
     p.add_argument("--no-floor", action="store_true", help="skip the copy-bandwidth floor")
     p.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="draw matrices/s against n (needs matplotlib)")
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="draw matrices/s against n (needs matplotlib)"
+    )
     p.add_argument("--quick", action="store_true", help="few small sizes and short runs")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-measurement status lines")
     p.set_defaults(func=cmd_bench)

@@ -70,7 +70,7 @@ def test_auto_engine_for_allocates_nothing():
 def test_info_subprocess(tmp_path):
     proc = run_module("info", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "engine picked by device=\"auto\"" in proc.stdout
+    assert 'engine picked by device="auto"' in proc.stdout
 
 
 def test_no_command_and_bad_arguments(capsys):
@@ -134,9 +134,14 @@ def test_invert_singular_under_raise(failing, tmp_path, capsys):
 
 def test_invert_singular_under_nan_and_ignore(failing, tmp_path, capsys):
     _, src = failing
-    assert cli.main(["invert", str(src), "-o", str(tmp_path / "n.npy"), "--on-singular", "nan"]) == 0
+    assert (
+        cli.main(["invert", str(src), "-o", str(tmp_path / "n.npy"), "--on-singular", "nan"]) == 0
+    )
     assert np.isnan(np.load(tmp_path / "n.npy")[4, 1]).all()
-    assert cli.main(["invert", str(src), "-o", str(tmp_path / "i.npy"), "--on-singular", "ignore"]) == 0
+    assert (
+        cli.main(["invert", str(src), "-o", str(tmp_path / "i.npy"), "--on-singular", "ignore"])
+        == 0
+    )
     assert "singular: 1" in capsys.readouterr().out
 
 
@@ -145,7 +150,9 @@ def test_invert_lists_first_indices_only(tmp_path, capsys):
     a[::2] = 0.0  # 15 singular
     src = tmp_path / "s.npy"
     np.save(src, a)
-    assert cli.main(["invert", str(src), "-o", str(tmp_path / "o.npy"), "--on-singular", "nan"]) == 0
+    assert (
+        cli.main(["invert", str(src), "-o", str(tmp_path / "o.npy"), "--on-singular", "nan"]) == 0
+    )
     out = capsys.readouterr().out
     assert "singular: 15, first at batch indices [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, ...]" in out
 
@@ -236,14 +243,25 @@ def test_invert_cuda_unavailable_is_one_line(tmp_path, capsys):
 
 def test_invert_subprocess_plain_progress_and_exit_code(failing, tmp_path):
     _, src = failing
-    proc = run_module("invert", str(src), "-o", str(tmp_path / "o.npy"), "--chunk", "10", cwd=tmp_path)
+    proc = run_module(
+        "invert", str(src), "-o", str(tmp_path / "o.npy"), "--chunk", "10", cwd=tmp_path
+    )
     assert proc.returncode == 1
     # stderr is a pipe, not a TTY: plain progress lines, no carriage returns.
     assert "\r" not in proc.stderr
     assert "inverted 150 of 150 matrices (100%)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "singular: 1, at batch indices [(4, 1)]" in proc.stdout
-    quiet = run_module("invert", str(src), "-o", str(tmp_path / "q.npy"), "-q", "--on-singular", "nan", cwd=tmp_path)
+    quiet = run_module(
+        "invert",
+        str(src),
+        "-o",
+        str(tmp_path / "q.npy"),
+        "-q",
+        "--on-singular",
+        "nan",
+        cwd=tmp_path,
+    )
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
 
 
@@ -312,7 +330,20 @@ def test_batch_for():
 def test_bench_quick_json(tmp_path, capsys):
     path = tmp_path / "b.json"
     code = cli.main(
-        ["bench", "--quick", "--n", "2", "5", "--peers", "numpy", "--mib", "0.05", "--json", str(path), "-q"]
+        [
+            "bench",
+            "--quick",
+            "--n",
+            "2",
+            "5",
+            "--peers",
+            "numpy",
+            "--mib",
+            "0.05",
+            "--json",
+            str(path),
+            "-q",
+        ]
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -321,7 +352,9 @@ def test_bench_quick_json(tmp_path, capsys):
     assert [r["n"] for r in data["rows"]] == [2, 5]
     for row in data["rows"]:
         assert row["seconds"]["gpuinv"] > 0 and row["seconds"]["numpy"] > 0
-        assert row["matrices_per_s"]["gpuinv"] == pytest.approx(row["batch"] / row["seconds"]["gpuinv"])
+        assert row["matrices_per_s"]["gpuinv"] == pytest.approx(
+            row["batch"] / row["seconds"]["gpuinv"]
+        )
         assert row["floor_matrices_per_s"] > 0
     assert data["meta"]["peers"] == ["numpy"] and data["meta"]["floor"] == "host copy"
 
@@ -329,7 +362,22 @@ def test_bench_quick_json(tmp_path, capsys):
 def test_bench_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "b.png"
-    code = cli.main(["bench", "--quick", "--n", "2", "3", "--peers", "numpy", "--mib", "0.05", "--plot", str(png), "-q"])
+    code = cli.main(
+        [
+            "bench",
+            "--quick",
+            "--n",
+            "2",
+            "3",
+            "--peers",
+            "numpy",
+            "--mib",
+            "0.05",
+            "--plot",
+            str(png),
+            "-q",
+        ]
+    )
     assert code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

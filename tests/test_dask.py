@@ -166,9 +166,12 @@ def test_local_cluster_two_processes():
     distributed = pytest.importorskip("distributed")
     a = _with_failures()
     d = da.from_array(a, chunks=(4, 3, 3, 3))
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         res = gpuinv.inv_ex(d)
         inverse, info = client.compute([res.inverse, res.info], sync=True)
         ref = gpuinv.inv_ex(a, device="cpu")
