@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import struct
 import sys
 import time
 import zipfile
@@ -192,11 +193,48 @@ def open_input(path: str, key: str | None) -> np.ndarray:
                 key = names[0]
             elif key not in names:
                 raise CliError(f"{path} has no array {key!r}; it holds: {', '.join(names)}")
-            # A .npz member is read whole: zip members cannot be memory-mapped.
-            return archive[key]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            mapped = _map_stored_member(p, key)
+            # np.savez stores members uncompressed: those are memory-mapped in
+            # place. Compressed members (np.savez_compressed) are read whole.
+            return mapped if mapped is not None else archive[key]
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise CliError(f"{path} is not a valid .npz file: {_one_line(exc)}") from None
     raise CliError(f"{path} is neither a .npy nor a .npz file (unknown format)")
+
+
+def _map_stored_member(path: Path, key: str) -> np.ndarray | None:
+    """Memory-map the array ``key`` of a .npz when it is stored uncompressed.
+
+    Returns None when it cannot be (compressed, an unknown .npy header
+    version, Python objects), so that the caller reads it whole instead.
+    """
+    fmt = np.lib.format
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(key + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+    with open(path, "rb") as f:
+        # The local file header: 30 bytes, then the name and an extra field
+        # whose lengths it gives (they may differ from the central directory's).
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"bad local header for member {key!r}")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            return None
+        offset = f.tell()
+    if dtype.hasobject:
+        return None
+    return np.memmap(
+        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+    )
 
 
 def _one_line(exc: BaseException) -> str:

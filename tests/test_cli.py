@@ -115,6 +115,25 @@ def test_invert_reads_input_memory_mapped(tmp_path, monkeypatch):
     assert all(isinstance(x, np.memmap) for x in seen)
 
 
+@pytest.mark.parametrize("save, mapped", [(np.savez, True), (np.savez_compressed, False)])
+def test_invert_npz_members_mapped_when_stored(tmp_path, monkeypatch, save, mapped):
+    a = np.asfortranarray(_stack((9, 3, 3)))  # order is kept through the mapping
+    src = tmp_path / "m.npz"
+    save(src, a=a, b=a[:1])
+    seen = []
+    real = gpuinv.inv_ex
+
+    def spy(x, **kw):
+        seen.append(x)
+        return real(x, **kw)
+
+    monkeypatch.setattr(gpuinv, "inv_ex", spy)
+    argv = ["invert", str(src), "--key", "a", "-o", str(tmp_path / "o.npy"), "--chunk", "4", "-q"]
+    assert cli.main(argv) == 0
+    assert len(seen) == 3 and all(isinstance(x, np.memmap) == mapped for x in seen)
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), np.linalg.inv(a), rtol=1e-10)
+
+
 def test_invert_singular_under_raise(failing, tmp_path, capsys):
     a, src = failing
     dst = tmp_path / "r.npy"
