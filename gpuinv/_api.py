@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
+from ._adapters import foreign_library
 from ._device import DeviceLike, parse_device
 from ._dispatch import select_engine
 from ._normalize import Operand, normalize
@@ -51,7 +53,8 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
     Parameters
     ----------
     a : (..., n, n) array_like
-        NumPy or CuPy array, or anything ``numpy.asarray`` accepts.
+        NumPy or CuPy array, torch tensor, JAX array, dask array, or anything
+        ``numpy.asarray`` accepts.
     device : {"auto", "cpu", "cuda", "cuda:N"} or int, optional
         Where to compute. ``"auto"`` (default) runs CuPy input on the GPU
         that holds it, and NumPy input on the GPU when one is usable and the
@@ -60,9 +63,10 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
     Returns
     -------
     InvResult
-        ``(inverse, info)``, both the same kind of array as ``a``. For CuPy
-        input nothing is synchronized with the host: ``info`` stays on the
-        device.
+        ``(inverse, info)``, both the same kind of array as ``a``, on the
+        same device. For CuPy input (and CUDA tensors) nothing is
+        synchronized with the host: ``info`` stays on the device. For dask
+        input both are lazy dask arrays.
 
     Raises
     ------
@@ -82,6 +86,9 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
     array([[0.5 , 0.  ],
            [0.  , 0.25]])
     """
+    library = foreign_library(a)
+    if library is not None:
+        return _foreign(a, library, device, None)
     _, inverse, info = _run(a, device)
     return InvResult(inverse, info)
 
@@ -92,8 +99,8 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
     Parameters
     ----------
     a : (..., n, n) array_like
-        NumPy or CuPy array, or anything ``numpy.asarray`` accepts. It is
-        never modified. bool and integer input computes in float64, float16
+        NumPy or CuPy array, torch tensor, JAX array, dask array, or
+        anything ``numpy.asarray`` accepts. It is never modified. bool and integer input computes in float64, float16
         in float32; float32, float64, complex64 and complex128 keep their
         dtype.
     on_singular : {"raise", "nan", "ignore"}, optional
@@ -108,7 +115,9 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
     Returns
     -------
     ndarray, shape (..., n, n)
-        The inverses, the same kind of array as ``a``.
+        The inverses, the same kind of array as ``a`` on the same device
+        (torch and JAX through DLPack, without copies where the memory
+        allows; dask lazily, see ``docs/dask.md``).
 
     Raises
     ------
@@ -124,7 +133,9 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
     Notes
     -----
     For CuPy input, ``inv`` synchronizes with the device once, to read
-    whether any matrix failed; ``inv_ex`` never does.
+    whether any matrix failed; ``inv_ex`` never does. For dask input the
+    error is raised when the failing block is computed, and names global
+    batch indices.
 
     Examples
     --------
@@ -138,5 +149,38 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
             [ 0. ,  0.5]]])
     """
     check_policy(on_singular)
+    library = foreign_library(a)
+    if library is not None:
+        return _foreign(a, library, device, on_singular)
     _, inverse, info = _run(a, device)
     return apply_policy(inverse, info, on_singular)
+
+
+def _foreign(a: Any, library: str, device: DeviceLike, on_singular: str | None) -> Any:
+    """Run ``inv`` (``on_singular`` given) or ``inv_ex`` (None) on a dask
+    array, torch tensor or JAX array; their modules load only here."""
+    if library == "dask":
+        from ._dask import dask_inv, dask_inv_ex
+
+        if on_singular is None:
+            return dask_inv_ex(a, device=device)
+        return dask_inv(a, on_singular=on_singular, device=device)
+
+    from ._adapters import import_array
+
+    imported = import_array(a, library)
+    with _cuda_device(imported.device_id):
+        if on_singular is None:
+            inverse, info = inv_ex(imported.array, device=device)
+            return InvResult(imported.export(inverse), imported.export(info))
+        # A SingularMatrixError propagates as is: its indices are the
+        # tensor's own batch indices.
+        return imported.export(inv(imported.array, on_singular=on_singular, device=device))
+
+
+def _cuda_device(device_id: int | None) -> Any:
+    if device_id is None:
+        return contextlib.nullcontext()
+    import cupy
+
+    return cupy.cuda.Device(device_id)

@@ -46,18 +46,21 @@ class SingularMatrixError(np.linalg.LinAlgError):
         return (type(self), (str(self), self.info, self.indices))
 
 
-def _format_indices(indices: np.ndarray, ndim: int) -> str:
+def _format_indices(indices: np.ndarray, ndim: int, offset: tuple[int, ...] | None = None) -> str:
+    if offset is not None:  # a block of a larger batch: name global indices
+        indices = indices + np.asarray(offset, dtype=np.int64)
     if ndim == 1:
         return ", ".join(str(int(i[0])) for i in indices)
     return ", ".join(str(tuple(int(j) for j in i)) for i in indices)
 
 
-def failure_message(info: np.ndarray) -> str:
+def failure_message(info: np.ndarray, offset: tuple[int, ...] | None = None) -> str:
     """Describe the failed matrices of a host ``info`` array in one message.
 
     The message says how many of how many matrices failed, tells singular
     from non-finite apart, and lists the batch indices of the first
-    ``MAX_LISTED`` of each kind.
+    ``MAX_LISTED`` of each kind. ``offset`` (one entry per batch axis) is
+    added to every listed index, for ``info`` of one block of a larger batch.
     """
     total = info.size
     singular = np.argwhere(info > 0)
@@ -70,7 +73,7 @@ def failure_message(info: np.ndarray) -> str:
     parts = []
     for name, where in (("singular", singular), ("non-finite (NaN or Inf)", nonfinite)):
         if len(where):
-            listed = _format_indices(where[:MAX_LISTED], info.ndim)
+            listed = _format_indices(where[:MAX_LISTED], info.ndim, offset)
             more = f", ... ({len(where) - MAX_LISTED} more)" if len(where) > MAX_LISTED else ""
             parts.append(f"{len(where)} {name} at batch indices [{listed}{more}]")
     noun = "matrix" if total == 1 else "matrices"
