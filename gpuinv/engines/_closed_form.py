@@ -88,10 +88,23 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray) -> np.ndarray | None:
             det = _adj4(t, o)
         r = s / det  # inv(a) = s * inv(s * a) = s * adj(s * a) / det(s * a)
         ok = np.isfinite(r)
+        two_step = None
+        if not ok.all():
+            # s / det can overflow where s * (adj / det) does not: a matrix
+            # of subnormals has s near the top of the range and det(s * a)
+            # below 1. Those few apply 1/det and s one at a time.
+            two_step = np.flatnonzero(~ok & np.isfinite(1 / det))
+            r[two_step] = 1 / det[two_step]
+            ok[two_step] = True
         if n in GUARD:
             bound = big * big if n == 3 else big * big * big
             ok &= _entry_max(o.reshape(n * n, m)) * GUARD[n] >= bound
         o *= r
+        if two_step is not None and two_step.size:
+            o[..., two_step] *= s[two_step]
+            # An inverse that is not representable goes to LAPACK, which
+            # reports it (info 0, non-finite entries) as it does for n > 4.
+            ok[two_step] &= np.isfinite(o[..., two_step]).all(axis=(0, 1))
     out[...] = o.transpose(2, 0, 1)
     if ok.all():
         return None
