@@ -86,8 +86,10 @@ class CpuEngine:
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None or self._pool_size != threads:
-                if self._pool is not None:
-                    self._pool.shutdown(wait=False)
+                # The old pool is dropped, not shut down: calls in other
+                # threads may still be submitting chunks to it. Its workers
+                # exit once the last such call lets go of it (they hold only
+                # a weak reference to their executor).
                 self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gpuinv-cpu")
                 self._pool_size = threads
             return self._pool
