@@ -64,10 +64,10 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray) -> np.ndarray | None:
     if n > MAX_N:
         raise ValueError(f"closed forms cover n <= {MAX_N}, got {n}")
     # Structure of arrays: t[i, j] is entry (i, j) of every matrix, contiguous.
-    # Always a copy: t is scaled in place below, and for n = 1 or a single
-    # matrix the transposed view is already contiguous, so ascontiguousarray
-    # would hand back the caller's own memory.
-    t = np.array(x.transpose(1, 2, 0), order="C", copy=True)
+    # Always a copy (x.transpose(...).copy() is C-ordered): t is scaled in
+    # place below, and for m == 1 or n == 1 the transpose is already
+    # contiguous, so ascontiguousarray would hand back the caller's memory.
+    t = x.transpose(1, 2, 0).copy()
     big = _entry_max(t.reshape(n * n, m))
     # Power-of-two factors s with max|s * a| in [0.5, 1). The exponent is
     # clipped to keep s finite; a matrix still outside the safe range after
