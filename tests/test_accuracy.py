@@ -72,7 +72,7 @@ def _orthogonal(rng, count, n, complex_):
     g = rng.standard_normal((count, n, n))
     if complex_:
         g = g + 1j * rng.standard_normal((count, n, n))
-    q, r = np.linalg.qr(g)
+    q, _ = np.linalg.qr(g)
     return q
 
 

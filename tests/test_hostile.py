@@ -375,7 +375,7 @@ def test_non_native_byte_order(dtype, out_dtype, n, device):
 def test_read_only(n, device):
     a = well_conditioned((6, n, n)) * 3.0  # not in [0.5, 1): the closed forms must scale a copy
     a.flags.writeable = False
-    x, info = call_both(a, device)
+    x, _ = call_both(a, device)
     assert_inverse_ok(a, x, np.float64)
     assert not a.flags.writeable
 
@@ -415,7 +415,7 @@ def test_ndarray_subclass_returns_plain_ndarray(device):
     # Deliberate: the result is a plain ndarray (NumPy in, NumPy out). A
     # subclass's invariants (units, metadata) need not hold for an inverse.
     a = Tagged(well_conditioned((3, 4, 4)))
-    x, info = call_both(a, device)
+    x, _ = call_both(a, device)
     assert type(x) is np.ndarray
     assert_inverse_ok(np.asarray(a), x, np.float64)
     assert a.tag == "t"
@@ -508,7 +508,7 @@ def test_zero_stride_inside_a_matrix(device):
     # Every row is the same memory: singular, with LAPACK's step.
     row = np.array([1.0, 2.0, 3.0])
     a = np.lib.stride_tricks.as_strided(row, shape=(3, 3), strides=(0, 8), writeable=False)
-    x, info = call_both(a, device)
+    _, info = call_both(a, device)
     assert info == 2
     with pytest.raises(gpuinv.SingularMatrixError, match=r"^Singular matrix \(zero pivot at step 2\)$"):
         gpuinv.inv(a, device=device)
