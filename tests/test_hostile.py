@@ -187,6 +187,28 @@ def test_non_square(shape, device):
             f(a, device=device)
 
 
+class ArrayLike:
+    """An object that only speaks NumPy's __array__ protocol (as pandas and xarray do)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_array_protocol_and_buffers(device):
+    a = well_conditioned((3, 4, 4), np.float32) * 3
+    snap = Snapshot(a)
+    x, info = call_both(ArrayLike(a), device)
+    assert_inverse_ok(a, x, np.float32)
+    snap.check()  # __array__ handed over a's own memory: still untouched
+    y, info = call_both(memoryview(a), device)
+    np.testing.assert_array_equal(y, x)
+    snap.check()
+
+
 def test_ragged_list_is_numpys_value_error():
     # numpy.asarray refuses ragged nesting; its ValueError passes through.
     with pytest.raises(ValueError, match="inhomogeneous"):
