@@ -1,0 +1,183 @@
+"""Accuracy: gpuinv's backward error stays within 10x of LAPACK's.
+
+The backward error of a computed inverse X of A is
+``||A X - I||_1 / (||A||_1 ||X||_1)``, evaluated in extended precision
+(long double where the platform has it). The reference is LAPACK getrf +
+getri in the same precision, called per matrix through SciPy: for float32
+input ``numpy.linalg.inv`` computes in float64, so it is no float32
+reference.
+
+Matrix classes: random Gaussian, graded (rows and columns scaled over eight
+orders of magnitude), and ill-conditioned (condition number about 1e8 in double
+and 1e5 in single precision, built from random orthogonal factors). n runs over 1..16 and a few larger orders;
+the closed forms cover n <= 4, LAPACK the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuinv
+from gpuinv.engines import _closed_form
+
+lapack = pytest.importorskip("scipy.linalg.lapack")
+
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+NS = list(range(1, 17)) + [24, 33, 64]
+COUNT = 120  # matrices per (class, dtype, n)
+FACTOR = 10  # the issue's bar: within 10x of LAPACK
+# Condition numbers of the ill-conditioned class: 1e8 in double precision
+# (the issue's), 1e5 in single, where 1e8 is past 1/eps and rounding the
+# matrix to float32 may make it exactly singular for LAPACK too.
+ILL_COND = {"d": 1e8, "f": 1e5}
+
+_ROUTINES = {
+    np.dtype(np.float32): (lapack.sgetrf, lapack.sgetri),
+    np.dtype(np.float64): (lapack.dgetrf, lapack.dgetri),
+    np.dtype(np.complex64): (lapack.cgetrf, lapack.cgetri),
+    np.dtype(np.complex128): (lapack.zgetrf, lapack.zgetri),
+}
+
+
+def eps(dtype):
+    return float(np.finfo(dtype).eps)
+
+
+def backward_error(a, x):
+    """||A X - I||_1 / (||A||_1 ||X||_1) per matrix, in extended precision."""
+    wide = np.clongdouble if a.dtype.kind == "c" else np.longdouble
+    A = a.astype(wide)
+    X = x.astype(wide)
+    n = a.shape[-1]
+    r = np.abs(A @ X - np.eye(n, dtype=wide)).sum(axis=-2).max(axis=-1)
+    na = np.abs(A).sum(axis=-2).max(axis=-1)
+    nx = np.abs(X).sum(axis=-2).max(axis=-1)
+    return (r / (na * nx)).astype(np.float64)
+
+
+def lapack_inverse(a):
+    getrf, getri = _ROUTINES[a.dtype]
+    out = np.empty_like(a)
+    for i in range(len(a)):
+        lu, piv, info = getrf(a[i])
+        assert info == 0
+        inv, info = getri(lu, piv)
+        assert info == 0
+        out[i] = inv
+    return out
+
+
+def _orthogonal(rng, count, n, complex_):
+    g = rng.standard_normal((count, n, n))
+    if complex_:
+        g = g + 1j * rng.standard_normal((count, n, n))
+    q, _ = np.linalg.qr(g)
+    return q
+
+
+def make(kind, count, n, dtype, seed):
+    rng = np.random.default_rng(seed)
+    complex_ = np.dtype(dtype).kind == "c"
+    g = rng.standard_normal((count, n, n))
+    if complex_:
+        g = g + 1j * rng.standard_normal((count, n, n))
+    if kind == "random":
+        a = g
+    elif kind == "graded":
+        d = np.logspace(-4, 4, n)
+        a = d[:, None] * g * d[::-1][None, :]
+    elif kind == "illcond":
+        if n == 1:
+            a = g
+        else:
+            s = np.logspace(0, -np.log10(ILL_COND[np.dtype(dtype).char.lower()]), n)
+            a = _orthogonal(rng, count, n, complex_) * s[None, None, :] @ _orthogonal(rng, count, n, complex_)
+    else:
+        raise ValueError(kind)
+    return np.ascontiguousarray(a.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["random", "graded", "illcond"])
+@pytest.mark.parametrize("n", NS)
+def test_backward_error_within_10x_of_lapack(n, kind, dtype):
+    a = make(kind, COUNT if n <= 16 else COUNT // 4, n, dtype, seed=n * 7 + len(kind))
+    res = gpuinv.inv_ex(a, device="cpu")
+    # The factorization may legitimately see a zero pivot only for exactly
+    # singular input, which these classes never produce.
+    assert (res.info == 0).all()
+    ours = backward_error(a, res.inverse)
+    ref = backward_error(a, lapack_inverse(a))
+    floor = eps(dtype)  # LAPACK can be lucky on one matrix; compare against at least one ulp
+    assert ours.max() <= FACTOR * max(ref.max(), floor), (ours.max() / eps(dtype), ref.max() / eps(dtype))
+    # And matrix by matrix, for all but the rare lucky LAPACK result.
+    per_matrix = ours <= FACTOR * np.maximum(ref, n * floor)
+    assert per_matrix.mean() >= 0.99
+
+
+# --------------------------------------------------------------------------
+# The closed forms' guard (n = 3, 4)
+# --------------------------------------------------------------------------
+
+
+def near_rank_deficient(count, n, dtype, seed):
+    """Matrices close to rank n - 2: small adjugate against max|a|**(n-1).
+
+    A rank-(n-2) product plus a perturbation of relative size 1e-8..1 (1e-4..1
+    in single precision): the ratio max|a|**(n-1) / max|adj(a)| sweeps from
+    about 1 to 1e9, across the guard's threshold.
+    """
+    rng = np.random.default_rng(seed)
+    lo = -4 if np.finfo(dtype).eps > 1e-10 else -8
+    left = rng.standard_normal((count, n, n - 2))
+    right = rng.standard_normal((count, n - 2, n))
+    delta = 10.0 ** rng.uniform(lo, 0, count)
+    a = left @ right + delta[:, None, None] * rng.standard_normal((count, n, n))
+    if np.dtype(dtype).kind == "c":
+        a = a + 1j * (left @ right[:, ::-1] + delta[:, None, None] * rng.standard_normal((count, n, n)))
+    return a.astype(dtype)
+
+
+def adjugate_ratio(a):
+    """max|a|**(n-1) / max|adj(a)|, the quantity GUARD bounds (in float64/complex128)."""
+    n = a.shape[-1]
+    wide = a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
+    adj = np.linalg.inv(wide) * np.linalg.det(wide)[:, None, None]
+    return np.abs(wide).max(axis=(1, 2)) ** (n - 1) / np.abs(adj).max(axis=(1, 2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [3, 4])
+def test_guard_keeps_closed_forms_within_10x(n, dtype):
+    a = near_rank_deficient(4000, n, dtype, seed=n)
+    out = np.empty_like(a)
+    redo = _closed_form.closed_form_inverse(a, out)
+    accepted = np.ones(len(a), bool) if redo is None else ~redo
+    ratio = adjugate_ratio(a)
+    # The guard is the ratio test, up to rounding, and for complex up to
+    # measuring entries by max(|re|, |im|), within sqrt(2) of |z|: a factor
+    # sqrt(2)**n on max|a|**(n-1) / max|adj|.
+    slack = 2 ** (n / 2) if a.dtype.kind == "c" else 1.01
+    assert (ratio[accepted] <= _closed_form.GUARD[n] * slack).all()
+    assert accepted[ratio <= _closed_form.GUARD[n] / slack].all()
+    # Everything the closed form keeps is within 10x of LAPACK's worst
+    # backward error on the same family; the rest goes to LAPACK.
+    ours = backward_error(a[accepted], out[accepted])
+    ref = backward_error(a, lapack_inverse(a))
+    assert ours.max() <= FACTOR * max(ref.max(), eps(dtype))
+    # Through the public API the flagged ones come back at LAPACK accuracy.
+    full = backward_error(a, gpuinv.inv(a, device="cpu"))
+    assert full.max() <= FACTOR * max(ref.max(), eps(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, kept", [(3, 0.995), (4, 0.95)])
+def test_guard_keeps_most_random_matrices_on_the_fast_path(n, kept, dtype):
+    # Measured with 2e4 Gaussian matrices: GUARD = 8 keeps 99.9% at n = 3
+    # and 97.2% at n = 4 on the closed form (the rest go to LAPACK).
+    a = np.random.default_rng(n).standard_normal((20000, n, n)).astype(dtype)
+    out = np.empty_like(a)
+    redo = _closed_form.closed_form_inverse(a, out)
+    fraction = 1.0 if redo is None else 1 - redo.mean()
+    assert fraction >= kept
