@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import _thread
+import os
 import threading
 
 import numpy as np
@@ -290,3 +291,34 @@ def test_eight_threads_with_cupy(streams):
 
     run_threads(target)
     cupy.cuda.Device().synchronize()
+
+
+def _child_inverts(queue):
+    import numpy as np
+
+    import gpuinv
+
+    a = np.tile(np.eye(3), (50_000, 1, 1)) * 2.0
+    queue.put(float(gpuinv.inv(a, device="cpu")[123, 1, 1]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_gets_a_working_pool(monkeypatch):
+    # Regression: a child forked after the parent used the thread pool
+    # inherited the pool without its threads and hung on the first call.
+    import multiprocessing
+
+    monkeypatch.setattr(gpuinv.config, "cpu_threads", 2)
+    monkeypatch.setattr(gpuinv.config, "cpu_chunk_bytes", 1 << 16)
+    a = np.tile(np.eye(3), (50_000, 1, 1))
+    gpuinv.inv(a, device="cpu")  # the parent's pool now has live threads
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_inverts, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == 0.5

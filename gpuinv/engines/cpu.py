@@ -20,6 +20,7 @@ closed forms' temporaries), whatever the size of the stack.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -58,6 +59,16 @@ class CpuEngine:
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            # A forked child (multiprocessing's default on Linux) inherits
+            # the pool object but none of its threads: work submitted there
+            # would wait forever. The child starts a fresh pool instead.
+            os.register_at_fork(after_in_child=self._forget_pool)
+
+    def _forget_pool(self) -> None:
+        self._pool = None
         self._pool_size = 0
         self._lock = threading.Lock()
 
