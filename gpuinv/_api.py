@@ -100,9 +100,9 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
     ----------
     a : (..., n, n) array_like
         NumPy or CuPy array, torch tensor, JAX array, dask array, or
-        anything ``numpy.asarray`` accepts. It is never modified. bool and integer input computes in float64, float16
-        in float32; float32, float64, complex64 and complex128 keep their
-        dtype.
+        anything ``numpy.asarray`` accepts. It is never modified. bool and
+        integer input computes in float64, float16 in float32; float32,
+        float64, complex64 and complex128 keep their dtype.
     on_singular : {"raise", "nan", "ignore"}, optional
         What to do with matrices that cannot be inverted (exactly singular,
         or holding NaN or Inf). ``"raise"`` (default) raises

@@ -13,18 +13,8 @@ import numpy as np
 import pytest
 
 import gpuinv
+from conftest import cuda_usable
 from gpuinv._adapters import foreign_library, import_array
-
-
-def _cuda_available() -> bool:
-    try:
-        import cupy
-    except ImportError:
-        return False
-    try:
-        return bool(cupy.cuda.is_available())
-    except Exception:
-        return False
 
 
 def _stack(rng, shape, dtype=np.float64):
@@ -226,7 +216,7 @@ def test_jax_non_array_object_is_refused(jax):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda_available(), reason="no usable CUDA device")
+@pytest.mark.skipif(not cuda_usable(), reason="no usable CUDA device")
 def test_torch_cuda_shares_memory_both_ways(torch):
     import cupy
 
@@ -248,7 +238,7 @@ def test_torch_cuda_shares_memory_both_ways(torch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda_available(), reason="no usable CUDA device")
+@pytest.mark.skipif(not cuda_usable(), reason="no usable CUDA device")
 def test_torch_cuda_singular_raise(torch):
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA")
@@ -259,7 +249,7 @@ def test_torch_cuda_singular_raise(torch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda_available(), reason="no usable CUDA device")
+@pytest.mark.skipif(not cuda_usable(), reason="no usable CUDA device")
 def test_jax_gpu_shares_memory_both_ways(jax):
     import cupy
 
