@@ -6,15 +6,18 @@ threshold names the benchmark that set it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ._config import config
 from ._device import DeviceRequest, require_cuda
+from .kernels import KERNEL_MAX_N
 
 if TYPE_CHECKING:
     from ._normalize import Operand
 
-__all__ = ["cpu_route", "select_engine", "CPU_CLOSED_FORM_MAX_N"]
+__all__ = ["cpu_route", "cuda_route", "select_engine", "CPU_CLOSED_FORM_MAX_N"]
 
 # Closed forms beat LAPACK's per-matrix calls by 5-30x for n <= 4 and keep its
 # accuracy (with the guard in engines/_closed_form.py); at n = 5 the 5x5
@@ -25,6 +28,16 @@ CPU_CLOSED_FORM_MAX_N = 4
 def cpu_route(n: int) -> str:
     """The CPU engine's route for order n: "closed_form" or "lapack"."""
     return "closed_form" if n <= CPU_CLOSED_FORM_MAX_N else "lapack"
+
+
+def cuda_route(n: int, dtype: Any) -> str:
+    """The CUDA engine's route for order n: "kernel" (our own) or "cublas".
+
+    Our kernels (gpuinv/kernels) take n <= KERNEL_MAX_N[dtype]; that bound
+    is provisional until benchmarks/gpu_check.py measures the crossover
+    with cuBLAS getrf/getri (see KERNEL_MAX_N for what it rests on now).
+    """
+    return "kernel" if 1 <= n <= KERNEL_MAX_N.get(np.dtype(dtype), 0) else "cublas"
 
 
 def select_engine(op: Operand, request: DeviceRequest):

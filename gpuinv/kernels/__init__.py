@@ -56,6 +56,11 @@ _CXX_TYPES = {
 # (`python -m gpuinv.kernels --check`). benchmarks/gpu_check.py measures the
 # crossover against cuBLAS on real hardware.
 KERNEL_MAX_N: dict[np.dtype, int] = {dt: 32 for dt in _DTYPES}
+# complex128 stops at 24: above it a 4-register element times two rows'
+# worth of live values (the row and the pivot elements the scheduler
+# hoists) passes 255 registers and ptxas spills on sm_80 or sm_90
+# (`python -m gpuinv.kernels --check`, NVRTC 12.9); cuBLAS takes n = 25..32.
+KERNEL_MAX_N[np.dtype(np.complex128)] = 24
 
 # The largest n that runs one thread per matrix; larger n runs a lane group
 # per matrix. The bound is registers: the whole matrix lives in one

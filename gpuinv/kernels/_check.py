@@ -8,13 +8,23 @@ holds ptxas's register and spill report for every kernel.
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from . import NVRTC_OPTIONS, KernelSpec, instantiations, kernel_source
 
-__all__ = ["ARCHS", "KernelReport", "parse_ptxas_report", "compile_report", "run_check"]
+__all__ = [
+    "ARCHS",
+    "KernelReport",
+    "NvrtcCompileError",
+    "parse_ptxas_report",
+    "compile_report",
+    "collect_reports",
+    "run_check",
+]
 
 #: A100 and H100: the architectures the project supports and CI checks.
 ARCHS = ("sm_80", "sm_90")
@@ -126,30 +136,64 @@ def compile_report(specs: list[KernelSpec], arch: str, defaults: set[KernelSpec]
         nvrtc.destroyProgram(prog)
 
 
-def run_check(archs: tuple[str, ...] = ARCHS, include_non_default: bool = False, out=print) -> int:
-    """Compile and report every instantiation for every arch; return an exit status.
+def _compile_job(job: tuple[list[KernelSpec], str, set[KernelSpec]]) -> list[KernelReport]:
+    return compile_report(*job)
 
-    The status is 1 if any default-dispatched kernel spills, else 0 (a
-    compile error raises :class:`NvrtcCompileError`).
+
+def collect_reports(
+    archs: tuple[str, ...] = ARCHS, include_non_default: bool = False, workers: int | None = None
+) -> list[KernelReport]:
+    """Compile every instantiation for every arch and return ptxas's reports.
+
+    Compiling is slow (the kernels are fully unrolled), so one program per
+    (arch, dtype) is compiled in a pool of ``workers`` processes (default:
+    the usable CPUs).
     """
+    _load_nvrtc()  # fail here, not in a worker, if libnvrtc is missing
     defaults = set(instantiations())
     specs = instantiations(include_non_default)
+    # Small jobs, the costliest first, keep every worker busy to the end;
+    # each job is one NVRTC program (parsing the source costs well under a
+    # second, compiling the big unrolled kernels tens of seconds).
+    by_cost = sorted(specs, key=lambda s: s.n * s.n * s.dtype.itemsize, reverse=True)
+    chunks = [by_cost[i : i + 4] for i in range(0, len(by_cost), 4)]
+    jobs = [(chunk, arch, defaults) for chunk in chunks for arch in archs]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers <= 1:
+        results = [_compile_job(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            results = list(pool.map(_compile_job, jobs))
+    order = {(spec, arch): i for i, (spec, arch) in enumerate((s, a) for a in archs for s in specs)}
+    return sorted((r for batch in results for r in batch), key=lambda r: order[(r.spec, r.arch)])
+
+
+def run_check(
+    archs: tuple[str, ...] = ARCHS, include_non_default: bool = False, out=print, workers: int | None = None
+) -> int:
+    """Compile and report every instantiation for every arch; return an exit status.
+
+    Prints one line per instantiation and arch. The status is 1 if any
+    default-dispatched kernel spills, else 0 (a compile error raises
+    :class:`NvrtcCompileError`).
+    """
+    start = time.perf_counter()
+    reports = collect_reports(archs, include_non_default, workers)
+    specs = {r.spec for r in reports}
+    out(f"# {len(reports)} kernels compiled for {', '.join(archs)} in {time.perf_counter() - start:.0f} s")
     failed = []
-    for arch in archs:
-        start = time.perf_counter()
-        reports = compile_report(specs, arch, defaults)
-        out(f"# {arch}: {len(reports)} kernels compiled in {time.perf_counter() - start:.1f} s")
-        for r in reports:
-            flag = "" if r.default else "  (not dispatched)"
-            if r.spills and r.default:
-                flag = "  SPILL"
-                failed.append(r)
-            elif r.spills:
-                flag += " spill"
-            out(
-                f"{arch}  {r.spec.label()} regs={r.registers:<3} spill_stores={r.spill_stores:<5} "
-                f"spill_loads={r.spill_loads:<5} stack={r.stack_bytes:<5} smem={r.spec.shared_bytes}{flag}"
-            )
+    for r in reports:
+        flag = "" if r.default else "  (not dispatched)"
+        if r.spills and r.default:
+            flag = "  SPILL"
+            failed.append(r)
+        elif r.spills:
+            flag += " spill"
+        out(
+            f"{r.arch}  {r.spec.label()} regs={r.registers:<3} spill_stores={r.spill_stores:<5} "
+            f"spill_loads={r.spill_loads:<5} stack={r.stack_bytes:<5} smem={r.spec.shared_bytes}{flag}"
+        )
     if failed:
         out(f"FAILED: {len(failed)} default-dispatched kernels spill registers")
         return 1

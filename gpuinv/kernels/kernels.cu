@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(32 * W, 1)
         }
         __syncwarp();
         T x[N];
-        if (has_row) back_substitute_column<T, N>(mine, LD, row, x);
+        back_substitute_column<T, N>(mine, LD, row, x);  // lanes past N: a harmless dummy column
         __syncwarp();  // every lane has read U before the slice takes X
         if (has_row) {
             GPUINV_UNROLL
