@@ -130,3 +130,29 @@ def test_every_dispatched_kernel_compiles_without_spills(reports, arch):
     assert not spilling, f"register spills on {arch}: {spilling}"
     for r in mine.values():
         assert 0 < r.registers <= 255
+
+
+def test_cuda_route_sends_small_n_to_the_kernels():
+    from gpuinv._dispatch import cuda_route
+
+    for dt, max_n in kernels.KERNEL_MAX_N.items():
+        assert cuda_route(1, dt) == "kernel"
+        assert cuda_route(max_n, dt) == "kernel"
+        assert cuda_route(max_n + 1, dt) == "cublas"
+        assert cuda_route(max_n, dt.str) == "kernel"  # any dtype-like
+    assert cuda_route(0, np.float64) == "cublas"
+
+
+def test_importing_the_kernels_does_not_import_cupy():
+    import subprocess
+    import sys
+
+    code = "import sys, gpuinv, gpuinv.kernels, gpuinv._dispatch; print('cupy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_kernel_source_inlines_the_header():
+    source = kernels.kernel_source()
+    assert '#include "inverse.cuh"' not in source
+    assert "lu_row_step" in source and "inv_group" in source

@@ -63,16 +63,19 @@ KERNEL_MAX_N: dict[np.dtype, int] = {dt: 32 for dt in _DTYPES}
 KERNEL_MAX_N[np.dtype(np.complex128)] = 24
 
 # The largest n that runs one thread per matrix; larger n runs a lane group
-# per matrix. The bound is registers: the whole matrix lives in one
-# thread, n^2 elements of 1, 2 or 4 registers each, and the limit is the one
-# where ptxas still reports no spill on sm_80 and sm_90 (--check --all shows
-# the spills just above it). Whether the thread shape is also the faster one
-# up to these sizes is provisional: benchmarks/gpu_check.py measures it.
+# per matrix. The bound is registers: the whole matrix lives in one thread,
+# n^2 elements of 1, 2 or 4 registers each. `python -m gpuinv.kernels
+# --check --all` (NVRTC 12.9) puts the one-thread kernel at 180 registers
+# for float64 n = 8, at 251-254 for complex64 n = 7, 8 and at 228 for
+# complex128 n = 5 (spilling from complex128 n = 7): the bounds below keep
+# every one-thread kernel under about 200, leaving room for other compiler
+# versions and some occupancy. Whether the thread shape is also the faster
+# one up to these sizes is provisional: benchmarks/gpu_check.py measures it.
 THREAD_MAX_N: dict[np.dtype, int] = {
     np.dtype(np.float32): 8,
     np.dtype(np.float64): 8,
-    np.dtype(np.complex64): 8,
-    np.dtype(np.complex128): 5,
+    np.dtype(np.complex64): 6,
+    np.dtype(np.complex128): 4,
 }
 
 # Static shared memory per block is capped at 48 KiB; staying within it
