@@ -51,15 +51,13 @@ _CXX_TYPES = {
 # The largest n that dispatch sends to these kernels, per dtype; above it
 # the CUDA engine uses cuBLAS getrf/getri. Provisional until measured: the
 # published batched Gauss-Jordan and LU kernels (one warp per matrix, rows in
-# registers) beat cuBLAS's batched getrf+getri up to n = 32, and a row of 32
-# complex128 elements (128 registers) still fits a lane without spilling
-# (`python -m gpuinv.kernels --check`). benchmarks/gpu_check.py measures the
+# registers) beat cuBLAS's batched getrf+getri up to n = 32, so the kernels
+# take every n up to 32 they can hold without spilling. complex128 stops at
+# 24: above it a row of 4-register elements, plus the pivot elements ptxas
+# hoists, reaches 255 registers and spills on sm_80 or sm_90 (`python -m
+# gpuinv.kernels --check`, NVRTC 12.9). benchmarks/gpu_check.py measures the
 # crossover against cuBLAS on real hardware.
 KERNEL_MAX_N: dict[np.dtype, int] = {dt: 32 for dt in _DTYPES}
-# complex128 stops at 24: above it a 4-register element times two rows'
-# worth of live values (the row and the pivot elements the scheduler
-# hoists) passes 255 registers and ptxas spills on sm_80 or sm_90
-# (`python -m gpuinv.kernels --check`, NVRTC 12.9); cuBLAS takes n = 25..32.
 KERNEL_MAX_N[np.dtype(np.complex128)] = 24
 
 # The largest n that runs one thread per matrix; larger n runs a lane group

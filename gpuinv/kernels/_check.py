@@ -97,9 +97,16 @@ class NvrtcCompileError(RuntimeError):
 
 
 def _load_nvrtc():
+    """CuPy's NVRTC binding, or ImportError saying why it cannot be used."""
     from cupy.cuda import nvrtc  # noqa: PLC0415 - optional dependency
 
-    nvrtc.getVersion()  # raises if libnvrtc cannot be loaded
+    try:
+        nvrtc.getVersion()  # loads libnvrtc
+    except Exception as exc:  # CuPy reports a missing library in several ways
+        raise ImportError(
+            f"libnvrtc cannot be loaded ({exc}); pip install nvidia-cuda-nvrtc-cu12 "
+            "(or nvidia-cuda-nvrtc for CUDA 13)"
+        ) from exc
     return nvrtc
 
 
