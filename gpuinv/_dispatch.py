@@ -6,10 +6,13 @@ threshold names the benchmark that set it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ._config import config
 from ._device import DeviceRequest, require_cuda
+from .kernels import KERNEL_MAX_N
 
 if TYPE_CHECKING:
     from ._normalize import Operand
@@ -42,12 +45,18 @@ def cpu_route(n: int) -> str:
 CUDA_CUSOLVER_MIN_N = 256
 
 
-def cuda_route(n: int, dtype: object) -> str:
+def cuda_route(n: int, dtype: Any) -> str:
     """The CUDA engine's route for order n and compute dtype.
 
-    Returns ``"cublas"`` (batched getrf + getri) or ``"cusolver"`` (getrf +
-    getrs per matrix) for ``n >= CUDA_CUSOLVER_MIN_N``.
+    * ``"kernel"``: our own kernels (gpuinv/kernels) for
+      ``n <= KERNEL_MAX_N[dtype]``; provisional until benchmarks/gpu_check.py
+      measures the crossover with cuBLAS (see KERNEL_MAX_N for what the
+      bound rests on now);
+    * ``"cusolver"``: getrf + getrs per matrix for ``n >= CUDA_CUSOLVER_MIN_N``;
+    * ``"cublas"``: batched getrf + getri in between.
     """
+    if 1 <= n <= KERNEL_MAX_N.get(np.dtype(dtype), 0):
+        return "kernel"
     return "cusolver" if n >= CUDA_CUSOLVER_MIN_N else "cublas"
 
 

@@ -148,7 +148,8 @@ def test_engine_module_does_not_import_cupy():
 
 
 def test_cuda_route():
-    assert _dispatch.cuda_route(4, np.float64) == "cublas"
+    assert _dispatch.cuda_route(4, np.float64) == "kernel"
+    assert _dispatch.cuda_route(40, np.float64) == "cublas"
     n0 = _dispatch.CUDA_CUSOLVER_MIN_N
     assert _dispatch.cuda_route(n0 - 1, np.float32) == "cublas"
     assert _dispatch.cuda_route(n0, np.complex128) == "cusolver"

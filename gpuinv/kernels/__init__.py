@@ -1,0 +1,277 @@
+"""Our own CUDA kernels for stacks of small matrices.
+
+Two kernel shapes (docs/kernels.md has the design and the numbers):
+
+* ``thread``: one thread per matrix, the matrix in registers, global loads
+  and stores coalesced through shared memory. For the smallest n.
+* ``group``: a group of G lanes (a power of two, ``n <= G <= 32``) per
+  matrix, one row per lane, pivot search and row broadcast by shuffles.
+
+Both run the same algorithm from ``inverse.cuh`` (LU with partial pivoting
+and forward substitution on the identity in place, then back substitution:
+what ``numpy.linalg.inv`` does through LAPACK's gesv), the same source the
+host tests compile with g++.
+
+Kernels are compiled at run time through CuPy (``cupy.RawModule``, NVRTC),
+one (dtype, n) at a time on first use, and cached per device (CuPy also
+caches the binaries on disk). Importing this module does not import CuPy;
+:func:`invert_small` does.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "KERNEL_MAX_N",
+    "INPUT_READ_ONLY",
+    "THREAD_MAX_N",
+    "KernelSpec",
+    "kernel_spec",
+    "instantiations",
+    "kernel_source",
+    "invert_small",
+]
+
+_HERE = Path(__file__).resolve().parent
+
+_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
+
+_CXX_TYPES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.complex64): "gpuinv::cplx<float>",
+    np.dtype(np.complex128): "gpuinv::cplx<double>",
+}
+
+# The largest n that dispatch sends to these kernels, per dtype; above it
+# the CUDA engine uses cuBLAS getrf/getri. Provisional until measured: the
+# published batched Gauss-Jordan and LU kernels (one warp per matrix, rows in
+# registers) beat cuBLAS's batched getrf+getri up to n = 32, so the kernels
+# take every n up to 32 they can hold without spilling. complex128 stops at
+# 24: above it a row of 4-register elements, plus the pivot elements ptxas
+# hoists, reaches 255 registers and spills on sm_80 or sm_90 (`python -m
+# gpuinv.kernels --check`, NVRTC 12.9). benchmarks/gpu_check.py measures the
+# crossover against cuBLAS on real hardware.
+KERNEL_MAX_N: dict[np.dtype, int] = {dt: 32 for dt in _DTYPES}
+KERNEL_MAX_N[np.dtype(np.complex128)] = 24
+
+# The largest n that runs one thread per matrix; larger n runs a lane group
+# per matrix. The bound is registers: the whole matrix lives in one thread,
+# n^2 elements of 1, 2 or 4 registers each. `python -m gpuinv.kernels
+# --check --all` (NVRTC 12.9) puts the one-thread kernel at 180 registers
+# for float64 n = 8, at 251-254 for complex64 n = 7, 8 and at 228 for
+# complex128 n = 5 (spilling from complex128 n = 7): the bounds below keep
+# every one-thread kernel under about 200, leaving room for other compiler
+# versions and some occupancy. Whether the thread shape is also the faster
+# one up to these sizes is provisional: benchmarks/gpu_check.py measures it.
+THREAD_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 8,
+    np.dtype(np.complex64): 6,
+    np.dtype(np.complex128): 4,
+}
+
+# Both kernels take the input as ``const T* __restrict__`` and only read it,
+# so the CUDA engine may hand them the caller's own contiguous stack without
+# a gather copy (gpuinv/engines/cuda.py, route "kernel").
+INPUT_READ_ONLY = True
+
+# Static shared memory per block is capped at 48 KiB; staying within it
+# avoids the opt-in for dynamic shared memory.
+_SMEM_LIMIT = 48 * 1024
+# The largest grid.x CUDA allows; the kernels loop over tiles past it.
+_MAX_GRID = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel instantiation: which template, with which arguments.
+
+    Attributes
+    ----------
+    dtype : numpy.dtype
+        The element type.
+    n : int
+        The matrix order.
+    shape : str
+        ``"thread"`` (one thread per matrix) or ``"group"`` (lanes per matrix).
+    block : int
+        Threads per block.
+    per_block : int
+        Matrices per block and tile.
+    group : int
+        Lanes per matrix (1 for the thread shape).
+    """
+
+    dtype: np.dtype
+    n: int
+    shape: str
+    block: int
+    per_block: int
+    group: int
+
+    @property
+    def name_expression(self) -> str:
+        """The C++ name of the instantiation, as NVRTC's addNameExpression takes it."""
+        cxx = _CXX_TYPES[self.dtype]
+        if self.shape == "thread":
+            return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}>"
+        warps = self.block // 32
+        return f"gpuinv::inv_group<{cxx}, {self.n}, {self.group}, {warps}>"
+
+    @property
+    def shared_bytes(self) -> int:
+        """Static shared memory of one block."""
+        item = self.dtype.itemsize
+        if self.shape == "thread":
+            return self.n * self.n * (self.block + 1) * item
+        return self.per_block * self.n * (self.n + 1) * item
+
+    def label(self) -> str:
+        return f"{self.dtype.name:<10} n={self.n:<2} {self.shape:<6} block={self.block:<3}"
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in _CXX_TYPES:
+        raise TypeError(
+            f"the small-matrix kernels support float32, float64, complex64 and complex128, got {dt}"
+        )
+    return dt
+
+
+def kernel_spec(n: int, dtype: Any) -> KernelSpec:
+    """The instantiation that inverts (n, n) matrices of ``dtype``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not in ``1..KERNEL_MAX_N[dtype]``.
+    """
+    dt = _check_dtype(dtype)
+    if not 1 <= n <= KERNEL_MAX_N[dt]:
+        raise ValueError(f"the small-matrix kernels take 1 <= n <= {KERNEL_MAX_N[dt]} for {dt}, got n={n}")
+    item = dt.itemsize
+    if n <= THREAD_MAX_N[dt]:
+        # The largest block whose stage fits: more matrices per block means
+        # longer coalesced runs; 128 threads keeps enough blocks per SM.
+        for block in (128, 64, 32):
+            if n * n * (block + 1) * item <= _SMEM_LIMIT:
+                return KernelSpec(dt, n, "thread", block, block, 1)
+        raise AssertionError("unreachable: THREAD_MAX_N keeps the stage under the limit")
+    group = 1 << (n - 1).bit_length()
+    per_warp = 32 // group
+    for warps in (4, 2, 1):
+        if warps * per_warp * n * (n + 1) * item <= _SMEM_LIMIT:
+            return KernelSpec(dt, n, "group", 32 * warps, warps * per_warp, group)
+    raise AssertionError("unreachable: one warp's stage of a 32x32 complex128 is 16.5 KiB")
+
+
+def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
+    """Every (dtype, n, shape) instantiation dispatch can select, in order.
+
+    With ``include_non_default``, also the one-thread shape for the n just
+    above ``THREAD_MAX_N`` (up to 8), which dispatch does not select: the
+    NVRTC check reports them to show where and why the threshold lies.
+    """
+    specs = [kernel_spec(n, dt) for dt in _DTYPES for n in range(1, KERNEL_MAX_N[dt] + 1)]
+    if include_non_default:
+        for dt in _DTYPES:
+            for n in range(THREAD_MAX_N[dt] + 1, 9):
+                for block in (128, 64, 32):
+                    if n * n * (block + 1) * dt.itemsize <= _SMEM_LIMIT:
+                        specs.append(KernelSpec(dt, n, "thread", block, block, 1))
+                        break
+    return specs
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source() -> str:
+    """The CUDA source compiled for every instantiation: inverse.cuh then kernels.cu.
+
+    The header is pasted in rather than included so that the text CuPy
+    hashes for its disk cache covers all of the code.
+    """
+    header = (_HERE / "inverse.cuh").read_text()
+    kernels = (_HERE / "kernels.cu").read_text()
+    include = '#include "inverse.cuh"'
+    if include not in kernels:
+        raise RuntimeError("kernels.cu no longer includes inverse.cuh; update kernel_source()")
+    return kernels.replace(include, header, 1)
+
+
+# No fast math: the kernels rely on IEEE NaN and Inf (finiteness checks) and
+# on correctly rounded division and reciprocals for LAPACK-level accuracy.
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(spec: KernelSpec, device_id: int) -> Any:
+    # One module per instantiation and device: only what is used gets
+    # compiled, and a RawModule binds to the device it was built on.
+    import cupy
+
+    module = cupy.RawModule(
+        code=kernel_source(), options=NVRTC_OPTIONS, name_expressions=[spec.name_expression]
+    )
+    return module.get_function(spec.name_expression)
+
+
+def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+    """Invert every matrix of a CuPy stack with the small-matrix kernels.
+
+    Runs on CuPy's current device and stream and never synchronizes with
+    the host.
+
+    Parameters
+    ----------
+    a : cupy.ndarray, shape (m, n, n)
+        C-contiguous, float32, float64, complex64 or complex128, with
+        ``1 <= n <= KERNEL_MAX_N[a.dtype]``. Not modified.
+    out : cupy.ndarray, shape (m, n, n)
+        C-contiguous, same dtype; receives the inverses (NaN for matrices
+        with info -1, meaningless for info > 0). Must not overlap ``a``.
+    info : cupy.ndarray, shape (m,)
+        int32, C-contiguous; receives 0 (inverted), k > 0 (exactly zero
+        pivot at step k, 1-based) or -1 (NaN or Inf in the input).
+    max_blocks : int, optional
+        Cap on the grid size (default: CUDA's limit). The kernels loop over
+        the remaining tiles, so any cap is correct; tests use a small one.
+
+    Raises
+    ------
+    TypeError
+        For an unsupported dtype.
+    ValueError
+        For mismatched shapes, non-contiguous arrays or n out of range.
+    """
+    if a.ndim != 3 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"a must have shape (m, n, n), got {a.shape}")
+    m, n = a.shape[0], a.shape[1]
+    dt = _check_dtype(a.dtype)
+    if out.shape != a.shape or out.dtype != dt:
+        raise ValueError(f"out must have shape {a.shape} and dtype {dt}, got {out.shape} {out.dtype}")
+    if info.shape != (m,) or info.dtype != np.int32:
+        raise ValueError(f"info must have shape ({m},) and dtype int32, got {info.shape} {info.dtype}")
+    for name, arr in (("a", a), ("out", out), ("info", info)):
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+    if m == 0:
+        return
+    spec = kernel_spec(n, dt)
+    device_id = a.device.id
+    for name, arr in (("out", out), ("info", info)):
+        if arr.device.id != device_id:
+            raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
+    tiles = -(-m // spec.per_block)
+    cap = _MAX_GRID if max_blocks is None else max(1, int(max_blocks))
+    grid = min(tiles, cap)
+    with a.device:  # compile for, and launch on, the device that holds the data
+        kernel = _kernel(spec, device_id)
+        kernel((grid,), (spec.block,), (a, out, info, np.int64(m)))

@@ -1,0 +1,377 @@
+// gpuinv: the per-matrix math of the small-matrix kernels.
+//
+// This header is compiled twice from the same text:
+//   * on the GPU through NVRTC, prepended to kernels.cu (gpuinv/kernels/__init__.py);
+//   * on the host by g++ in tests/test_kernels_host.py, which runs it through
+//     ctypes against NumPy.
+// So it must not include anything under NVRTC (no <complex>, no <cmath>, no
+// thrust) and must not use device-only intrinsics. The warp kernel's shuffles
+// live in kernels.cu; everything numerical that both kernels do is here.
+//
+// Algorithm: what numpy.linalg.inv does through LAPACK's gesv, in place:
+// LU with partial pivoting (getf2's arithmetic: a reciprocal of the pivot,
+// then l = a_ik * (1 / pivot)), with the forward substitution L^-1 P applied
+// to the identity as the elimination goes, then X = U^-1 (L^-1 P) by back
+// substitution. The pivot is the first entry of largest |re| + |im| on or
+// below the diagonal (i?amax's rule), so the pivot sequence and the step of
+// the first exactly zero pivot (info) are those of getrf. Plain in-place
+// Gauss-Jordan was tried first and rejected: its backward error
+// ||A X - I|| / (||A|| ||X||) reached 40x LAPACK's on matrices with
+// condition 1e8 (docs/kernels.md); this form stays within a few times.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define GPUINV_HD __host__ __device__ __forceinline__
+#define GPUINV_UNROLL _Pragma("unroll")
+#else
+#define GPUINV_HD inline
+#define GPUINV_UNROLL
+#endif
+
+namespace gpuinv {
+
+// A complex number laid out as NumPy's and CuPy's complex64/complex128
+// (real part first), aligned to its size so that loads vectorize.
+template <class R>
+struct alignas(2 * sizeof(R)) cplx {
+    R re;
+    R im;
+};
+
+template <class T> struct real_of { typedef T type; };
+template <class R> struct real_of<cplx<R> > { typedef R type; };
+
+// --- real scalars -----------------------------------------------------------
+
+template <class R> GPUINV_HD R abs_real(R x) { return x < R(0) ? -x : x; }
+
+// x - x is 0 for finite x and NaN for Inf or NaN; no library call needed,
+// and it stays correct because no kernel is compiled with fast math.
+template <class R> GPUINV_HD bool finite_real(R x) { return (x - x) == R(0); }
+
+template <class R> GPUINV_HD R nan_real() {
+    R zero = R(0);
+    return zero / zero;
+}
+
+GPUINV_HD float cabs1(float x) { return abs_real(x); }
+GPUINV_HD double cabs1(double x) { return abs_real(x); }
+GPUINV_HD bool is_finite(float x) { return finite_real(x); }
+GPUINV_HD bool is_finite(double x) { return finite_real(x); }
+GPUINV_HD float mul(float a, float b) { return a * b; }
+GPUINV_HD double mul(double a, double b) { return a * b; }
+// a - b * c: the GPU contracts it to one FMA.
+GPUINV_HD float fms(float a, float b, float c) { return a - b * c; }
+GPUINV_HD double fms(double a, double b, double c) { return a - b * c; }
+GPUINV_HD float neg(float a) { return -a; }
+GPUINV_HD double neg(double a) { return -a; }
+GPUINV_HD float recip(float a) { return 1.0f / a; }
+GPUINV_HD double recip(double a) { return 1.0 / a; }
+
+template <class T> GPUINV_HD T make_nan();
+template <> GPUINV_HD float make_nan<float>() { return nan_real<float>(); }
+template <> GPUINV_HD double make_nan<double>() { return nan_real<double>(); }
+template <class T> GPUINV_HD T make_one();
+template <> GPUINV_HD float make_one<float>() { return 1.0f; }
+template <> GPUINV_HD double make_one<double>() { return 1.0; }
+template <class T> GPUINV_HD T make_zero();
+template <> GPUINV_HD float make_zero<float>() { return 0.0f; }
+template <> GPUINV_HD double make_zero<double>() { return 0.0; }
+
+// --- complex scalars --------------------------------------------------------
+
+template <class R> GPUINV_HD R cabs1(cplx<R> x) { return abs_real(x.re) + abs_real(x.im); }
+template <class R> GPUINV_HD bool is_finite(cplx<R> x) {
+    return finite_real(x.re) && finite_real(x.im);
+}
+template <class R> GPUINV_HD cplx<R> mul(cplx<R> a, cplx<R> b) {
+    cplx<R> r;
+    r.re = a.re * b.re - a.im * b.im;
+    r.im = a.re * b.im + a.im * b.re;
+    return r;
+}
+template <class R> GPUINV_HD cplx<R> fms(cplx<R> a, cplx<R> b, cplx<R> c) {
+    cplx<R> r;
+    r.re = a.re - (b.re * c.re - b.im * c.im);
+    r.im = a.im - (b.re * c.im + b.im * c.re);
+    return r;
+}
+template <class R> GPUINV_HD cplx<R> neg(cplx<R> a) {
+    cplx<R> r;
+    r.re = -a.re;
+    r.im = -a.im;
+    return r;
+}
+// 1 / (c + i d) by Smith's method: no overflow or underflow in |c|^2 + |d|^2.
+template <class R> GPUINV_HD cplx<R> recip(cplx<R> a) {
+    cplx<R> r;
+    if (abs_real(a.re) >= abs_real(a.im)) {
+        R t = a.im / a.re;
+        R den = a.re + a.im * t;
+        r.re = R(1) / den;
+        r.im = -t / den;
+    } else {
+        R t = a.re / a.im;
+        R den = a.re * t + a.im;
+        r.re = t / den;
+        r.im = R(-1) / den;
+    }
+    return r;
+}
+template <> GPUINV_HD cplx<float> make_nan<cplx<float> >() {
+    cplx<float> r;
+    r.re = r.im = nan_real<float>();
+    return r;
+}
+template <> GPUINV_HD cplx<double> make_nan<cplx<double> >() {
+    cplx<double> r;
+    r.re = r.im = nan_real<double>();
+    return r;
+}
+template <> GPUINV_HD cplx<float> make_one<cplx<float> >() {
+    cplx<float> r;
+    r.re = 1.0f;
+    r.im = 0.0f;
+    return r;
+}
+template <> GPUINV_HD cplx<double> make_one<cplx<double> >() {
+    cplx<double> r;
+    r.re = 1.0;
+    r.im = 0.0;
+    return r;
+}
+template <> GPUINV_HD cplx<float> make_zero<cplx<float> >() {
+    cplx<float> r;
+    r.re = r.im = 0.0f;
+    return r;
+}
+template <> GPUINV_HD cplx<double> make_zero<cplx<double> >() {
+    cplx<double> r;
+    r.re = r.im = 0.0;
+    return r;
+}
+
+// --- the steps of the inversion, shared by every kernel shape -----------------
+
+// The key a candidate pivot is ranked by: |re| + |im| (LAPACK's cabs1).
+// NaN, which can only appear after an overflow inside the elimination, ranks
+// below every number, so that the ranking is a total order and every lane of
+// a warp agrees on the winner of a butterfly reduction.
+template <class T> GPUINV_HD typename real_of<T>::type pivot_key(T x) {
+    typedef typename real_of<T>::type R;
+    R key = cabs1(x);
+    return key == key ? key : R(-0.5);
+}
+
+// Does candidate a (key, position) beat candidate b? Larger key wins; on a
+// tie the smaller position wins, as i?amax returns the first maximum.
+template <class R> GPUINV_HD bool pivot_beats(R key_a, int pos_a, R key_b, int pos_b) {
+    return key_a > key_b || (key_a == key_b && pos_a < pos_b);
+}
+
+// Phase 1, step k, applied to one row: LU elimination below the pivot,
+// carried out on the identity at the same time, in place.
+//
+// A row at position i holds, before step k, L^-1 (P I) in its slots j < k and
+// the active part of A in its slots j >= k. A row below the pivot (i > k)
+// becomes row - l * pivot_row with l = a_ik / pivot, in every slot but k,
+// and slot k (where the identity's column k now lives) becomes -l. The
+// pivot row keeps its U part, and its slot k takes 1 / pivot, which phase 2
+// needs. Rows above are untouched. After step n-1, slots j < i of row i hold
+// Y = L^-1 P (unit lower triangular, diagonal implicit) and slots j >= i hold
+// U, with 1 / u_ii on the diagonal: getrf plus the forward substitution of
+// getrs applied to the identity.
+//
+// `fetch(j)` returns element j of the pivot row as it was before this step;
+// the warp kernel fetches it with a shuffle, the one-thread kernel from its
+// registers. If `active` is false (the pivot is exactly zero, so the column
+// below it is all zero) the row is left alone; fetch is still called for
+// every j != k, because in the warp kernel every lane must take part in
+// every shuffle.
+template <class T, int N, class Fetch>
+GPUINV_HD void lu_row_step(T (&row)[N], int k, bool below, bool is_pivot, bool active, T inv, Fetch fetch) {
+    const bool update = active && below;
+    T l = mul(row[k], inv);
+    GPUINV_UNROLL
+    for (int j = 0; j < N; ++j) {
+        if (j == k) continue;
+        T pj = fetch(j);
+        if (update) row[j] = fms(row[j], l, pj);
+    }
+    if (update) row[k] = neg(l);
+    if (active && is_pivot) row[k] = inv;
+}
+
+// Phase 2, one element: X = U^-1 Y, by back substitution, row k from the
+// rows below it:
+//     x_kc = (y_kc - sum_{j>k} u_kj x_jc) / u_kk,
+// with the sum in increasing j and the division as a product with the
+// stored 1 / u_kk. The one-thread kernel runs it row by row, the warp kernel
+// column by column (one column per lane); the order of operations for each
+// element is the same, so both give the same bits.
+template <class T, int N, class Ukj, class Xjc>
+GPUINV_HD T back_substitute(T y, int k, T inv_ukk, Ukj u, Xjc x) {
+    T t = y;
+    GPUINV_UNROLL
+    for (int j = k + 1; j < N; ++j) t = fms(t, u(j), x(j));
+    return mul(t, inv_ukk);
+}
+
+template <class T, int N> GPUINV_HD bool row_is_finite(const T (&row)[N]) {
+    bool ok = true;
+    GPUINV_UNROLL
+    for (int j = 0; j < N; ++j) ok = ok && is_finite(row[j]);
+    return ok;
+}
+
+// Phase 1 on a matrix held in `a` (registers on the GPU), in place.
+//
+// Partial pivoting picks the first entry of largest |re| + |im| on or below
+// the diagonal, as LAPACK's getf2 does, so the pivots and the first zero
+// pivot are getrf's. Returns the info code: 0 inverted, k > 0 the first
+// exactly zero pivot was met at step k (1-based), -1 the input held NaN or
+// Inf (and `a` is left as it was). col[c] is the original index of the row
+// now at position c.
+template <class T, int N>
+GPUINV_HD int lu_in_place(T (&a)[N][N], int (&col)[N]) {
+    typedef typename real_of<T>::type R;
+    bool finite = true;
+    GPUINV_UNROLL
+    for (int i = 0; i < N; ++i) {
+        col[i] = i;
+        finite = finite && row_is_finite(a[i]);
+    }
+    if (!finite) return -1;
+    int info = 0;
+    GPUINV_UNROLL
+    for (int k = 0; k < N; ++k) {
+        int p = k;
+        R best = pivot_key(a[k][k]);
+        GPUINV_UNROLL
+        for (int i = k + 1; i < N; ++i) {
+            R key = pivot_key(a[i][k]);
+            if (pivot_beats(key, i, best, p)) {
+                best = key;
+                p = i;
+            }
+        }
+        // Swap rows k and p. p is known only at run time, and a register
+        // array cannot be indexed at run time without spilling to local
+        // memory, so each candidate row is swapped under a predicate.
+        GPUINV_UNROLL
+        for (int i = k + 1; i < N; ++i) {
+            bool s = (p == i);
+            GPUINV_UNROLL
+            for (int j = 0; j < N; ++j) {
+                T t = a[k][j];
+                a[k][j] = s ? a[i][j] : t;
+                a[i][j] = s ? t : a[i][j];
+            }
+            int tc = col[k];
+            col[k] = s ? col[i] : tc;
+            col[i] = s ? tc : col[i];
+        }
+        T piv = a[k][k];
+        bool active = cabs1(piv) != R(0);
+        if (!active && info == 0) info = k + 1;
+        T inv = active ? recip(piv) : make_one<T>();
+        // The rows below first, the pivot row last: they read it as it was.
+        GPUINV_UNROLL
+        for (int i = k + 1; i < N; ++i)
+            lu_row_step<T, N>(a[i], k, true, false, active, inv, [&](int j) { return a[k][j]; });
+        lu_row_step<T, N>(a[k], k, false, true, active, inv, [&](int j) { return a[k][j]; });
+    }
+    return info;
+}
+
+// Phase 2 on the output of lu_in_place, row by row (the one-thread kernel):
+// X = U^-1 Y, bottom row first; the rows below k already hold X.
+template <class T, int N>
+GPUINV_HD void back_substitute_rows(T (&a)[N][N]) {
+    GPUINV_UNROLL
+    for (int k = N - 1; k >= 0; --k) {
+        T u[N];  // row k's U part, which its X values overwrite
+        GPUINV_UNROLL
+        for (int j = k + 1; j < N; ++j) u[j] = a[k][j];
+        const T inv_ukk = a[k][k];
+        GPUINV_UNROLL
+        for (int c = 0; c < N; ++c) {
+            T y = c < k ? a[k][c] : (c == k ? make_one<T>() : make_zero<T>());
+            a[k][c] = back_substitute<T, N>(y, k, inv_ukk, [&](int j) { return u[j]; },
+                                            [&](int j) { return a[j][c]; });
+        }
+    }
+}
+
+// Phase 2, one column (the warp kernel: one lane per column): column c of
+// X = U^-1 Y from the output of phase 1 stored row by row at lu[i * ld + j]
+// (shared memory on the GPU; every lane reads the same U element at once,
+// which shared memory broadcasts). Column c of Y is 0 above row c, 1 at
+// row c and stored below it.
+template <class T, int N>
+GPUINV_HD void back_substitute_column(const T* lu, int ld, int c, T (&x)[N]) {
+    GPUINV_UNROLL
+    for (int k = 0; k < N; ++k) x[k] = k < c ? make_zero<T>() : (k == c ? make_one<T>() : lu[k * ld + c]);
+    GPUINV_UNROLL
+    for (int k = N - 1; k >= 0; --k)
+        x[k] = back_substitute<T, N>(x[k], k, lu[k * ld + k], [&](int j) { return lu[k * ld + j]; },
+                                     [&](int j) { return x[j]; });
+}
+
+// The whole inversion on a matrix in `a`, in place: on return a[i][c] is
+// element (i, col[c]) of the inverse (the row interchanges of pivoting
+// become a column permutation of the result, which the kernels apply when
+// they store it: shared memory takes run-time indices, registers do not).
+// Returns the info code; for info == -1 the contents are unspecified and the
+// caller writes NaN; for info > 0 they are meaningless (they may hold Inf),
+// as LAPACK's are.
+template <class T, int N>
+GPUINV_HD int invert_in_place(T (&a)[N][N], int (&col)[N]) {
+    int info = lu_in_place<T, N>(a, col);
+    if (info != -1) back_substitute_rows<T, N>(a);
+    return info;
+}
+
+// Invert one n x n C-ordered matrix from `in` into `out` (which may not alias
+// `in`) the way the one-thread kernel does. The host tests call it.
+template <class T, int N>
+GPUINV_HD int invert_matrix(const T* in, T* out) {
+    T a[N][N];
+    int col[N];
+    GPUINV_UNROLL
+    for (int i = 0; i < N; ++i) {
+        GPUINV_UNROLL
+        for (int j = 0; j < N; ++j) a[i][j] = in[i * N + j];
+    }
+    int info = invert_in_place<T, N>(a, col);
+    GPUINV_UNROLL
+    for (int i = 0; i < N; ++i) {
+        GPUINV_UNROLL
+        for (int c = 0; c < N; ++c) out[i * N + col[c]] = info == -1 ? make_nan<T>() : a[i][c];
+    }
+    return info;
+}
+
+// The same inversion with phase 2 done column by column from a row-major
+// copy of phase 1's output, the way the warp kernel does it (whose phase 1
+// is lu_row_step on rows spread over lanes). The host tests check that it
+// gives the same bits as invert_matrix and LAPACK-level accuracy.
+template <class T, int N>
+GPUINV_HD int invert_matrix_by_columns(const T* in, T* out) {
+    T a[N][N];
+    int col[N];
+    for (int i = 0; i < N; ++i)
+        for (int j = 0; j < N; ++j) a[i][j] = in[i * N + j];
+    int info = lu_in_place<T, N>(a, col);
+    T lu[N * (N + 1)];
+    for (int i = 0; i < N; ++i)
+        for (int j = 0; j < N; ++j) lu[i * (N + 1) + j] = a[i][j];
+    for (int c = 0; c < N; ++c) {
+        T x[N];
+        back_substitute_column<T, N>(lu, N + 1, c, x);
+        for (int i = 0; i < N; ++i) out[i * N + col[c]] = info == -1 ? make_nan<T>() : x[i];
+    }
+    return info;
+}
+
+}  // namespace gpuinv
