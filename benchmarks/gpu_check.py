@@ -52,6 +52,7 @@ CROSSOVER_SIZES = [16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64
 CROSSOVER_N = (2, 4, 8, 32)
 ROUTE_N = (32, 64, 128, 192, 256, 384, 512)
 ROUTE_BATCH_BYTES = 64 << 20
+KERNEL_N = (2, 4, 8, 12, 16, 24, 32)
 
 
 # --- pure helpers (tested on CPU) ------------------------------------------------
@@ -471,28 +472,44 @@ def measure_crossover(rec: Recorder, repeats: int) -> None:
             break
 
 
-def measure_route_threshold(rec: Recorder, repeats: int) -> None:
-    """CUDA_CUSOLVER_MIN_N: batched cuBLAS vs per-matrix cuSOLVER."""
+def _compare_routes(rec: Recorder, key: str, routes: tuple[str, ...], sizes: tuple[int, ...],
+                    repeats: int) -> None:
+    """Time the CUDA engine's routes against each other on CuPy input, per n and dtype."""
+    from gpuinv import kernels
     from gpuinv._normalize import normalize
     from gpuinv.engines import cuda_engine
 
     engine = cuda_engine(None)
     result: dict[str, Any] = {}
     for dtype in (np.float64, np.float32):
-        for n in ROUTE_N:
+        for n in sizes:
+            usable = [r for r in routes
+                      if r != "kernel" or n <= kernels.KERNEL_MAX_N[np.dtype(dtype)]]
+            if len(usable) < 2:
+                continue
             count = batch_count(n, np.dtype(dtype).itemsize, ROUTE_BATCH_BYTES)
             op = normalize(random_device_stack(count, n, dtype))
             row = {}
-            for route in ("cublas", "cusolver"):
+            for route in usable:
                 run = lambda op=op, route=route: engine.invert(op, route=route)
                 t = summarize(time_events(run, repeats, 8))
                 row[route] = count / t
             result[f"{np.dtype(dtype).name} n={n}"] = {"count": count, "matrices_per_s": row,
                                                        "faster": max(row, key=row.get)}
-            rec.data["route_threshold"] = result
+            rec.data[key] = result
             rec.save()
             if rec.left() < 20:
                 return
+
+
+def measure_route_threshold(rec: Recorder, repeats: int) -> None:
+    """CUDA_CUSOLVER_MIN_N: batched cuBLAS vs per-matrix cuSOLVER."""
+    _compare_routes(rec, "route_threshold", ("cublas", "cusolver"), ROUTE_N, repeats)
+
+
+def measure_kernel_threshold(rec: Recorder, repeats: int) -> None:
+    """KERNEL_MAX_N: our small-n kernels vs cuBLAS getrf/getri."""
+    _compare_routes(rec, "kernel_threshold", ("kernel", "cublas"), KERNEL_N, repeats)
 
 
 # --- main -------------------------------------------------------------------------------
@@ -526,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_bytes = (64 << 20) if args.quick else BATCH_BYTES
     plan = [(n, np.float64) for n in sizes] + [(n, np.float32) for n in sizes]
     plan += [(n, dt) for n in COMPLEX_SIZES for dt in (np.complex64, np.complex128)]
-    reserve = 60.0  # for the crossover and route threshold
+    reserve = 90.0  # for the crossover and the two route thresholds
     for i, (n, dtype) in enumerate(plan):
         left = rec.left() - reserve
         per_case = left / (len(plan) - i)
@@ -539,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
             rec.data["errors"].append(f"case n={n} {np.dtype(dtype).name}: {exc!r}")
             rec.save()
         print(f"[{time.monotonic() - start:.0f}s] n={n} {np.dtype(dtype).name}", flush=True)
-    for name, fn in (("crossover", measure_crossover), ("route_threshold", measure_route_threshold)):
+    measurements = (("crossover", measure_crossover), ("kernel_threshold", measure_kernel_threshold),
+                    ("route_threshold", measure_route_threshold))
+    for name, fn in measurements:
         if rec.left() < 15:
             rec.data["skipped"].append(name)
             continue

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import gpuinv
+import gpuinv.kernels
 from gpuinv._normalize import normalize
 from gpuinv.engines import cuda as cuda_mod
 from gpuinv.engines.cuda import CudaEngine
@@ -45,6 +46,16 @@ def rng():
 
 @pytest.fixture
 def fake(monkeypatch):
+    # The stand-in has cuBLAS and cuSOLVER but no NVRTC: small n, which
+    # dispatch sends to our kernels, takes the cuBLAS route here instead
+    # (the kernels' own math is tested on the host in test_kernels_host.py).
+    from gpuinv import _dispatch
+    from gpuinv.engines import cuda as cuda_module
+
+    def without_kernels(n, dtype):
+        return "cusolver" if n >= _dispatch.CUDA_CUSOLVER_MIN_N else "cublas"
+
+    monkeypatch.setattr(cuda_module, "cuda_route", without_kernels)
     with _fake_cupy.installed(monkeypatch) as module:
         yield module
 
@@ -222,8 +233,6 @@ def test_error_mid_pipeline_then_next_call_works(fake, rng, monkeypatch, exc):
 
 
 def test_kernel_route_calls_invert_small(fake, rng, monkeypatch):
-    import types
-
     seen = []
 
     def invert_small(x, out, info):
@@ -232,9 +241,7 @@ def test_kernel_route_calls_invert_small(fake, rng, monkeypatch):
         out[...] = res.inverse
         info[...] = res.info
 
-    module = types.ModuleType("gpuinv.kernels")
-    module.invert_small = invert_small
-    monkeypatch.setitem(sys.modules, "gpuinv.kernels", module)
+    monkeypatch.setattr(gpuinv.kernels, "invert_small", invert_small)
     a = stack(rng, (2, 3), 4)
     check(*CudaEngine(None).invert(normalize(fake.asarray(a)), route="kernel"), a)
     check(*CudaEngine(None).invert(normalize(a), route="kernel"), a)
@@ -251,8 +258,6 @@ def test_empty_stacks(fake):
 
 @pytest.mark.parametrize("read_only", [False, True])
 def test_kernel_route_gathers_unless_input_is_read_only(fake, rng, monkeypatch, read_only):
-    import types
-
     pointers = []
 
     def invert_small(x, out, info):
@@ -261,11 +266,8 @@ def test_kernel_route_gathers_unless_input_is_read_only(fake, rng, monkeypatch, 
         out[...] = res.inverse
         info[...] = res.info
 
-    module = types.ModuleType("gpuinv.kernels")
-    module.invert_small = invert_small
-    if read_only:
-        module.INPUT_READ_ONLY = True
-    monkeypatch.setitem(sys.modules, "gpuinv.kernels", module)
+    monkeypatch.setattr(gpuinv.kernels, "invert_small", invert_small)
+    monkeypatch.setattr(gpuinv.kernels, "INPUT_READ_ONLY", read_only)
     a = stack(rng, (6,), 3)
     d = fake.asarray(a)
     check(*CudaEngine(None).invert(normalize(d), route="kernel"), a)

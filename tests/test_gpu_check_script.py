@@ -101,6 +101,10 @@ def test_bench_case_runs_against_the_fake_cupy(gpu_check, tmp_path, monkeypatch)
     fake = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpuinv_tests_fake_cupy_bench", fake)
     spec.loader.exec_module(fake)
+    # The stand-in has no NVRTC: the engine's small-n route is cuBLAS here.
+    from gpuinv.engines import cuda as cuda_module
+
+    monkeypatch.setattr(cuda_module, "cuda_route", lambda n, dtype: "cublas")
     with fake.installed(monkeypatch):
         rec = gpu_check.Recorder(tmp_path, deadline=float("inf"))
         rec.data["floors"] = {"d2d_bytes_per_s": 3e12, "h2d_pinned_bytes_per_s": 5e10,
