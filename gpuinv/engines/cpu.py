@@ -234,13 +234,13 @@ def _lapack_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
     """LAPACK getrf + getrs against the identity, per matrix, with info codes."""
     with np.errstate(all="ignore"):
         _gufunc(x, out)
-        scales = _tiny_matrix_scales(x) if _has_huge_entries(out) else None
+        if not _has_huge_entries(out):
+            return  # every entry finite and moderate: the common case, two reductions
+        scales = _tiny_matrix_scales(x)
         if scales is not None:  # inv(a) = s * inv(s * a), exactly for powers of two
             idx, s = scales
-            x = x.copy()
-            x[idx] *= s[:, None, None]
             sub = np.empty((idx.size,) + x.shape[1:], dtype=out.dtype)
-            _gufunc(x[idx], sub)
+            _gufunc(x[idx] * s[:, None, None], sub)
             out[idx] = sub * s[:, None, None]
         if np.isfinite(out.sum()):
             return
