@@ -157,7 +157,7 @@ def available_peers(names: list[str] | None = None) -> list[Peer]:
     return out
 
 
-def batch_for(n: int, dtype: np.dtype, target_bytes: int, max_batch: int = 1 << 22) -> int:
+def batch_for(n: int, dtype: np.dtype, target_bytes: int, max_batch: int = 1 << 24) -> int:
     """How many n x n matrices make a stack of about ``target_bytes``."""
     return int(max(1, min(max_batch, target_bytes // (n * n * np.dtype(dtype).itemsize))))
 

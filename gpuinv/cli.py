@@ -554,7 +554,7 @@ def _libraries(rows: list[Any]) -> list[str]:
 
 
 def print_table(rows: list[Any], meta: dict[str, Any], out: TextIO) -> None:
-    """Matrices/s per library and n, the ratio to NumPy, and the copy floor."""
+    """Matrices/s per library and n, gpuinv's ratio to each peer, and the copy floor."""
     libs = _libraries(rows)
     hw = meta["gpu"] or f"{meta['processor']}, {meta['cpu_count']} CPUs"
     print(
@@ -564,16 +564,18 @@ def print_table(rows: list[Any], meta: dict[str, Any], out: TextIO) -> None:
     )
     print("matrices/s (higher is better)", file=out)
     floor_col = f"floor ({meta['floor']})" if meta.get("floor") else None
-    head = ["n", "batch"] + libs + (["gpuinv/numpy"] if "numpy" in libs else [])
+    # gpuinv's speed-up over each peer in the same run (> 1: gpuinv is faster).
+    peers = [lib for lib in libs if not lib.startswith("gpuinv")]
+    head = ["n", "batch"] + libs + [f"vs {p}" for p in peers]
     head += [floor_col] if floor_col else []
     table = []
     for r in rows:
         line = [str(r.n), str(r.batch)]
         for lib in libs:
             line.append(f"{r.rate(lib):.3g}" if lib in r.seconds else "error")
-        if "numpy" in libs:
-            both = "gpuinv" in r.seconds and "numpy" in r.seconds
-            line.append(f"{r.seconds['numpy'] / r.seconds['gpuinv']:.2f}x" if both else "-")
+        for peer in peers:
+            both = "gpuinv" in r.seconds and peer in r.seconds
+            line.append(f"{r.seconds[peer] / r.seconds['gpuinv']:.2f}x" if both else "-")
         if floor_col:
             line.append(f"{r.floor_rate:.3g}" if r.floor_rate else "-")
         table.append(line)

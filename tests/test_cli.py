@@ -366,7 +366,7 @@ def test_bench_quick_json(tmp_path, capsys):
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "gpuinv/numpy" in out and "numpy" in out
+    assert "vs numpy" in out and "numpy" in out
     data = json.loads(path.read_text())
     assert [r["n"] for r in data["rows"]] == [2, 5]
     for row in data["rows"]:
