@@ -28,6 +28,7 @@ from dask.array.utils import meta_from_array
 from ._device import DeviceLike, parse_device
 from ._dtypes import result_dtype
 from ._errors import SingularMatrixError, failure_message
+from ._normalize import check_stack_shape
 from ._policy import check_policy
 
 __all__ = ["dask_inv", "dask_inv_ex"]
@@ -35,17 +36,12 @@ __all__ = ["dask_inv", "dask_inv_ex"]
 
 def _prepare(a: da.Array) -> tuple[da.Array, np.dtype]:
     """Validate like :func:`gpuinv._normalize.normalize` and merge the matrix axes."""
-    if a.ndim < 2:
-        raise np.linalg.LinAlgError(
-            f"{a.ndim}-dimensional array given. Array must be at least two-dimensional"
-        )
-    if any(math.isnan(c) for c in a.shape):
+    if a.ndim >= 2 and any(math.isnan(c) for c in a.shape):
         raise ValueError(
             "dask array with unknown chunk sizes: call a.compute_chunk_sizes() first, "
             "so that global batch indices and the matrix order are known"
         )
-    if a.shape[-1] != a.shape[-2]:
-        raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
+    check_stack_shape(a.shape)
     dtype = result_dtype(a.dtype)
     last = (a.ndim - 2, a.ndim - 1)
     if any(len(a.chunks[ax]) > 1 for ax in last):

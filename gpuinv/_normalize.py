@@ -15,7 +15,7 @@ import numpy as np
 
 from ._dtypes import result_dtype
 
-__all__ = ["Operand", "normalize", "array_backend"]
+__all__ = ["Operand", "normalize", "array_backend", "check_stack_shape"]
 
 
 def array_backend(a: Any) -> str:
@@ -94,12 +94,16 @@ def normalize(a: Any) -> Operand:
         # asarray keeps the data in place: memmaps and ndarray subclasses
         # become plain views, lists and scalars become new arrays.
         a = np.asarray(a)
-    if a.ndim < 2:
-        raise np.linalg.LinAlgError(
-            f"{a.ndim}-dimensional array given. Array must be at least two-dimensional"
-        )
-    n = a.shape[-1]
-    if a.shape[-2] != n:
-        raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
+    check_stack_shape(a.shape)
     dtype = result_dtype(a.dtype)
-    return Operand(array=a, backend=backend, batch_shape=tuple(a.shape[:-2]), n=n, dtype=dtype)
+    return Operand(array=a, backend=backend, batch_shape=tuple(a.shape[:-2]), n=a.shape[-1], dtype=dtype)
+
+
+def check_stack_shape(shape: tuple) -> None:
+    """Raise NumPy's LinAlgError unless ``shape`` is ``(..., n, n)``."""
+    if len(shape) < 2:
+        raise np.linalg.LinAlgError(
+            f"{len(shape)}-dimensional array given. Array must be at least two-dimensional"
+        )
+    if shape[-1] != shape[-2]:
+        raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
