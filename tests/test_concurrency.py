@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import _thread
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,32 +296,41 @@ def test_eight_threads_with_cupy(streams):
     cupy.cuda.Device().synchronize()
 
 
-def _child_inverts(queue):
-    import numpy as np
+_FORK_SCRIPT = """
+import multiprocessing, numpy as np, gpuinv
+gpuinv.config.cpu_threads = 2
+gpuinv.config.cpu_chunk_bytes = 1 << 16
 
-    import gpuinv
-
+def child(queue):
     a = np.tile(np.eye(3), (50_000, 1, 1)) * 2.0
     queue.put(float(gpuinv.inv(a, device="cpu")[123, 1, 1]))
 
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_forked_child_gets_a_working_pool(monkeypatch):
-    # Regression: a child forked after the parent used the thread pool
-    # inherited the pool without its threads and hung on the first call.
-    import multiprocessing
-
-    monkeypatch.setattr(gpuinv.config, "cpu_threads", 2)
-    monkeypatch.setattr(gpuinv.config, "cpu_chunk_bytes", 1 << 16)
-    a = np.tile(np.eye(3), (50_000, 1, 1))
-    gpuinv.inv(a, device="cpu")  # the parent's pool now has live threads
+if __name__ == "__main__":
+    gpuinv.inv(np.tile(np.eye(3), (50_000, 1, 1)), device="cpu")  # the pool now has live threads
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child_inverts, args=(queue,))
-    child.start()
-    child.join(timeout=30)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("the forked child hung")
-    assert child.exitcode == 0
-    assert queue.get(timeout=5) == 0.5
+    p = ctx.Process(target=child, args=(queue,))
+    p.start()
+    p.join(timeout=30)
+    if p.is_alive():
+        p.kill()
+        raise SystemExit("the forked child hung")
+    assert p.exitcode == 0, p.exitcode
+    print(queue.get(timeout=5))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_gets_a_working_pool(tmp_path):
+    # Regression: a child forked after the parent used the thread pool
+    # inherited the pool without its threads and hung on the first call.
+    # A fresh interpreter, so that no other library's threads (JAX, torch)
+    # are alive at the fork.
+    script = tmp_path / "fork_child.py"
+    script.write_text(_FORK_SCRIPT)
+    root = Path(gpuinv.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0.5"
