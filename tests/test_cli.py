@@ -410,3 +410,4 @@ def test_bench_plot_without_matplotlib(monkeypatch, capsys, tmp_path):
 def test_bench_bad_dtype(capsys):
     assert cli.main(["bench", "--dtype", "int8"]) == 2
     assert "--dtype must be" in capsys.readouterr().err
+
