@@ -411,3 +411,26 @@ def test_bench_bad_dtype(capsys):
     assert cli.main(["bench", "--dtype", "int8"]) == 2
     assert "--dtype must be" in capsys.readouterr().err
 
+
+
+def test_closed_pipe_is_quiet(monkeypatch, tmp_path, capsys):
+    # `gpuinv info | head -1`: writes fail once the reader has gone; the
+    # command stops quietly with exit 0 instead of a traceback.
+    import io
+    import sys
+
+    class ClosedPipe(io.StringIO):
+        def __init__(self, fd):
+            super().__init__()
+            self._fd = fd
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return self._fd
+
+    with open(tmp_path / "sink", "w") as sink:
+        monkeypatch.setattr(sys, "stdout", ClosedPipe(sink.fileno()))
+        assert cli.main(["info"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
