@@ -8,6 +8,7 @@ holds ptxas's register and spill report for every kernel.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import time
@@ -170,7 +171,11 @@ def collect_reports(
     if workers <= 1:
         results = [_compile_job(job) for job in jobs]
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        # "spawn", not the default fork: the caller may hold threads (a test
+        # process with JAX or torch loaded) that a forked child would inherit
+        # mid-lock and deadlock on.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
             results = list(pool.map(_compile_job, jobs))
     order = {(spec, arch): i for i, (spec, arch) in enumerate((s, a) for a in archs for s in specs)}
     return sorted((r for batch in results for r in batch), key=lambda r: order[(r.spec, r.arch)])
