@@ -275,7 +275,7 @@ def test_eight_threads_with_cupy(streams):
     def target(i):
         stream = cupy.cuda.Stream(non_blocking=True) if streams == "own" else cupy.cuda.Stream.null
         with stream:
-            for r in range(ROUNDS):
+            for _ in range(ROUNDS):
                 for a, exp in zip(jobs[i], expected[i]):
                     d = cupy.asarray(a)
                     res = gpuinv.inv_ex(d)
