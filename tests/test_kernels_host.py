@@ -10,118 +10,32 @@ non-finite matrices.
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _kernel_cases import (
+    DTYPES,
+    GXX,
+    MAX_N,
+    backward_error,
+    build_host_lib,
+    conditioned,
+    eps,
+    exact_singular,
+    getf2_zero_step,
+    host_invert,
+    random_matrices,
+)
 
 import gpuinv.kernels as kernels
 from gpuinv.engines.cpu import lu_pivot_info
 
-GXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ is not installed")
-
-HEADER_DIR = Path(kernels.__file__).resolve().parent
-DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
-TYPECODE = {np.dtype(t): i for i, t in enumerate(DTYPES)}
-MAX_N = max(kernels.KERNEL_MAX_N.values())
-
-SHIM = r"""
-#include "inverse.cuh"
-
-using gpuinv::cplx;
-
-// by_columns = 0: the one-thread kernel's way (invert_matrix);
-// by_columns = 1: the warp kernel's way (invert_matrix_by_columns).
-template <class T, int N>
-static void run(const void* a, void* out, int* info, long long m, int by_columns) {
-    const T* src = static_cast<const T*>(a);
-    T* dst = static_cast<T*>(out);
-    for (long long i = 0; i < m; ++i)
-        info[i] = by_columns ? gpuinv::invert_matrix_by_columns<T, N>(src + i * N * N, dst + i * N * N)
-                             : gpuinv::invert_matrix<T, N>(src + i * N * N, dst + i * N * N);
-}
-
-template <class T, int N>
-struct Dispatch {
-    static int go(int n, const void* a, void* out, int* info, long long m, int by_columns) {
-        if (n == N) {
-            run<T, N>(a, out, info, m, by_columns);
-            return 0;
-        }
-        return Dispatch<T, N - 1>::go(n, a, out, info, m, by_columns);
-    }
-};
-template <class T>
-struct Dispatch<T, 0> {
-    static int go(int, const void*, void*, int*, long long, int) { return -1; }
-};
-
-extern "C" int gpuinv_host_invert(int type, int n, const void* a, void* out, int* info, long long m,
-                                   int by_columns) {
-    switch (type) {
-        case 0: return Dispatch<float, GPUINV_MAX_N>::go(n, a, out, info, m, by_columns);
-        case 1: return Dispatch<double, GPUINV_MAX_N>::go(n, a, out, info, m, by_columns);
-        case 2: return Dispatch<cplx<float>, GPUINV_MAX_N>::go(n, a, out, info, m, by_columns);
-        case 3: return Dispatch<cplx<double>, GPUINV_MAX_N>::go(n, a, out, info, m, by_columns);
-    }
-    return -2;
-}
-
-extern "C" int gpuinv_sizeof_cplx(int type) {
-    return type == 2 ? (int)sizeof(cplx<float>) : (int)sizeof(cplx<double>);
-}
-"""
 
 
 @pytest.fixture(scope="module")
 def host_lib(tmp_path_factory):
-    build = tmp_path_factory.mktemp("kernels_host")
-    src = build / "shim.cpp"
-    src.write_text(SHIM)
-    lib = build / "libgpuinv_host.so"
-    # -ffp-contract=off: no FMA on the host, so results do not depend on the
-    # build machine's CPU; the accuracy bar holds either way.
-    cmd = [
-        GXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",
-        "-Wno-unknown-pragmas", f"-DGPUINV_MAX_N={MAX_N}", f"-I{HEADER_DIR}", str(src), "-o", str(lib),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, f"g++ failed:\n{result.stderr}"
-    handle = ctypes.CDLL(str(lib))
-    handle.gpuinv_host_invert.restype = ctypes.c_int
-    handle.gpuinv_host_invert.argtypes = [
-        ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong,
-        ctypes.c_int,
-    ]  # fmt: skip
-    return handle
-
-
-def host_invert(lib, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Invert with both host builds of the kernels' math; they must agree bit for bit.
-
-    Returns the one-thread path's ``(inverse, info)``, after asserting that
-    the warp kernel's order of work (phase 2 by columns) gives the same.
-    """
-    a = np.ascontiguousarray(a)
-    m, n, _ = a.shape
-    results = []
-    for by_columns in (0, 1):
-        out = np.full_like(a, 7)  # a value the code must overwrite
-        info = np.full(m, 99, dtype=np.int32)
-        status = lib.gpuinv_host_invert(
-            TYPECODE[a.dtype], n, a.ctypes.data, out.ctypes.data, info.ctypes.data, m, by_columns
-        )
-        assert status == 0
-        results.append((out, info))
-    (out, info), (out_cols, info_cols) = results
-    np.testing.assert_array_equal(info_cols, info)
-    ok = info == 0
-    np.testing.assert_array_equal(out_cols[ok], out[ok])
-    assert np.all(np.isnan(out_cols[info == -1]))
-    return out, info
+    return build_host_lib(tmp_path_factory.mktemp("kernels_host"))
 
 
 def dispatched_cases():
@@ -134,43 +48,6 @@ def case_id(case):
 
 
 CASES = dispatched_cases()
-
-
-def random_matrices(rng, m, n, dtype):
-    x = rng.standard_normal((m, n, n))
-    if np.dtype(dtype).kind == "c":
-        x = x + 1j * rng.standard_normal((m, n, n))
-    return x.astype(dtype)
-
-
-def conditioned(rng, m, n, dtype, cond):
-    """Matrices U diag(s) V^H with singular values from 1 down to 1/cond."""
-    complex_ = np.dtype(dtype).kind == "c"
-
-    def orthonormal():
-        g = rng.standard_normal((m, n, n))
-        if complex_:
-            g = g + 1j * rng.standard_normal((m, n, n))
-        q, _ = np.linalg.qr(g)
-        return q
-
-    s = np.logspace(0, -np.log10(cond), n)
-    u, v = orthonormal(), orthonormal()
-    return ((u * s[None, None, :]) @ np.conj(np.swapaxes(v, -1, -2))).astype(dtype)
-
-
-def backward_error(a, x):
-    """||A X - I||_1 / (||A||_1 ||X||_1) per matrix, computed in float64/complex128."""
-    wide = np.complex128 if a.dtype.kind == "c" else np.float64
-    a = a.astype(wide)
-    x = x.astype(wide)
-    n = a.shape[-1]
-    residual = np.linalg.norm(a @ x - np.eye(n), 1, axis=(-2, -1))
-    return residual / (np.linalg.norm(a, 1, axis=(-2, -1)) * np.linalg.norm(x, 1, axis=(-2, -1)))
-
-
-def eps(dtype):
-    return np.finfo(dtype).eps
 
 
 def test_complex_layout_matches_numpy(host_lib):
@@ -218,32 +95,6 @@ def test_ill_conditioned_backward_error_within_10x_of_lapack(host_lib, case):
     assert np.all(ratio <= 10), f"worst ratio to LAPACK {ratio.max():.2f}"
 
 
-def exact_singular(rng, m, n, dtype):
-    """Matrices whose elimination is exact in floating point and meets a zero pivot.
-
-    A = L U with L unit lower triangular (off-diagonal entries in {0, 1, -1}),
-    U upper triangular with diagonal entries in {1, -1, 2, -2} except one 0 at
-    step k, and small integers above the diagonal; complex rows are
-    multiplied by 1 or i. Column j of every Schur complement is then L's
-    column j times u_jj, so the first maximum is row j itself, every
-    multiplier is 0 or a unit, every pivot a power of two, and elimination
-    meets an exactly zero pivot at step k + 1. Returns the matrices and k + 1.
-    """
-    out = np.empty((m, n, n), dtype=dtype)
-    steps = np.empty(m, dtype=np.int32)
-    for t in range(m):
-        lower = np.tril(rng.choice([0, 0, 0, 1, -1], size=(n, n)), -1) + np.eye(n)
-        upper = np.triu(rng.integers(-2, 3, size=(n, n)), 1).astype(float)
-        diag = rng.choice([1.0, -1.0, 2.0, -2.0], size=n)
-        steps[t] = rng.integers(n) + 1
-        diag[steps[t] - 1] = 0.0
-        a = lower @ (upper + np.diag(diag))
-        if np.dtype(dtype).kind == "c":
-            a = a * rng.choice([1, 1j], size=(n, 1))
-        out[t] = a
-    return out, steps
-
-
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_exactly_singular_info_matches_partial_pivoting(host_lib, case):
     dtype, n = case
@@ -273,33 +124,6 @@ def test_exactly_singular_info_matches_partial_pivoting(host_lib, case):
     np.testing.assert_array_equal(exact_info, lu_pivot_info(exact)[0])
     # Where rounding decides, the reference must round as getf2 does.
     np.testing.assert_array_equal(shuffled_info, getf2_zero_step(shuffled))
-
-
-def getf2_zero_step(x: np.ndarray) -> np.ndarray:
-    """First exactly zero pivot (1-based step, 0 if none) of LAPACK getf2's LU.
-
-    Vectorized over the batch, with getf2's arithmetic: the reciprocal of the
-    pivot, multipliers l = a_ik * (1 / pivot), then a_ij - l * a_kj, each
-    rounded on its own (the host build has FMA contraction off).
-    """
-    a = np.array(x, copy=True)
-    m, n, _ = a.shape
-    rows = np.arange(m)
-    zero_step = np.zeros(m, dtype=np.int32)
-    with np.errstate(all="ignore"):
-        for k in range(n):
-            key = np.abs(a[:, k:, k].real) + np.abs(a[:, k:, k].imag)
-            p = k + key.argmax(axis=1)
-            pivot_row = a[rows, p].copy()
-            a[rows, p] = a[:, k]
-            a[:, k] = pivot_row
-            pivot = a[:, k, k]
-            zero = pivot == 0
-            zero_step[(zero_step == 0) & zero] = k + 1
-            inv = 1 / np.where(zero, 1, pivot)
-            mult = a[:, k + 1 :, k] * inv[:, None]
-            a[:, k + 1 :, k + 1 :] -= mult[:, :, None] * a[:, k, None, k + 1 :]
-    return zero_step
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

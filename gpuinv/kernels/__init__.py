@@ -36,6 +36,7 @@ __all__ = [
     "instantiations",
     "kernel_source",
     "invert_small",
+    "launch_config",
 ]
 
 _HERE = Path(__file__).resolve().parent
@@ -223,6 +224,19 @@ def _kernel(spec: KernelSpec, device_id: int) -> Any:
     return module.get_function(spec.name_expression)
 
 
+def launch_config(spec: KernelSpec, m: int, max_blocks: int | None = None) -> tuple[int, int]:
+    """The 1-D grid and block that :func:`invert_small` launches ``spec`` with on ``m`` matrices.
+
+    One block per tile of ``spec.per_block`` matrices, capped at
+    ``max_blocks`` (default: CUDA's grid limit); the kernels loop over the
+    tiles past the cap. The CPU execution harness (tests/_cuda_emu.py) runs
+    the kernels with exactly this configuration.
+    """
+    tiles = -(-m // spec.per_block)
+    cap = _MAX_GRID if max_blocks is None else max(1, int(max_blocks))
+    return min(tiles, cap), spec.block
+
+
 def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
     """Invert every matrix of a CuPy stack with the small-matrix kernels.
 
@@ -269,9 +283,7 @@ def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) 
     for name, arr in (("out", out), ("info", info)):
         if arr.device.id != device_id:
             raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
-    tiles = -(-m // spec.per_block)
-    cap = _MAX_GRID if max_blocks is None else max(1, int(max_blocks))
-    grid = min(tiles, cap)
+    grid, block = launch_config(spec, m, max_blocks)
     with a.device:  # compile for, and launch on, the device that holds the data
         kernel = _kernel(spec, device_id)
-        kernel((grid,), (spec.block,), (a, out, info, np.int64(m)))
+        kernel((grid,), (block,), (a, out, info, np.int64(m)))

@@ -1,0 +1,225 @@
+"""Every dispatched CUDA kernel instantiation, executed on the CPU.
+
+tests/_cuda_emu.py builds gpuinv/kernels/kernels.cu unchanged against a CUDA
+emulation header (a fiber per CUDA thread, block barriers, lockstep warp
+collectives, NaN-poisoned shared memory bounded by AddressSanitizer) and
+launches it with the grid and block of the real launcher, in three thread
+orders that must agree bit for bit. Results are compared bit for bit with
+the host build of the same per-matrix math (tests/_kernel_cases.py), which
+tests/test_kernels_host.py holds to LAPACK's accuracy: so any difference
+here is the kernel's staging, tiling, indexing or warp choreography.
+
+The mutation tests at the end alter a copy of kernels.cu in the ways real
+kernel bugs look (an off-by-one in a staging index, a wrong shuffle source,
+a missing barrier, a barrier only some lanes reach, a grid-stride step) and
+check that the harness catches each one.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import _cuda_emu
+import numpy as np
+import pytest
+from _kernel_cases import backward_error, build_host_lib, eps, exact_singular, host_invert, random_matrices
+
+import gpuinv.kernels as kernels
+
+pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
+
+SPECS = kernels.instantiations()
+
+
+def spec_id(spec: kernels.KernelSpec) -> str:
+    return f"{spec.dtype.name}-n{spec.n}-{spec.shape}"
+
+
+@pytest.fixture(scope="session")
+def builds():
+    """Every dispatched instantiation, built in parallel once per session (and cached on disk)."""
+    return _cuda_emu.build_all(SPECS)
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    return build_host_lib(tmp_path_factory.mktemp("emu_host"))
+
+
+def run(builds, spec, a, **kwargs):
+    return _cuda_emu.run(spec, a, exe=builds[spec], **kwargs)
+
+
+def assert_same_as_host(host_lib, a, out, info):
+    """The emulated kernel computed exactly what the host build of its math computes."""
+    ref, ref_info = host_invert(host_lib, a)
+    np.testing.assert_array_equal(info, ref_info)
+    ok = info == 0
+    np.testing.assert_array_equal(out[ok].view(_bits(out)), ref[ok].view(_bits(ref)))
+    assert np.all(np.isnan(out[info == -1]))
+
+
+def _bits(x: np.ndarray) -> np.dtype:
+    return np.dtype(f"u{x.dtype.itemsize // (2 if x.dtype.kind == 'c' else 1)}")
+
+
+def tile_count(spec: kernels.KernelSpec) -> int:
+    """Matrices for the partial-last-tile stack: two full tiles and a part, fewer at the larger n."""
+    full = spec.per_block
+    return 2 * full + 3 if spec.n <= 16 else full + 3
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
+    rng = np.random.default_rng(10 * spec.n + spec.dtype.num)
+    a = random_matrices(rng, tile_count(spec), spec.n, spec.dtype)
+    before = a.copy()
+    out, info = run(builds, spec, a)
+    np.testing.assert_array_equal(a, before)
+    np.testing.assert_array_equal(info, 0)
+    assert_same_as_host(host_lib, a, out, info)
+    # Accuracy in its own right, not only agreement with the host build.
+    assert np.all(backward_error(a, out) <= 100 * spec.n * eps(spec.dtype))
+    # One and two blocks: the grid-stride loop makes several trips, and
+    # every trip must give the same bits as one block per tile.
+    for cap in (1, 2):
+        capped, capped_info = run(builds, spec, a, max_blocks=cap, orders=("f", "s2"))
+        np.testing.assert_array_equal(capped_info, info)
+        np.testing.assert_array_equal(capped.view(_bits(capped)), out.view(_bits(out)))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_one_matrix_and_one_past_a_full_tile(builds, host_lib, spec):
+    rng = np.random.default_rng(20 * spec.n + spec.dtype.num)
+    for m in (1, spec.per_block + 1):
+        a = random_matrices(rng, m, spec.n, spec.dtype)
+        out, info = run(builds, spec, a)
+        np.testing.assert_array_equal(info, 0)
+        assert_same_as_host(host_lib, a, out, info)
+
+
+def special_stack(rng, spec):
+    """Good matrices mixed with singular, non-finite and permutation matrices.
+
+    Returns the stack, the expected info and the indices of each kind.
+    """
+    n, dtype = spec.n, spec.dtype
+    good = random_matrices(rng, 6, n, dtype)
+    singular, steps = exact_singular(rng, 3, n, dtype)
+    zero_col = random_matrices(rng, 1, n, dtype)
+    c = int(rng.integers(n))
+    zero_col[0, :, c] = 0  # stays zero under elimination: first zero pivot at step c + 1
+    zero = np.zeros((1, n, n), dtype=dtype)
+    nonfinite = random_matrices(rng, 3, n, dtype)
+    for k, value in enumerate((np.nan, np.inf, -np.inf)):
+        i, j = rng.integers(n, size=2)
+        nonfinite[k, i, j] = value
+    if dtype.kind == "c":
+        nonfinite[2, 0, 0] = complex(1.0, np.nan)
+    perms = np.zeros((2, n, n), dtype=dtype)
+    for k in range(2):
+        perms[k, np.arange(n), rng.permutation(n)] = 1
+    parts = [
+        ("good", good, np.zeros(len(good), np.int32)),
+        ("singular", singular, steps),
+        ("singular", zero_col, np.array([c + 1], np.int32)),
+        ("singular", zero, np.array([1], np.int32)),
+        ("nonfinite", nonfinite, np.full(len(nonfinite), -1, np.int32)),
+        ("perm", perms, np.zeros(len(perms), np.int32)),
+    ]
+    stack = np.concatenate([p[1] for p in parts])
+    expected = np.concatenate([p[2] for p in parts])
+    kinds = np.concatenate([[p[0]] * len(p[1]) for p in parts])
+    order = rng.permutation(len(stack))  # interleave the kinds
+    return stack[order], expected[order], kinds[order]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_singular_nonfinite_and_permutations_among_good(builds, host_lib, spec):
+    rng = np.random.default_rng(30 * spec.n + spec.dtype.num)
+    a, expected, kinds = special_stack(rng, spec)
+    before = a.copy()
+    out, info = run(builds, spec, a)
+    np.testing.assert_array_equal(a, before)
+    np.testing.assert_array_equal(info, expected)
+    assert np.all(np.isnan(out[kinds == "nonfinite"]))
+    perm = kinds == "perm"
+    np.testing.assert_array_equal(out[perm], np.swapaxes(a[perm], -1, -2))  # exact: P^-1 = P^T
+    assert_same_as_host(host_lib, a, out, info)
+    # Neighbours unchanged: the good matrices alone give the same bits.
+    good = kinds == "good"
+    alone, alone_info = run(builds, spec, a[good], orders=("f",))
+    np.testing.assert_array_equal(alone_info, 0)
+    np.testing.assert_array_equal(out[good].view(_bits(out)), alone.view(_bits(alone)))
+
+
+def test_every_dispatched_instantiation_is_emulated():
+    # The parametrization above is exactly what dispatch can select.
+    dispatched = {kernels.kernel_spec(n, dt) for dt in kernels._DTYPES for n in range(1, kernels.KERNEL_MAX_N[dt] + 1)}
+    assert set(SPECS) == dispatched
+    assert {s.shape for s in SPECS} == {"thread", "group"}
+
+
+# --- mutation tests: the harness catches the bugs it exists for ----------------
+
+
+def _spec(dtype, n):
+    return kernels.kernel_spec(n, np.dtype(dtype))
+
+
+MUTATIONS = [
+    # (id, spec, original text, mutated text): each original occurs exactly once in kernels.cu.
+    ("thread-load-index-off-by-one", _spec(np.float64, 4),
+     "stage[(g - mat * NN) * LD + mat] = a[base + g];", "stage[(g - mat * NN) * LD + mat] = a[base + g + 1];"),
+    ("thread-stage-slot-off-by-one", _spec(np.float32, 3),
+     "r[i][j] = stage[(i * N + j) * LD + t];", "r[i][j] = stage[(i * N + j) * LD + t + 1];"),
+    ("thread-missing-syncthreads", _spec(np.float64, 2),
+     "        __syncthreads();\n        if (t < count) {", "        if (t < count) {"),
+    ("thread-grid-stride-step", _spec(np.float64, 3),
+     "tile += gridDim.x)", "tile += gridDim.x + 1)"),
+    ("group-wrong-pivot-shuffle-source", _spec(np.float64, 16),
+     "const T piv = shfl(r[k], best_row, G);", "const T piv = shfl(r[k], best_row ^ 1, G);"),
+    ("group-wrong-butterfly-mask", _spec(np.float32, 12),
+     "R other = shfl_xor(best, off, G);", "R other = shfl_xor(best, off ^ 1, G);"),
+    ("group-missing-syncwarp-before-back-substitution", _spec(np.float64, 16),
+     "        __syncwarp();\n        T x[N];", "        T x[N];"),
+    ("group-syncwarp-only-in-lanes-with-a-row", _spec(np.float64, 12),
+     "        __syncwarp();  // every lane has read U", "        if (has_row) __syncwarp();  // every lane has read U"),
+    ("group-store-index-off-by-one", _spec(np.complex64, 9),
+     "out[base + g] = s[mat * N * LD + i * LD + (e - i * N)];",
+     "out[base + g] = s[mat * N * LD + i * LD + (e - i * N) + 1];"),
+    ("group-info-index-off-by-one", _spec(np.float64, 16),
+     "info[first + grp] =", "info[first + grp + 1] ="),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_mutated_kernel_is_caught(tmp_path, host_lib, mutation):
+    name, spec, original, mutated = mutation
+    source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
+    assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
+    (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
+    shutil.copy(_cuda_emu.KERNEL_DIR / "inverse.cuh", tmp_path / "inverse.cuh")
+    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+    rng = np.random.default_rng(7)
+    a = random_matrices(rng, tile_count(spec), spec.n, spec.dtype)
+    try:
+        out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+    except _cuda_emu.EmulationError as exc:
+        caught = exc.stderr
+    else:
+        ref, ref_info = host_invert(host_lib, a)
+        same = np.array_equal(info, ref_info) and np.array_equal(out.view(_bits(out)), ref.view(_bits(ref)))
+        caught = None if same else "results differ from the host build"
+    assert caught, f"{name}: the mutated kernel ran clean and gave the right results"
+
+
+def test_unmutated_copy_runs_clean(tmp_path, host_lib):
+    # The control for the mutation tests: the same procedure on an exact copy passes.
+    spec = _spec(np.float64, 12)
+    shutil.copy(_cuda_emu.KERNEL_DIR / "kernels.cu", tmp_path / "kernels.cu")
+    shutil.copy(_cuda_emu.KERNEL_DIR / "inverse.cuh", tmp_path / "inverse.cuh")
+    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+    a = random_matrices(np.random.default_rng(7), tile_count(spec), spec.n, spec.dtype)
+    out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+    assert_same_as_host(host_lib, a, out, info)
