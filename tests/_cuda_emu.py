@@ -21,6 +21,7 @@ the same checkout (CI runs the suite twice) compiles nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -70,10 +71,18 @@ class EmulationError(AssertionError):
         super().__init__(f"{spec_name}: emulated launch failed (exit {returncode}):\n{stderr[-4000:]}")
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> str | None:
-    """None if the harness can run here, else why not."""
+    """None if the harness can run here, else why not (no g++, or no sanitizer runtimes)."""
     if GXX is None:
         return "g++ is not installed"
+    with tempfile.TemporaryDirectory(prefix="gpuinv-emu-probe-") as tmp:
+        src = Path(tmp) / "probe.cpp"
+        src.write_text("int main() { return 0; }\n")
+        result = subprocess.run([GXX, *CXXFLAGS, str(src), "-o", str(Path(tmp) / "probe")],
+                                capture_output=True, text=True)  # fmt: skip
+        if result.returncode != 0:
+            return f"g++ cannot build with AddressSanitizer and UBSan here: {result.stderr.strip()[-300:]}"
     return None
 
 

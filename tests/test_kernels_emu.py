@@ -168,34 +168,43 @@ def _spec(dtype, n):
 
 
 MUTATIONS = [
-    # (id, spec, original text, mutated text): each original occurs exactly once in kernels.cu.
+    # (id, spec, original text, mutated text, how it is caught). Each original
+    # occurs exactly once in kernels.cu. How: "asan" (AddressSanitizer stops
+    # the run), "race" (the thread orders disagree), "divergent" (lanes reach
+    # different collectives), "wrong" (runs, but not the host build's bits).
     ("thread-load-index-off-by-one", _spec(np.float64, 4),
-     "stage[(g - mat * NN) * LD + mat] = a[base + g];", "stage[(g - mat * NN) * LD + mat] = a[base + g + 1];"),
+     "stage[(g - mat * NN) * LD + mat] = a[base + g];", "stage[(g - mat * NN) * LD + mat] = a[base + g + 1];",
+     "asan"),
     ("thread-stage-slot-off-by-one", _spec(np.float32, 3),
-     "r[i][j] = stage[(i * N + j) * LD + t];", "r[i][j] = stage[(i * N + j) * LD + t + 1];"),
+     "r[i][j] = stage[(i * N + j) * LD + t];", "r[i][j] = stage[(i * N + j) * LD + t + 1];", "race"),
     ("thread-missing-syncthreads", _spec(np.float64, 2),
-     "        __syncthreads();\n        if (t < count) {", "        if (t < count) {"),
-    ("thread-grid-stride-step", _spec(np.float64, 3),
-     "tile += gridDim.x)", "tile += gridDim.x + 1)"),
+     "        __syncthreads();\n        if (t < count) {", "        if (t < count) {", "race"),
+    ("thread-grid-stride-step", _spec(np.float64, 3), "tile += gridDim.x)", "tile += gridDim.x + 1)", "wrong"),
     ("group-wrong-pivot-shuffle-source", _spec(np.float64, 16),
-     "const T piv = shfl(r[k], best_row, G);", "const T piv = shfl(r[k], best_row ^ 1, G);"),
+     "const T piv = shfl(r[k], best_row, G);", "const T piv = shfl(r[k], best_row ^ 1, G);", "wrong"),
     ("group-wrong-butterfly-mask", _spec(np.float32, 12),
-     "R other = shfl_xor(best, off, G);", "R other = shfl_xor(best, off ^ 1, G);"),
+     "R other = shfl_xor(best, off, G);", "R other = shfl_xor(best, off ^ 1, G);", "race"),
     ("group-missing-syncwarp-before-back-substitution", _spec(np.float64, 16),
-     "        __syncwarp();\n        T x[N];", "        T x[N];"),
+     "        __syncwarp();\n        T x[N];", "        T x[N];", "race"),
     ("group-syncwarp-only-in-lanes-with-a-row", _spec(np.float64, 12),
-     "        __syncwarp();  // every lane has read U", "        if (has_row) __syncwarp();  // every lane has read U"),
+     "        __syncwarp();  // every lane has read U", "        if (has_row) __syncwarp();  // every lane has read U",
+     "divergent"),
     ("group-store-index-off-by-one", _spec(np.complex64, 9),
      "out[base + g] = s[mat * N * LD + i * LD + (e - i * N)];",
-     "out[base + g] = s[mat * N * LD + i * LD + (e - i * N) + 1];"),
-    ("group-info-index-off-by-one", _spec(np.float64, 16),
-     "info[first + grp] =", "info[first + grp + 1] ="),
+     "out[base + g] = s[mat * N * LD + i * LD + (e - i * N) + 1];", "wrong"),
+    ("group-info-index-off-by-one", _spec(np.float64, 16), "info[first + grp] =", "info[first + grp + 1] =", "asan"),
 ]  # fmt: skip
+
+CAUGHT_BY = {
+    "asan": lambda exc: "ERROR: AddressSanitizer" in exc.stderr,
+    "race": lambda exc: exc.returncode == 4 and "differs between thread orders" in exc.stderr,
+    "divergent": lambda exc: exc.returncode == 3 and "divergent warp" in exc.stderr,
+}
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=[m[0] for m in MUTATIONS])
 def test_mutated_kernel_is_caught(tmp_path, host_lib, mutation):
-    name, spec, original, mutated = mutation
+    name, spec, original, mutated, how = mutation
     source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
     assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
     (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
@@ -203,15 +212,15 @@ def test_mutated_kernel_is_caught(tmp_path, host_lib, mutation):
     exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
     rng = np.random.default_rng(7)
     a = random_matrices(rng, tile_count(spec), spec.n, spec.dtype)
-    try:
+    if how == "wrong":
         out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
-    except _cuda_emu.EmulationError as exc:
-        caught = exc.stderr
-    else:
         ref, ref_info = host_invert(host_lib, a)
         same = np.array_equal(info, ref_info) and np.array_equal(out.view(_bits(out)), ref.view(_bits(ref)))
-        caught = None if same else "results differ from the host build"
-    assert caught, f"{name}: the mutated kernel ran clean and gave the right results"
+        assert not same, f"{name}: the mutated kernel gave the right results"
+        return
+    with pytest.raises(_cuda_emu.EmulationError) as caught:
+        _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+    assert CAUGHT_BY[how](caught.value), f"{name}: expected to be caught as {how}, got:\n{caught.value.stderr}"
 
 
 def test_unmutated_copy_runs_clean(tmp_path, host_lib):
