@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from ._adapters import foreign_library
 from ._device import DeviceLike, parse_device
 from ._dispatch import select_engine
-from ._normalize import Operand, normalize
+from ._normalize import Operand, normalize, wrap_like_input
 from ._policy import apply_policy, check_policy
 
 __all__ = ["inv", "inv_ex", "InvResult"]
@@ -64,7 +64,9 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
     -------
     InvResult
         ``(inverse, info)``, both the same kind of array as ``a``, on the
-        same device. For CuPy input (and CUDA tensors) nothing is
+        same device; for an ndarray subclass the inverse is that subclass
+        (as :func:`numpy.linalg.inv` returns it) and ``info`` a plain
+        ndarray. For CuPy input (and CUDA tensors) nothing is
         synchronized with the host: ``info`` stays on the device. For dask
         input both are lazy dask arrays.
 
@@ -90,7 +92,7 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
     if library is not None:
         return _foreign(a, library, device, None)
     _, inverse, info = _run(a, device)
-    return InvResult(inverse, info)
+    return InvResult(wrap_like_input(a, inverse), info)
 
 
 def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -> Any:
@@ -116,7 +118,9 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
     -------
     ndarray, shape (..., n, n)
         The inverses, the same kind of array as ``a`` on the same device
-        (torch and JAX through DLPack, without copies where the memory
+        (an ndarray subclass through its ``__array_wrap__``, as
+        :func:`numpy.linalg.inv` does, so ``np.matrix`` gives ``np.matrix``;
+        torch and JAX through DLPack, without copies where the memory
         allows; dask lazily, see ``docs/dask.md``).
 
     Raises
@@ -153,7 +157,7 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
     if library is not None:
         return _foreign(a, library, device, on_singular)
     _, inverse, info = _run(a, device)
-    return apply_policy(inverse, info, on_singular)
+    return wrap_like_input(a, apply_policy(inverse, info, on_singular))
 
 
 def _foreign(a: Any, library: str, device: DeviceLike, on_singular: str | None) -> Any:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._dtypes import result_dtype
 
-__all__ = ["Operand", "normalize", "array_backend", "check_stack_shape"]
+__all__ = ["Operand", "normalize", "array_backend", "check_stack_shape", "wrap_like_input"]
 
 
 def array_backend(a: Any) -> str:
@@ -92,7 +92,8 @@ def normalize(a: Any) -> Operand:
                 "silently ignored; pass a.filled(value) or a.data explicitly"
             )
         # asarray keeps the data in place: memmaps and ndarray subclasses
-        # become plain views, lists and scalars become new arrays.
+        # become plain views (the result takes the subclass back at the end,
+        # wrap_like_input), lists and scalars become new arrays.
         a = np.asarray(a)
     check_stack_shape(a.shape)
     dtype = result_dtype(a.dtype)
@@ -107,3 +108,19 @@ def check_stack_shape(shape: tuple) -> None:
         )
     if shape[-1] != shape[-2]:
         raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
+
+
+def wrap_like_input(a: Any, result: Any) -> Any:
+    """Return ``result`` as the kind of array ``numpy.linalg.inv(a)`` returns.
+
+    ``numpy.linalg.inv`` hands its result to the input's ``__array_wrap__``
+    (``_makearray`` in ``numpy/linalg/_linalg.py``), so an ndarray subclass
+    comes back as that subclass, a view of the same memory: ``np.matrix`` in,
+    ``np.matrix`` out. ``np.memmap``'s own wrap gives a plain ndarray (an
+    inverse is not backed by the input's file); a subclass of ``np.memmap``
+    gets its class, with no file behind it. Plain ndarrays, lists and other
+    array-likes, and CuPy arrays, are returned unchanged.
+    """
+    if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
+        return a.__array_wrap__(result)
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 
 import numpy as np
@@ -292,3 +293,125 @@ def test_chunk_seams_and_threads(rng, monkeypatch, threads, chunk_bytes):
         np.testing.assert_array_equal(res.info, expected)
         ok = expected == 0
         np.testing.assert_allclose(res.inverse[ok], np.linalg.inv(a[ok]), rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# NumPy's own TestInv (numpy/linalg/tests/test_linalg.py and
+# numpy/matrixlib/tests/test_matrix_linalg.py), rewritten against gpuinv:
+# the same inputs and the same checks, a @ inv(a) close to the identity and
+# the result of the input's class (numpy.linalg.inv's __array_wrap__).
+# --------------------------------------------------------------------------
+
+
+class ArraySubclass(np.ndarray):
+    """An ndarray subclass with nothing of its own, as in NumPy's tests."""
+
+
+def _numpy_inv_cases():
+    """NumPy's square cases: name -> input (array, list or np.matrix)."""
+    rng = np.random.default_rng(1234)
+    m = [[1.0, 2.0], [3.0, 4.0]]
+    c = [[1 + 2j, 2 + 3j], [3 + 4j, 4 + 5j]]
+    cases = {
+        "single": np.array(m, dtype=np.float32),
+        "double": np.array(m, dtype=np.float64),
+        "csingle": np.array(c, dtype=np.complex64),
+        "cdouble": np.array(c, dtype=np.complex128),
+        "0x0": np.empty((0, 0), dtype=np.float64),
+        "8x8": rng.random((8, 8)),
+        "1x1": rng.random((1, 1)),
+        "nonarray": [[1, 2], [3, 4]],
+    }
+    # Generalized: stacks of the arrays above, one and two batch axes.
+    for name, a in list(cases.items()):
+        if isinstance(a, np.ndarray):
+            cases[name + "_tile3"] = np.array([a, 2 * a, 3 * a])
+            cases[name + "_tile213"] = np.array([a] * 6).reshape((3, 2) + a.shape)
+    return cases
+
+
+NUMPY_INV_CASES = _numpy_inv_cases()
+
+
+def _strided_variants(a):
+    """``a`` and copies of it under strides (1, 3, -4) on the matrix axes and
+    (1, -4) on the batch axis next to them, plus zero strides on length-1
+    axes, as NumPy's ``_stride_comb_iter`` builds them."""
+    if not isinstance(a, np.ndarray):
+        yield "nop", a
+        return
+    steps = [(1,)] * a.ndim
+    steps[-1] = steps[-2] = (1, 3, -4)
+    if a.ndim > 2:
+        steps[-3] = (1, -4)
+    for repeats in itertools.product(*steps):
+        big = np.empty([abs(d * r) for d, r in zip(a.shape, repeats)], dtype=a.dtype)
+        big.view(np.uint8).fill(0xAB)  # garbage between the strided entries
+        view = big[tuple(slice(None, None, r) for r in repeats)]
+        view[...] = a
+        yield "stride" + "_".join(f"{r:+d}" for r in repeats), view
+    if a.shape[-1] == 1:
+        yield "zero-last", np.lib.stride_tricks.as_strided(a, strides=a.strides[:-1] + (0,))
+    if a.shape[-2] == 1:
+        yield "zero-row", np.lib.stride_tricks.as_strided(a, strides=a.strides[:-2] + (0, a.strides[-1]))
+
+
+def _check_like_numpy_inv_cases(a, device):
+    """NumPy's InvCases.do, for gpuinv.inv and gpuinv.inv_ex: the product
+    within NumPy's assert_almost_equal bounds (6 decimals in single
+    precision, 12 in double) and the class numpy.linalg.inv gives."""
+    arr = np.asarray(a)
+    expected_type = type(a) if isinstance(a, np.ndarray) else np.ndarray
+    single = arr.dtype in (np.float32, np.complex64)
+    for x in (gpuinv.inv(a, device=device), gpuinv.inv_ex(a, device=device).inverse):
+        assert type(x) is expected_type, (type(x), expected_type)
+        assert type(x) is type(np.linalg.inv(a))
+        assert x.shape == arr.shape
+        identity = np.broadcast_to(np.eye(arr.shape[-1]), arr.shape)
+        np.testing.assert_allclose(np.matmul(arr, np.asarray(x)), identity, rtol=0, atol=1.5e-6 if single else 1.5e-12)
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+@pytest.mark.parametrize("name", list(NUMPY_INV_CASES))
+def test_numpy_inv_cases(name, device):
+    for _, a in _strided_variants(NUMPY_INV_CASES[name]):
+        _check_like_numpy_inv_cases(a, device)
+        if isinstance(a, np.ndarray):
+            _check_like_numpy_inv_cases(a.view(ArraySubclass), device)
+
+
+NUMPY_MATRIX_CASES = {
+    "0x0_matrix": lambda: np.empty((0, 0), dtype=np.float64).view(np.matrix),
+    "matrix_b_only": lambda: np.array([[1.0, 2.0], [3.0, 4.0]]),
+    "matrix_a_and_b": lambda: np.matrix([[1.0, 2.0], [3.0, 4.0]]),
+}
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+@pytest.mark.parametrize("name", list(NUMPY_MATRIX_CASES))
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_numpy_inv_matrix_cases(name, device):
+    _check_like_numpy_inv_cases(NUMPY_MATRIX_CASES[name](), device)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64", "complex128"])
+def test_numpy_inv_types(dtype):
+    x = np.array([[1, 0.5], [0.5, 1]], dtype=dtype)
+    assert gpuinv.inv(x).dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_numpy_inv_0_size(device):
+    # Every kind of zero-size input keeps its subclass, with the dtype rule.
+    a = np.zeros((0, 1, 1), dtype=np.int_).view(ArraySubclass)
+    for res in (gpuinv.inv(a, device=device), gpuinv.inv_ex(a, device=device).inverse):
+        assert res.dtype.type is np.float64
+        assert res.shape == a.shape
+        assert isinstance(res, ArraySubclass)
+    a = np.zeros((0, 0), dtype=np.complex64).view(ArraySubclass)
+    for res in (gpuinv.inv(a, device=device), gpuinv.inv_ex(a, device=device).inverse):
+        assert res.dtype.type is np.complex64
+        assert res.shape == a.shape
+        assert isinstance(res, ArraySubclass)
+    info = gpuinv.inv_ex(a, device=device).info
+    assert type(info) is np.ndarray and info.shape == () and info == 0

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import gpuinv
+from gpuinv.engines import _closed_form
+from gpuinv.engines.cpu import _lapack_inverse
 
 lapack = pytest.importorskip("scipy.linalg.lapack")
 
@@ -210,13 +212,17 @@ def exactly_singular(n, dtype, rng):
     permutations of triangular matrices with zeros on the diagonal. Every
     elimination multiplier below a zero is exactly zero, so any partial
     pivoting LU (LAPACK's left-looking getf2, a right-looking one, a
-    recursive one) meets the same zero pivot.
+    recursive one) meets the same zero pivot, whatever the order of its
+    floating-point updates.
     """
     out = [(np.zeros((n, n), dtype=dtype), 1)]
     for c in range(n):
         a = random_stack(1, n, dtype, seed=int(rng.integers(1 << 30)))[0]
         a[:, c] = 0
-        out.append((a, None))  # the step comes from LAPACK: c + 1 unless an earlier pivot is zero
+        # The columns before c are those of a diagonally dominant matrix, so
+        # their pivots are far from zero; column c stays exactly zero under
+        # every update (each subtracts a multiple of a zero).
+        out.append((a, c + 1))
     for _ in range(3 * n):
         u = np.triu(random_stack(1, n, dtype, seed=int(rng.integers(1 << 30)))[0])
         zeros = rng.random(n) < 0.4
@@ -227,19 +233,54 @@ def exactly_singular(n, dtype, rng):
     return out
 
 
+def backward_error(a, x):
+    """||A X - I||_1 / (||A||_1 ||X||_1), evaluated in extended precision."""
+    w = np.clongdouble if a.dtype.kind == "c" else np.longdouble
+    a, x = a.astype(w), x.astype(w)
+    residual = np.abs(a @ x - np.eye(a.shape[-1], dtype=w)).sum(axis=-2).max(axis=-1)
+    norms = np.abs(a).sum(axis=-2).max(axis=-1) * np.abs(x).sum(axis=-2).max(axis=-1)
+    return float(residual / norms)
+
+
+def assert_a_correct_answer(m, inverse, info, first_step=1):
+    """``(inverse, info)`` is an answer a correct LU inverse can give for ``m``.
+
+    For a matrix that is singular in exact arithmetic, or within rounding of
+    singular, whether a pivot rounds to exactly zero depends on the order of
+    the floating-point updates: OpenBLAS's SkylakeX, Haswell and Nehalem
+    kernels, and SciPy's and NumPy's copies of OpenBLAS, give different
+    verdicts and steps for the same matrix. So either answer passes:
+
+    * info k > 0, with ``first_step <= k <= n`` (the steps before
+      ``first_step`` have pivots far from zero) and an all-NaN inverse;
+    * info 0, with a finite inverse of small backward error (LAPACK's bound
+      for getrf + getrs is a small multiple of n * eps; the largest measured
+      here, under the SkylakeX, Haswell, Sandybridge and Nehalem kernels, is
+      0.18 n eps, so 10 n eps holds with a wide margin).
+    """
+    n = m.shape[-1]
+    if info > 0:
+        assert first_step <= info <= n, (info, first_step)
+        assert np.isnan(inverse).all()
+    else:
+        assert info == 0
+        assert np.isfinite(inverse).all()
+        assert backward_error(m, inverse) <= 10 * n * eps(m.dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", list(range(1, 11)) + [16, 33])
 def test_info_equals_lapack_getrf(dtype, n):
+    # Only matrices whose zero pivot is determined: the step is compared
+    # exactly, with the construction and with LAPACK.
     rng = np.random.default_rng(n)
     cases = exactly_singular(n, dtype, rng)
     a = np.stack([m for m, _ in cases])
     res = gpuinv.inv_ex(a, device="cpu")
     for i, (m, step) in enumerate(cases):
-        ref = GETRF[np.dtype(dtype)](m)[2]
-        if step is not None:
-            assert ref == step  # the construction is what we think it is
-        assert res.info[i] == ref, (i, m)
-        if ref > 0:
+        assert GETRF[np.dtype(dtype)](m)[2] == step  # the construction is what we think it is
+        assert res.info[i] == step, (i, m)
+        if step > 0:
             assert np.isnan(res.inverse[i]).all()
         else:
             np.testing.assert_allclose(
@@ -247,18 +288,16 @@ def test_info_equals_lapack_getrf(dtype, n):
             )
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
-@pytest.mark.parametrize("n", range(2, 10))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", range(2, 13))
 def test_singular_in_exact_arithmetic_only(dtype, n):
-    # arange(n*n) is singular in exact arithmetic for n >= 3; rounding in the
-    # factorization may leave a tiny non-zero pivot. gpuinv reports what its
-    # factorization sees, as LAPACK does:
+    # Rank 2 in exact arithmetic for n >= 3 (and non-singular at n = 2);
+    # rounding in the factorization may leave a tiny non-zero pivot. gpuinv
+    # reports what its factorization sees, as LAPACK does, so both answers
+    # are correct and which one comes depends on the OpenBLAS kernel:
     # * k > 0 and a NaN inverse when an exactly zero pivot is met;
-    # * info 0 and a finite inverse (with a small backward error for the
-    #   floating-point matrix) otherwise.
-    # For these matrices the verdict equals LAPACK's own (OpenBLAS dgetrf/
-    # zgetrf); the step may differ, because which pivot rounds to exactly
-    # zero depends on the order of the updates.
+    # * info 0 and a finite inverse with a small backward error otherwise.
+    # The first two pivots are of the size of the entries, so k >= 3.
     mats = np.stack(
         [
             np.arange(n * n, dtype=float).reshape(n, n),
@@ -269,18 +308,24 @@ def test_singular_in_exact_arithmetic_only(dtype, n):
     ).astype(dtype)
     res = gpuinv.inv_ex(mats, device="cpu")
     for i, m in enumerate(mats):
-        ref = GETRF[np.dtype(dtype)](m)[2]
-        assert (res.info[i] == 0) == (ref == 0), (i, res.info[i], ref)
-        if res.info[i] > 0:
-            assert np.isnan(res.inverse[i]).all()
-        else:
-            x = res.inverse[i]
-            assert np.isfinite(x).all()
-            backward = np.linalg.norm(m @ x - np.eye(n), 1) / (np.linalg.norm(m, 1) * np.linalg.norm(x, 1))
-            assert backward <= 100 * n * eps(dtype)
+        if n == 2:
+            assert res.info[i] == 0  # well-conditioned: determined
+        assert_a_correct_answer(m, res.inverse[i], res.info[i], first_step=3)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+def rank_deficient(n, dtype, scale, count=300):
+    """Products of small integer matrices of rank 1 .. n-1, times ``scale``.
+
+    Rounding ``scale`` times an integer makes them non-singular by about eps:
+    condition numbers near 1 / eps.
+    """
+    rng = np.random.default_rng(n)
+    rank = rng.integers(1, n, size=count)
+    mats = np.stack([rng.integers(-4, 5, (n, r)) @ rng.integers(-4, 5, (r, n)) for r in rank]) * scale
+    return mats.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [2, 3, 4])
 @pytest.mark.parametrize("scale", [0.1, 1 / 3, 1.7])
 def test_closed_forms_take_lapacks_verdict_on_rank_deficient(dtype, n, scale):
@@ -288,15 +333,23 @@ def test_closed_forms_take_lapacks_verdict_on_rank_deficient(dtype, n, scale):
     # determinant, returning info 0 where LAPACK meets an exact zero pivot
     # (up to 8% of these matrices). Numerically singular matrices now go to
     # the pivoting route and get LAPACK's verdict.
-    rng = np.random.default_rng(n)
-    rank = rng.integers(1, n, size=300)
-    mats = np.stack(
-        [rng.integers(-4, 5, (n, r)) @ rng.integers(-4, 5, (r, n)) for r in rank]
-    ) * scale
-    mats = mats.astype(dtype)
-    info = gpuinv.inv_ex(mats, device="cpu").info
-    ref = np.array([GETRF[np.dtype(dtype)](m)[2] for m in mats])
-    np.testing.assert_array_equal(info != 0, ref != 0)
+    mats = rank_deficient(n, dtype, scale)
+    # The closed forms hand every one of them over (their arithmetic is
+    # elementwise NumPy, the same on every CPU).
+    redo = _closed_form.closed_form_inverse(mats, np.empty_like(mats))
+    assert redo is not None and redo.all()
+    # Through the API they get exactly what the LAPACK route gives them in
+    # this process (the same calls on the same matrices: determined, whatever
+    # the OpenBLAS kernel).
+    res = gpuinv.inv_ex(mats, device="cpu")
+    lapack_out = np.empty_like(mats)
+    lapack_info = np.zeros(len(mats), dtype=np.int32)
+    _lapack_inverse(mats, lapack_out, lapack_info)
+    np.testing.assert_array_equal(res.info, lapack_info)
+    np.testing.assert_array_equal(res.inverse, lapack_out)
+    # Which verdict that is depends on the kernel; each is a correct answer.
+    for m, x, k in zip(mats, res.inverse, res.info):
+        assert_a_correct_answer(m, x, k)
 
 
 # --------------------------------------------------------------------------

@@ -344,6 +344,9 @@ def test_integer_extremes(device):
     b = np.array([[-128, 127], [0, -1]], dtype=np.int8)
     y, info = call_both(b, device)
     assert info == 0
+    # Exact equality is safe here: the pivot -128 is a power of two and every
+    # other step of any elimination or closed form is exact, whatever the
+    # order of the updates.
     np.testing.assert_array_equal(y, np.linalg.inv(b.astype(np.float64)))
 
 
@@ -388,7 +391,7 @@ def test_non_native_byte_order(dtype, out_dtype, n, device):
 
 
 # --------------------------------------------------------------------------
-# Read-only, memory-mapped, subclasses, masked
+# Read-only, memory-mapped, subclasses (numpy.linalg.inv's wrap), masked
 # --------------------------------------------------------------------------
 
 
@@ -412,9 +415,35 @@ def test_memmap(tmp_path, mode, n, device):
     before = path.read_bytes()
     m = np.memmap(path, dtype=np.float64, mode=mode, shape=data.shape)
     x, info = call_both(m, device)
-    assert type(x) is np.ndarray  # a plain array, not a memmap of some file
+    # As numpy.linalg.inv: np.memmap's __array_wrap__ gives a plain array,
+    # not a memmap of some file.
+    assert type(x) is np.ndarray
+    assert type(np.linalg.inv(m)) is np.ndarray
     assert (info == 0).all()
     assert_inverse_ok(data, x, np.float64)
+    m.flush()
+    del m
+    assert path.read_bytes() == before
+
+
+class Stack(np.memmap):
+    """A memmap subclass: its wrap keeps the class, with no file behind it."""
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memmap_subclass(tmp_path, device):
+    path = tmp_path / "stack.f8"
+    data = well_conditioned((3, 4, 4)) * 3.0
+    data.tofile(path)
+    before = path.read_bytes()
+    m = np.memmap(path, dtype=np.float64, mode="r+", shape=data.shape).view(Stack)
+    x, info = call_both(m, device)
+    expected = np.linalg.inv(m)
+    assert type(x) is type(expected) is Stack
+    assert x.filename is None and expected.filename is None  # not the input's file
+    assert (info == 0).all() and type(info) is np.ndarray
+    np.testing.assert_allclose(x, expected, rtol=RTOL[x.dtype], atol=RTOL[x.dtype])
+    x[...] = 0.0  # the result is ours to write, and the file stays as it was
     m.flush()
     del m
     assert path.read_bytes() == before
@@ -432,26 +461,78 @@ class Tagged(np.ndarray):
         self.tag = getattr(obj, "tag", None)
 
 
+class Recording(np.ndarray):
+    """Counts the calls of its ``__array_wrap__``."""
+
+    calls: list = []
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        Recording.calls.append(arr.shape)
+        return super().__array_wrap__(arr, context, return_scalar)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_ndarray_subclass_returns_plain_ndarray(device):
-    # Deliberate: the result is a plain ndarray (NumPy in, NumPy out). A
-    # subclass's invariants (units, metadata) need not hold for an inverse.
+def test_ndarray_subclass_keeps_its_class(device):
+    # As numpy.linalg.inv: the inverse goes through the input's
+    # __array_wrap__, so it is the subclass (with what __array_finalize__
+    # carries over); info is a plain ndarray.
     a = Tagged(well_conditioned((3, 4, 4)))
-    x, _ = call_both(a, device)
-    assert type(x) is np.ndarray
-    assert_inverse_ok(np.asarray(a), x, np.float64)
+    x, info = call_both(a, device)
+    expected = np.linalg.inv(a)
+    assert type(x) is type(expected) is Tagged
+    assert x.tag == expected.tag == "t"
+    assert type(info) is np.ndarray
+    assert_inverse_ok(np.asarray(a), np.asarray(x), np.float64)
     assert a.tag == "t"
+    for policy in ("raise", "nan", "ignore"):
+        assert type(gpuinv.inv(a, device=device, on_singular=policy)) is Tagged
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ndarray_subclass_wrap_called_once_per_result(device):
+    a = well_conditioned((2, 3, 3)).view(Recording)
+    Recording.calls.clear()
+    np.linalg.inv(a)
+    numpy_calls = list(Recording.calls)
+    Recording.calls.clear()
+    x = gpuinv.inv(a, device=device)
+    assert type(x) is Recording
+    assert Recording.calls == numpy_calls == [(2, 3, 3)]
+    Recording.calls.clear()
+    res = gpuinv.inv_ex(a, device=device)
+    assert type(res.inverse) is Recording and type(res.info) is np.ndarray
+    assert Recording.calls == [(2, 3, 3)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ndarray_subclass_with_failures(device):
+    # The policies act before the wrap: NaN in exactly the failed inverses,
+    # and the error (not a subclass) for "raise".
+    a = well_conditioned((4, 3, 3))
+    a[2] = 0.0
+    a = Tagged(a)
+    res = gpuinv.inv_ex(a, device=device)
+    assert type(res.inverse) is Tagged and type(res.info) is np.ndarray
+    np.testing.assert_array_equal(res.info, [0, 0, 1, 0])
+    y = gpuinv.inv(a, device=device, on_singular="nan")
+    assert type(y) is Tagged and np.isnan(y[2]).all() and np.isfinite(y[[0, 1, 3]]).all()
+    with pytest.raises(gpuinv.SingularMatrixError) as e:
+        gpuinv.inv(a, device=device)
+    assert e.value.indices == [(2,)] and type(e.value.info) is np.ndarray
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_np_matrix(device):
-    # np.matrix is 2-D only: one matrix in, a plain 2-D ndarray out.
+    # np.matrix is 2-D only: one matrix in, an np.matrix out, as
+    # numpy.linalg.inv gives (so * is the matrix product on the result).
     m = np.matrix([[4.0, 7.0], [2.0, 6.0]])
     x, info = call_both(m, device)
-    assert type(x) is np.ndarray and x.shape == (2, 2)
-    np.testing.assert_allclose(x, np.asarray(np.linalg.inv(m)), rtol=1e-14)
-    assert info.shape == () and info == 0
+    assert type(x) is np.matrix and x.shape == (2, 2)
+    np.testing.assert_allclose(x, np.linalg.inv(m), rtol=1e-14)
+    np.testing.assert_allclose(x * m, np.eye(2), atol=1e-14)
+    assert type(info) is np.ndarray and info.shape == () and info == 0
+    assert type(m.I) is type(x)
 
 
 @pytest.mark.parametrize("device", DEVICES)
