@@ -109,8 +109,8 @@ class _Data:
 
 
 class _Device:
-    def __init__(self, index: int | None = None) -> None:
-        self.id = _current_device() if index is None else int(index)
+    def __init__(self, device: int | None = None) -> None:
+        self.id = _current_device() if device is None else int(device)
         if not 0 <= self.id < state.device_count:
             raise FakeCudaError(f"no CUDA device {self.id}")
 
@@ -244,16 +244,18 @@ def zeros(shape, dtype=np.float64):
     return out
 
 
-def empty_like(a, dtype=None):
-    return _empty(a.shape, a.dtype if dtype is None else dtype)
+def empty_like(prototype, dtype=None):
+    return _empty(prototype.shape, prototype.dtype if dtype is None else dtype)
 
 
-def eye(n, dtype=np.float64):
-    return _alloc(np.eye(n, dtype=dtype))
+def eye(N, M=None, k=0, dtype=np.float64):
+    return _alloc(np.eye(N, M, k, dtype=dtype))
 
 
-def arange(*args, dtype=None):
-    return _alloc(np.arange(*args, dtype=dtype))
+def arange(start, stop=None, step=1, dtype=None):
+    if stop is None:
+        start, stop = 0, start
+    return _alloc(np.arange(start, stop, step, dtype=dtype))
 
 
 def asarray(a, dtype=None):
