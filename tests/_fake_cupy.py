@@ -104,8 +104,12 @@ def _current_device() -> int:
 
 
 class _Data:
-    def __init__(self, ptr: int) -> None:
+    """CuPy's MemoryPointer: an address, its device, and what owns the memory."""
+
+    def __init__(self, ptr: int, device_id: int = 0, owner=None) -> None:
         self.ptr = ptr
+        self.device_id = device_id
+        self.owner = owner
 
 
 class _Device:
@@ -137,14 +141,33 @@ class ndarray(np.ndarray):
 
     _device_id = 0
     _null = False
+    _owner = None
+
+    def __new__(cls, shape, dtype=float, memptr=None, strides=None, order="C"):
+        """CuPy's constructor: new memory, or a view of ``memptr`` with ``strides``."""
+        if memptr is None:
+            return _empty(shape, dtype)
+        shape = tuple(shape)
+        dtype = np.dtype(dtype)
+        strides = tuple(strides) if strides is not None else None
+        if strides is None:
+            strides = tuple(int(np.prod(shape[i + 1 :])) * dtype.itemsize for i in range(len(shape)))
+        lo = sum(min(0, s * (d - 1)) for s, d in zip(strides, shape))
+        hi = sum(max(0, s * (d - 1)) for s, d in zip(strides, shape)) + dtype.itemsize
+        buf = (ctypes.c_char * (hi - lo)).from_address(memptr.ptr + lo)
+        arr = np.ndarray(shape, dtype, buffer=buf, offset=-lo, strides=strides).view(cls)
+        arr._device_id = memptr.device_id
+        arr._owner = memptr.owner  # keeps the memory alive
+        return arr
 
     def __array_finalize__(self, obj):
         self._device_id = getattr(obj, "_device_id", _current_device())
         self._null = getattr(obj, "_null", False)
+        self._owner = getattr(obj, "_owner", None)
 
     @property
     def data(self):  # type: ignore[override]
-        return _Data(0 if self._null else self.ctypes.data)
+        return _Data(0 if self._null else self.ctypes.data, self._device_id, self)
 
     @property
     def device(self):
@@ -197,6 +220,7 @@ def _empty(shape, dtype) -> ndarray:
     raw = np.full(nbytes + _ALIGN, 0x7F, dtype=np.uint8)
     off = (-raw.ctypes.data) % _ALIGN
     arr = raw[off : off + nbytes].view(dtype).reshape(shape).view(ndarray)
+    arr._owner = raw
     arr._device_id = device
     arr._null = nbytes == 0
     ptr = raw.ctypes.data + off
@@ -266,8 +290,18 @@ def asnumpy(a):
     return np.array(np.asarray(a).view(np.ndarray))
 
 
-def copyto(dst, src, casting="same_kind", where=True):
-    np.copyto(dst, src, casting=casting, where=where)
+def _check_aligned(what: str, arr) -> None:
+    # CuPy's kernels load whole elements (complex128: 16 bytes at once).
+    if isinstance(arr, ndarray) and arr.size and any(
+            v % arr.itemsize for v in (arr.data.ptr, *arr.strides)):
+        raise FakeCudaError(f"misaligned address: {what} at {arr.data.ptr:#x} for itemsize "
+                            f"{arr.itemsize}")
+
+
+def copyto(dst, src, casting="same_kind", where=None):
+    _check_aligned("copyto dst", dst)
+    _check_aligned("copyto src", src)
+    np.copyto(dst, src, casting=casting, where=True if where is None else where)
 
 
 isfinite = np.isfinite

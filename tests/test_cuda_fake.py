@@ -419,19 +419,27 @@ def test_zero_size_cusolver_workspace(fake, rng, n):
     assert fake.empty(0).data.ptr == 0  # as CuPy
 
 
+def _misaligned(fake, a):
+    """``a`` on the device, starting half an element into an allocation (for
+    example a complex128 view of a float64 array at an 8-byte offset)."""
+    itemsize = a.dtype.itemsize
+    raw = fake.zeros(a.nbytes + itemsize, dtype=np.uint8)
+    half = itemsize // 2
+    raw[half : half + a.nbytes] = a.reshape(-1).view(np.uint8)
+    view = raw[half : half + a.nbytes].view(a.dtype).reshape(a.shape)
+    assert view.flags.c_contiguous and view.data.ptr % itemsize == half
+    return view
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", [np.complex128, np.complex64, np.float64])
-def test_misaligned_input_is_gathered_before_the_kernel(fake, rng, dtype):
+def test_misaligned_input_is_realigned_before_any_kernel(fake, rng, route, dtype):
+    # C-contiguous and of the compute dtype, but not aligned to the element
+    # size: our kernels, and CuPy's own copy, would fault on it (the fake's
+    # copyto and kernel stand-in raise as the GPU would).
     dtype = np.dtype(dtype)
-    n, m = 3, 4
-    a = stack(rng, (m,), n, dtype, failures=False)
-    half = dtype.itemsize // 2
-    raw = fake.zeros(a.nbytes + dtype.itemsize, dtype=np.uint8)
-    # The stack starts half an element into the allocation (for example a
-    # complex128 view of a float64 array at an 8-byte offset): C-contiguous,
-    # the right dtype, but not aligned to the element size.
-    view = raw[half : half + a.nbytes].view(dtype).reshape(a.shape)
-    view[...] = a
-    assert view.flags.c_contiguous and view.data.ptr % dtype.itemsize == half
+    a = stack(rng, (4,), 3, dtype)
+    view = _misaligned(fake, a)
     pointers = []
     real = _fake_cupy.invert_small
 
@@ -440,10 +448,22 @@ def test_misaligned_input_is_gathered_before_the_kernel(fake, rng, dtype):
         real(x, out, info, **kw)
 
     gpuinv.kernels.invert_small = spy  # restored by the fixture's monkeypatch
-    check(*CudaEngine(None).invert(normalize(view), route="kernel"), a)
-    assert pointers and pointers[0] != view.data.ptr and pointers[0] % dtype.itemsize == 0
+    check(*CudaEngine(None).invert(normalize(view), route=route), a)
+    for v in (view[::-1], view.swapaxes(-1, -2)):  # misaligned and strided
+        check(*CudaEngine(None).invert(normalize(v), route=route), np.asarray(v))
+    assert all(p % dtype.itemsize == 0 for p in pointers)
+    assert bool(pointers) == (route == "kernel")
     with pytest.raises(_fake_cupy.FakeCudaError, match="misaligned"):  # what the GPU would do
-        real(view, fake.empty(a.shape, dtype), fake.empty(m, np.int32))
+        real(view, fake.empty(a.shape, dtype), fake.empty(4, np.int32))
+    with pytest.raises(_fake_cupy.FakeCudaError, match="misaligned"):
+        fake.copyto(fake.empty(a.shape, dtype), view)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_misaligned_input_that_is_also_cast(fake, rng, route):
+    # int16 at a 1-byte offset, cast to float64 on the way in.
+    a = (3 * stack(rng, (5,), 4, failures=False)).astype(np.int16)
+    check(*CudaEngine(None).invert(normalize(_misaligned(fake, a)), route=route), a)
 
 
 def test_aligned_contiguous_input_is_still_read_in_place(fake, rng):

@@ -221,18 +221,18 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
 
     m, n = out.shape[0], out.shape[1]
     dtype = out.dtype
+    if not _is_aligned(view):
+        view = _realigned(view)
+        owned = True
     if route == "kernel":
         from .. import kernels
 
         # Small n is bound by memory traffic: skip the gather when the chunk
         # is already a C-contiguous stack of the compute dtype and either we
-        # own it or the kernels promise to only read their input.
-        # The pointer must also be aligned to the element size: a complex128
-        # view at an 8-byte offset would fault on the kernels' 16-byte loads
-        # (a misaligned-address error kills the CUDA context).
+        # own it or the kernels promise to only read their input (it is
+        # aligned to its element size now, see _realigned).
         may_read = owned or getattr(kernels, "INPUT_READ_ONLY", False)
-        if (may_read and view.dtype == dtype and view.flags.c_contiguous
-                and view.data.ptr % dtype.itemsize == 0):
+        if may_read and view.dtype == dtype and view.flags.c_contiguous:
             x = view.reshape(m, n, n)
         else:
             x = cupy.empty((m, n, n), dtype=dtype)
@@ -273,6 +273,39 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
     # NaN for every failed matrix: getri may skip a matrix whose factorization
     # failed, leaving another call's data from the pool in c.
     cupy.copyto(out, dtype.type(np.nan), where=(info != 0)[:, None, None])
+
+
+def _is_aligned(view: Any) -> bool:
+    """Whether every element of ``view`` starts at a multiple of its size."""
+    itemsize = view.dtype.itemsize
+    return all(v % itemsize == 0 for v in (view.data.ptr, *view.strides))
+
+
+def _realigned(view: Any) -> Any:
+    """A C-contiguous, aligned copy of ``view`` (same dtype and shape).
+
+    A view may start off its element size's alignment, e.g. a complex128
+    view of a float64 array at an 8-byte offset. Any kernel that loads its
+    elements, ours or CuPy's own copy, would fault with a misaligned-address
+    error that kills the CUDA context. So the bytes are copied as the widest
+    unsigned words that the address and the strides are aligned to, which
+    any kernel may load, and reinterpreted in an aligned buffer. Costs one
+    chunk of input-sized scratch, for such rare input only.
+    """
+    import cupy
+
+    itemsize = view.dtype.itemsize
+    unit = min(itemsize, 8)
+    for v in (view.data.ptr, *view.strides):
+        while v % unit:
+            unit //= 2
+    word = np.dtype(f"u{unit}")
+    per_item = itemsize // unit
+    src = cupy.ndarray(view.shape + (per_item,), dtype=word, memptr=view.data,
+                       strides=view.strides + (unit,))
+    dst = cupy.empty(view.shape, dtype=view.dtype)
+    cupy.copyto(dst.view(word).reshape(src.shape), src)
+    return dst
 
 
 def _pointer_array(x: Any) -> Any:
