@@ -273,3 +273,12 @@ def test_engine_keywords_exist_in_cupy():
     assert real_params(cupy.cuda.memory.OutOfMemoryError, "OutOfMemoryError")[:2] == ["size",
                                                                                       "total"]
     assert hasattr(cupy.cuda.PinnedMemoryPointer, "ptr")
+
+
+def test_ndarray_constructor():
+    # _realigned builds a view of raw memory: cupy.ndarray(shape, dtype,
+    # memptr, strides). Cython's class signature is in the docstring.
+    real = parse_params(cupy.ndarray.__doc__.replace("__init__(", "ndarray(", 1), "ndarray")
+    assert real[:4] == ["shape", "dtype", "memptr", "strides"]
+    fake = [p for p in inspect.signature(_fake.ndarray.__new__).parameters if p != "cls"]
+    assert fake == real
