@@ -464,20 +464,24 @@ class PinnedMemoryPointer(np.ndarray):
 
 class PinnedMemoryPool:
     """Keeps freed blocks for reuse, as CuPy's does: nothing reaches freeHost
-    until ``free_all_blocks``."""
+    until ``free_all_blocks``, and a block serves only a request of its own
+    (rounded) size."""
 
     def __init__(self):
         self._free: list[PinnedMemory] = []
         self._lock = threading.Lock()
+        self.allocated = 0  # bytes of all blocks ever allocated
 
     def malloc(self, size):
+        size = -(-size // 512) * 512  # CuPy rounds to 512 bytes
         with self._lock:
             for i, mem in enumerate(self._free):
-                if mem.size >= size:
+                if mem.size == size:
                     del self._free[i]
                     break
             else:
                 mem = PinnedMemory(size)
+                self.allocated += size
         ptr = PinnedMemoryPointer(mem, 0)
         weakref.finalize(ptr, self._give_back, mem)
         return ptr
@@ -808,6 +812,7 @@ def installed(monkeypatch):
     gc.collect()  # finalizers of an earlier test's arrays run now, not mid-test
     state.reset()
     _pinned_pool.free_all_blocks()
+    _pinned_pool.allocated = 0
     state.host_frees.clear()
     calls.clear()
     _handles.clear()

@@ -512,6 +512,26 @@ def test_staging_sets_are_never_freed_through_free_host(fake, rng, monkeypatch):
     assert fake.get_default_pinned_memory_pool().n_free_blocks() < blocks
 
 
+def test_pinned_memory_stays_bounded_as_calls_grow(fake, rng, monkeypatch):
+    # CuPy's pinned pool reuses a block only for a request of its size and
+    # never frees it: staging sizes come in power-of-two classes, so calls
+    # of ever larger stacks leave a bounded amount of pinned memory behind.
+    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 1 << 20)
+    engine = CudaEngine(None)
+    n = 8
+    largest = 0
+    for count in range(200, 4200, 200):  # 20 calls, each larger than the last
+        a = stack(rng, (count,), n, failures=False)
+        check(*engine.invert(normalize(a)), a)
+        largest = max(largest, engine._staging[0].nbytes)
+    pool = fake.get_default_pinned_memory_pool()
+    assert fake.state.host_frees == []
+    assert pool.allocated <= 2 * largest, (pool.allocated, largest)
+    assert cuda_mod._staging_size(1) == cuda_mod._MIN_STAGING_BYTES
+    assert cuda_mod._staging_size(3 << 20) == 4 << 20
+    assert cuda_mod._staging_size(4 << 20) == 4 << 20
+
+
 def test_the_fake_records_direct_pinned_frees(fake):
     # What the test above guards against is visible to the fake.
     import gc

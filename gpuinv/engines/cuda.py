@@ -123,6 +123,9 @@ PIPELINE_CHUNK_BYTES = 16 << 20
 _HOST_COPY_SPLIT_BYTES = 4 << 20
 _HOST_COPY_THREADS = max(1, min(8, (os.cpu_count() or 1)))
 
+#: The smallest pinned staging buffer; see :func:`_staging_size`.
+_MIN_STAGING_BYTES = 64 << 10
+
 _TYPE_LETTER = {"f": "s", "d": "d", "F": "c", "D": "z"}
 
 
@@ -442,6 +445,18 @@ class _Staging:
         return self.slots * (2 * self.data_bytes + self.info_bytes)
 
 
+def _staging_size(nbytes: int) -> int:
+    """The pinned buffer size for ``nbytes``: a power of two, at least
+    :data:`_MIN_STAGING_BYTES`.
+
+    CuPy's pinned pool reuses a freed block only for a request of the same
+    size, and never frees it by itself; with a few size classes the blocks of
+    a dropped set serve a later set, and the pool stays within about twice
+    the largest set per concurrent call.
+    """
+    return max(_MIN_STAGING_BYTES, 1 << (max(nbytes, 1) - 1).bit_length())
+
+
 class CudaEngine:
     """Inverts stacks on CUDA device ``index`` (None: CuPy's current device at call time).
 
@@ -570,6 +585,7 @@ class CudaEngine:
 
     def _acquire_staging(self, device: int, slots: int, data_bytes: int,
                          info_bytes: int) -> _Staging:
+        data_bytes, info_bytes = _staging_size(data_bytes), _staging_size(info_bytes)
         with self._lock:
             cached = self._staging.pop(device, None)
         if cached is not None and cached.fits(slots, data_bytes, info_bytes):
