@@ -1,12 +1,17 @@
 """The CUDA engine's own code, run on the CPU against a stand-in for CuPy.
 
 See tests/_fake_cupy.py: device arrays are NumPy arrays, device pointers
-are host addresses, and cuBLAS/cuSOLVER are a LAPACK-style getf2 that reads
-and writes through those addresses. What this checks: the engine's pointer
-arithmetic, the column-major transposes, info folding (0 / k / -1) with the
-same steps as the CPU engine, non-finite isolation, chunk seams, cuBLAS batch
-splitting, the host pipeline's buffers, the out-of-memory retry and errors.
-The real CuPy calls are checked by tests/test_cuda_gpu.py on a GPU.
+are host addresses, cuBLAS/cuSOLVER are a LAPACK-style getf2 that reads
+and writes through those addresses, and our kernels are a stand-in with
+their contract. What this checks, on all three routes (kernel, cublas,
+cusolver): the engine's pointer arithmetic, the column-major transposes,
+info (0 / k / -1, the CPU engine's steps, whichever zero pivot the library
+names), NaN for every failed matrix over stale pool memory, non-finite
+isolation, chunk seams, cuBLAS batch splitting, the host pipeline's buffers,
+copy directions and streams, devices, alignment, the planning bound, the
+out-of-memory retry and errors. The real CuPy calls are checked by
+tests/test_cuda_gpu.py on a GPU, and their signatures by
+tests/test_cupy_signatures.py.
 """
 
 from __future__ import annotations
