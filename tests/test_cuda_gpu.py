@@ -322,11 +322,7 @@ def test_threads_with_their_own_streams(rng):
 # --- memory: out-of-memory retry, MemoryError, no leaks ---------------------------
 
 
-def test_out_of_memory_retries_with_smaller_chunks(rng, monkeypatch):
-    pool = cupy.get_default_memory_pool()
-    a = cupy.asarray(random_stack(rng, (4096,), 16, np.float64))  # 8 MiB
-    want = reference(a.get())
-    pool.free_all_blocks()
+def _spy_chunk_sizes(monkeypatch):
     sizes = []
     real = cuda_mod._invert_chunk
 
@@ -337,12 +333,42 @@ def test_out_of_memory_retries_with_smaller_chunks(rng, monkeypatch):
     monkeypatch.setattr(cuda_mod, "_invert_chunk", spy)
     # The planner believes memory is plentiful; the pool limit says otherwise.
     monkeypatch.setattr(cuda_mod, "_available_bytes", lambda: 1 << 40)
-    result_bytes = a.nbytes + 4 * 4096
+    return sizes
+
+
+@pytest.mark.parametrize("route", ["kernel", "cublas", "cusolver"])
+def test_out_of_memory_retries_with_smaller_chunks(rng, monkeypatch, route):
+    # Every route, the kernel route included: the input is a strided view,
+    # so each route must allocate a gathered copy per chunk (C-contiguous
+    # input of the compute dtype would be read in place on the kernel route,
+    # and nothing would run out of memory; see the next test).
+    pool = cupy.get_default_memory_pool()
+    d = cupy.asarray(random_stack(rng, (4096,), 16, np.float64))  # 8 MiB
+    view = d[::-1]
+    want = reference(view.get())
+    pool.free_all_blocks()
+    sizes = _spy_chunk_sizes(monkeypatch)
+    result_bytes = d.nbytes + 4 * 4096
     pool.set_limit(size=pool.used_bytes() + result_bytes + (6 << 20))
-    x = gpuinv.inv(a)
+    x, info = cuda_engine(None).invert(normalize(view), route=route)
     pool.set_limit(size=0)
     assert sizes[0] == 4096 and min(sizes) < 4096, sizes
+    assert not info.get().any()
     np.testing.assert_allclose(x.get(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_zero_copy_kernel_route_needs_no_scratch(rng, monkeypatch):
+    # Why the test above passes a strided view: contiguous float64 input is
+    # read in place on the kernel route, so the same limit holds one chunk.
+    pool = cupy.get_default_memory_pool()
+    d = cupy.asarray(random_stack(rng, (4096,), 16, np.float64))
+    pool.free_all_blocks()
+    sizes = _spy_chunk_sizes(monkeypatch)
+    pool.set_limit(size=pool.used_bytes() + d.nbytes + 4 * 4096 + (6 << 20))
+    x, info = cuda_engine(None).invert(normalize(d), route="kernel")
+    pool.set_limit(size=0)
+    assert sizes == [4096]
+    assert_inverse(x.get(), d.get(), np.float64)
 
 
 @pytest.mark.parametrize("backend", ["cupy", "numpy"])
@@ -435,3 +461,78 @@ def test_result_lives_on_the_input_device(rng):
     if count == 1:
         with pytest.raises(ValueError, match="lives on CUDA device 0"):
             gpuinv.inv(cupy.asarray(a), device="cuda:1")
+
+
+# --- issue 11: failed matrices, misaligned input, pinned staging ----------------------------
+
+
+def _dirty_pool(nbytes):
+    """Leave ``nbytes`` of finite garbage in CuPy's pool, for the next allocations."""
+    junk = cupy.full(nbytes // 8, 1.25e300, dtype=np.float64)
+    cupy.cuda.Device().synchronize()
+    del junk
+
+
+@pytest.mark.parametrize("route", ["kernel", "cublas", "cusolver"])
+@pytest.mark.parametrize("backend", ["cupy", "numpy"])
+def test_failed_matrices_are_nan_on_every_route(rng, route, backend):
+    # getri may skip a matrix whose factorization failed, and our kernels
+    # leave it unspecified: the engine must write NaN, never pool leftovers.
+    n = 6
+    a = random_stack(rng, (64,), n, np.float64)
+    a[5] = 0  # every pivot zero: first 1, last n
+    a[9, :, 2] = 0  # zero column: step 3
+    a[10, 1] = 0  # zero row
+    a[11] = np.diag([1.0, 0, 1, 0, 1, 0])  # zero pivots at steps 2, 4 and 6
+    a[12, 0, 0] = np.nan
+    want = gpuinv.inv_ex(a, device="cpu")
+    _dirty_pool(64 << 20)
+    inp = cupy.asarray(a) if backend == "cupy" else a
+    x, info = cuda_engine(None).invert(normalize(inp), route=route)
+    x, info = cupy.asnumpy(x), cupy.asnumpy(info)
+    np.testing.assert_array_equal(info, want.info)  # the first zero pivot, whatever the library says
+    assert (info[[5, 9, 10, 11]] > 0).all() and info[12] == -1
+    assert np.isnan(x[info != 0]).all()
+    ok = info == 0
+    assert_inverse(x[ok], a[ok], np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+@pytest.mark.parametrize("n", [2, 4, 16])
+def test_misaligned_complex_view(rng, dtype, n):
+    # A complex view at half an element's offset (complex128 at 8 bytes):
+    # C-contiguous and of the compute dtype, but not aligned for the
+    # kernels' loads; it must be gathered, not read in place.
+    real_dtype = np.float64 if dtype == np.complex128 else np.float32
+    a = random_stack(rng, (50,), n, dtype)
+    flat = cupy.zeros(2 * a.size + 2, dtype=real_dtype)
+    # Written through the aligned real view: CuPy's own complex stores would
+    # fault on the misaligned one.
+    flat[1 : 1 + 2 * a.size] = cupy.asarray(a.view(real_dtype).reshape(-1))
+    view = flat[1 : 1 + 2 * a.size].view(dtype).reshape(a.shape)
+    assert view.flags.c_contiguous and view.data.ptr % np.dtype(dtype).itemsize != 0
+    x, info = gpuinv.inv_ex(view)
+    cupy.cuda.Device().synchronize()  # a misaligned access would fault here
+    assert not info.get().any()
+    assert_inverse(x.get(), a, dtype)
+    for route in ("kernel", "cublas", "cusolver"):
+        y, info = cuda_engine(None).invert(normalize(view[::-1]), route=route)
+        assert not info.get().any()
+        assert_inverse(y.get(), a[::-1], dtype)
+
+
+def test_dropped_staging_goes_back_to_the_pinned_pool(rng, monkeypatch):
+    # cudaFreeHost would synchronize the device: the engine's pinned buffers
+    # come from CuPy's pinned pool, so dropping them keeps the blocks there.
+    pinned = cupy.get_default_pinned_memory_pool()
+    engine = cuda_mod.CudaEngine(None)
+    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 8 * 8 * 64)
+    small, large = random_stack(rng, (4,), 8, np.float64), random_stack(rng, (400,), 8, np.float64)
+    engine.invert(normalize(small))
+    before = pinned.n_free_blocks()
+    engine.invert(normalize(large))  # replaces the smaller set
+    engine.clear_cache()
+    gc.collect()
+    assert pinned.n_free_blocks() > before
+    x, info = engine.invert(normalize(large))
+    assert_inverse(x, large, np.float64)

@@ -19,7 +19,13 @@ out. Reading the C-ordered stack as column-major would save that transpose
 from A's; factoring A keeps ``info`` equal to LAPACK's, the CPU engine's and
 ``torch.linalg.inv_ex``'s codes. NaN/Inf matrices are found on the device,
 replaced by the identity in the scratch (so they cannot disturb anything),
-and reported as info -1 with a NaN inverse.
+and reported as info -1. ``info`` k > 0 is read from the factors (the first
+zero on U's diagonal), not from the libraries' info codes, whose choice
+between the first and the last zero pivot is undocumented. Every failed
+matrix (info != 0) gets a NaN inverse on every route, as on the CPU: getri
+may skip a singular matrix and leave pool memory in its place, and our
+kernels leave it unspecified. All of this is masks on the device, without a
+host sync.
 
 Synchronization: CuPy input is computed on the device that holds it, on the
 current CuPy stream, and never waits for the device (``inv`` syncs once later,
@@ -42,7 +48,8 @@ memory plus the CuPy pool's cached free bytes, within the pool's limit). So:
   ``min(cuda_chunk_bytes, PIPELINE_CHUNK_BYTES)`` of input: about 4 to 5
   times ``PIPELINE_SLOTS * PIPELINE_CHUNK_BYTES`` (about 250 MiB by default)
   for a stack of any size. Pinned host memory: ``PIPELINE_SLOTS`` x (input + output
-  + info) staging buffers of one chunk, cached once per engine and reused.
+  + info) staging buffers of one chunk, cached once per engine and reused,
+  drawn from CuPy's pinned memory pool (never freed mid-work).
 
 Out of memory: a chunk that hits ``cupy.cuda.memory.OutOfMemoryError`` is
 retried with half as many matrices (chunks already finished are kept); if a
@@ -115,6 +122,9 @@ PIPELINE_CHUNK_BYTES = 16 << 20
 #: over threads: one core copies at 5-10 GB/s, well below PCIe 5's ~50 GB/s.
 _HOST_COPY_SPLIT_BYTES = 4 << 20
 _HOST_COPY_THREADS = max(1, min(8, (os.cpu_count() or 1)))
+
+#: The smallest pinned staging buffer; see :func:`_staging_size`.
+_MIN_STAGING_BYTES = 64 << 10
 
 _TYPE_LETTER = {"f": "s", "d": "d", "F": "c", "D": "z"}
 
@@ -214,12 +224,16 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
 
     m, n = out.shape[0], out.shape[1]
     dtype = out.dtype
+    if not _is_aligned(view):
+        view = _realigned(view)
+        owned = True
     if route == "kernel":
         from .. import kernels
 
         # Small n is bound by memory traffic: skip the gather when the chunk
         # is already a C-contiguous stack of the compute dtype and either we
-        # own it or the kernels promise to only read their input.
+        # own it or the kernels promise to only read their input (it is
+        # aligned to its element size now, see _realigned).
         may_read = owned or getattr(kernels, "INPUT_READ_ONLY", False)
         if may_read and view.dtype == dtype and view.flags.c_contiguous:
             x = view.reshape(m, n, n)
@@ -227,6 +241,9 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
             x = cupy.empty((m, n, n), dtype=dtype)
             cupy.copyto(x.reshape(view.shape), view, casting="unsafe")
         kernels.invert_small(x, out, info)
+        # The kernels leave a singular matrix's inverse unspecified: NaN, as
+        # the CPU engine and the other routes give (a mask, no host sync).
+        cupy.copyto(out, dtype.type(np.nan), where=(info != 0)[:, None, None])
         return
 
     # x[i] = A_i^T in C order, i.e. A_i in column-major order: cuBLAS and
@@ -238,20 +255,60 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
     cupy.copyto(x, eye, where=bad[:, None, None])  # NaN/Inf matrices -> identity
     c = cupy.empty_like(x)
     pivots = cupy.empty((m, n), dtype=np.int32)
-    factor_info = cupy.empty(m, dtype=np.int32)
+    # The libraries' own info codes are written but not used (see below).
+    library_info = cupy.empty(m, dtype=np.int32)
     if route == "cublas":
-        invert_info = cupy.empty(m, dtype=np.int32)
-        _cublas_getrf_getri(x, c, pivots, factor_info, invert_info)
-        code = cupy.where(factor_info > 0, factor_info, invert_info)
+        _cublas_getrf_getri(x, c, pivots, library_info)
     elif route == "cusolver":
         cupy.copyto(c, eye)
-        _cusolver_getrf_getrs(x, c, pivots, factor_info)
-        code = factor_info
+        _cusolver_getrf_getrs(x, c, pivots, library_info)
     else:
         raise ValueError(f"unknown CUDA route {route!r}")
+    # info from the factors themselves: the first step k with U[k, k] == 0,
+    # which is LAPACK's code. Neither cuBLAS nor cuSOLVER documents whether
+    # its info names the first or the last zero pivot; U's diagonal does not
+    # depend on that (and is the same in either storage order).
+    steps = cupy.arange(1, n + 1, dtype=np.int32)
+    first = cupy.where(x.diagonal(axis1=1, axis2=2) == 0, steps, np.int32(n + 1)).min(axis=1)
+    code = cupy.where(first <= n, first, np.int32(0))
     cupy.copyto(info, cupy.where(bad, np.int32(INFO_NONFINITE), code), casting="same_kind")
     cupy.copyto(out, c.swapaxes(1, 2))  # column-major inverse -> C order
-    cupy.copyto(out, dtype.type(np.nan), where=bad[:, None, None])
+    # NaN for every failed matrix: getri may skip a matrix whose factorization
+    # failed, leaving another call's data from the pool in c.
+    cupy.copyto(out, dtype.type(np.nan), where=(info != 0)[:, None, None])
+
+
+def _is_aligned(view: Any) -> bool:
+    """Whether every element of ``view`` starts at a multiple of its size."""
+    itemsize = view.dtype.itemsize
+    return all(v % itemsize == 0 for v in (view.data.ptr, *view.strides))
+
+
+def _realigned(view: Any) -> Any:
+    """A C-contiguous, aligned copy of ``view`` (same dtype and shape).
+
+    A view may start off its element size's alignment, e.g. a complex128
+    view of a float64 array at an 8-byte offset. Any kernel that loads its
+    elements, ours or CuPy's own copy, would fault with a misaligned-address
+    error that kills the CUDA context. So the bytes are copied as the widest
+    unsigned words that the address and the strides are aligned to, which
+    any kernel may load, and reinterpreted in an aligned buffer. Costs one
+    chunk of input-sized scratch, for such rare input only.
+    """
+    import cupy
+
+    itemsize = view.dtype.itemsize
+    unit = min(itemsize, 8)
+    for v in (view.data.ptr, *view.strides):
+        while v % unit:
+            unit //= 2
+    word = np.dtype(f"u{unit}")
+    per_item = itemsize // unit
+    src = cupy.ndarray(view.shape + (per_item,), dtype=word, memptr=view.data,
+                       strides=view.strides + (unit,))
+    dst = cupy.empty(view.shape, dtype=view.dtype)
+    cupy.copyto(dst.view(word).reshape(src.shape), src)
+    return dst
 
 
 def _pointer_array(x: Any) -> Any:
@@ -263,7 +320,7 @@ def _pointer_array(x: Any) -> Any:
     return cupy.arange(start, start + step * x.shape[0], step, dtype=cupy.uint64)
 
 
-def _cublas_getrf_getri(x: Any, c: Any, pivots: Any, factor_info: Any, invert_info: Any) -> None:
+def _cublas_getrf_getri(x: Any, c: Any, pivots: Any, library_info: Any) -> None:
     import cupy
     from cupy.cuda import cublas
 
@@ -281,12 +338,12 @@ def _cublas_getrf_getri(x: Any, c: Any, pivots: Any, factor_info: Any, invert_in
     for lo, hi in batch_calls(m, CUBLAS_MAX_BATCH):
         k = hi - lo
         getrf(handle, n, a_ptrs.data.ptr + 8 * lo, n, pivots.data.ptr + 4 * n * lo,
-              factor_info.data.ptr + 4 * lo, k)
+              library_info.data.ptr + 4 * lo, k)
         getri(handle, n, a_ptrs.data.ptr + 8 * lo, n, pivots.data.ptr + 4 * n * lo,
-              c_ptrs.data.ptr + 8 * lo, n, invert_info.data.ptr + 4 * lo, k)
+              c_ptrs.data.ptr + 8 * lo, n, library_info.data.ptr + 4 * lo, k)
 
 
-def _cusolver_getrf_getrs(x: Any, c: Any, pivots: Any, factor_info: Any) -> None:
+def _cusolver_getrf_getrs(x: Any, c: Any, pivots: Any, library_info: Any) -> None:
     """Per matrix: getrf in place on x[i], then getrs on c[i] (the identity)."""
     import cupy
     from cupy.cuda import cublas, cusolver
@@ -299,12 +356,14 @@ def _cusolver_getrf_getrs(x: Any, c: Any, pivots: Any, factor_info: Any) -> None
     handle = cupy.cuda.device.get_cusolver_handle()
     cusolver.setStream(handle, cupy.cuda.get_current_stream().ptr)
     step = n * n * x.itemsize
-    work = cupy.empty(buffer_size(handle, n, n, x.data.ptr, n), dtype=x.dtype)
+    # At least one element: bufferSize may answer 0 (n = 1), and an empty
+    # CuPy array's pointer is NULL, which getrf may reject.
+    work = cupy.empty(max(1, buffer_size(handle, n, n, x.data.ptr, n)), dtype=x.dtype)
     solve_info = cupy.empty(1, dtype=np.int32)  # getrs reports argument errors only
     for i in range(m):
         a_ptr = x.data.ptr + i * step
         piv = pivots.data.ptr + 4 * n * i
-        getrf(handle, n, n, a_ptr, n, work.data.ptr, piv, factor_info.data.ptr + 4 * i)
+        getrf(handle, n, n, a_ptr, n, work.data.ptr, piv, library_info.data.ptr + 4 * i)
         getrs(handle, cublas.CUBLAS_OP_N, n, n, a_ptr, n, piv, c.data.ptr + i * step, n,
               solve_info.data.ptr)
 
@@ -347,6 +406,14 @@ class _Staging:
 
     One set is cached per engine and reused across chunks and calls; a call
     that finds it busy (another thread) or too small allocates its own.
+
+    The buffers come from CuPy's pinned memory pool
+    (``cupy.cuda.alloc_pinned_memory``): dropping a set (a smaller one
+    replaced, a busy cache, ``clear_cache``) gives its blocks back to the
+    pool instead of calling ``cudaFreeHost``, which would synchronize the
+    whole device and stall other threads' streams in the middle of their
+    work. A set is dropped only when idle, so a block the pool hands out
+    again has no transfer in flight.
     """
 
     def __init__(self, slots: int, data_bytes: int, info_bytes: int) -> None:
@@ -365,9 +432,9 @@ class _Staging:
     def _pinned(self, nbytes: int) -> tuple[int, np.ndarray]:
         import cupy
 
-        mem = cupy.cuda.PinnedMemory(max(nbytes, 1))
+        mem = cupy.cuda.alloc_pinned_memory(max(nbytes, 1))
         self._memory.append(mem)
-        buf = np.frombuffer(cupy.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=nbytes)
+        buf = np.frombuffer(mem, dtype=np.uint8, count=nbytes)
         return mem.ptr, buf
 
     def fits(self, slots: int, data_bytes: int, info_bytes: int) -> bool:
@@ -376,6 +443,18 @@ class _Staging:
     @property
     def nbytes(self) -> int:
         return self.slots * (2 * self.data_bytes + self.info_bytes)
+
+
+def _staging_size(nbytes: int) -> int:
+    """The pinned buffer size for ``nbytes``: a power of two, at least
+    :data:`_MIN_STAGING_BYTES`.
+
+    CuPy's pinned pool reuses a freed block only for a request of the same
+    size, and never frees it by itself; with a few size classes the blocks of
+    a dropped set serve a later set, and the pool stays within about twice
+    the largest set per concurrent call.
+    """
+    return max(_MIN_STAGING_BYTES, 1 << (max(nbytes, 1) - 1).bit_length())
 
 
 class CudaEngine:
@@ -506,6 +585,7 @@ class CudaEngine:
 
     def _acquire_staging(self, device: int, slots: int, data_bytes: int,
                          info_bytes: int) -> _Staging:
+        data_bytes, info_bytes = _staging_size(data_bytes), _staging_size(info_bytes)
         with self._lock:
             cached = self._staging.pop(device, None)
         if cached is not None and cached.fits(slots, data_bytes, info_bytes):
