@@ -382,3 +382,65 @@ def installed(monkeypatch):
     state.free_bytes = 1 << 40
     calls.clear()
     yield sys.modules[__name__]
+
+
+# --- kernel loading: cupy.cuda.function.Module ----------------------------------------
+# (Added for gpuinv/kernels' own NVRTC path and benchmarks/gpu_check.py; kept apart
+# from the rest so that it merges cleanly.) gpuinv compiles its kernels with NVRTC
+# itself and loads the binary with ``cupy.cuda.function.Module``. The fake cannot run
+# a kernel, but it checks what the loader hands it, as cuModuleLoadData and
+# cuModuleGetFunction would: an ELF cubin (or NUL-terminated PTX text) that holds the
+# mangled name asked for. ``Device.compute_capability`` is an H100/H200's.
+# ``cupy.cuda.nvrtc`` is the real binding where CuPy is installed: NVRTC compiles
+# without a GPU, so the kernels' compile path runs for real under the fake.
+
+_Device.compute_capability = "90"
+
+loaded_modules: list = []
+
+
+class _Function:
+    def __init__(self, module, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
+        raise NotImplementedError("the fake CuPy cannot run CUDA kernels")
+
+
+class Module:
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+    def load(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            raise TypeError(f"Module.load takes bytes, got {type(data).__name__}")
+        if not (data.startswith(b"\x7fELF") or b".target" in data[:4096]):
+            raise RuntimeError("CUDA_ERROR_INVALID_IMAGE: neither a cubin nor PTX")
+        self.data = data
+        loaded_modules.append(self)
+
+    def get_function(self, name: str) -> _Function:
+        if self.data is None or name.encode() not in self.data:
+            raise RuntimeError(f"CUDA_ERROR_NOT_FOUND: named symbol not found: {name}")
+        return _Function(self, name)
+
+
+_build_modules_without_function = _build_modules
+
+
+def _build_modules() -> dict[str, types.ModuleType]:  # noqa: F811 - extends the one above
+    modules = _build_modules_without_function()
+    function = types.ModuleType("cupy.cuda.function")
+    function.Module = Module
+    function.Function = _Function
+    modules["cupy.cuda"].function = function
+    modules["cupy.cuda.function"] = function
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # the real binding, not the fake
+
+        modules["cupy.cuda"].nvrtc = nvrtc
+    except ImportError:
+        pass  # no CuPy at all: the kernels cannot be compiled, as without the fake
+    loaded_modules.clear()
+    return modules
