@@ -781,21 +781,26 @@ class MatinvBatched:
     @classmethod
     def from_cupy(cls) -> MatinvBatched:
         """Find libcublas as CuPy loaded it; raise RuntimeError saying why not."""
-        import ctypes.util
-
         import cupy
         from cupy.cuda import cublas
 
-        if not getattr(cublas, "__file__", None):
+        binding = getattr(cublas, "__file__", None)
+        if not binding:
             raise RuntimeError("cupy.cuda.cublas is not CuPy's compiled cuBLAS binding")
+        # The very library CuPy's handle belongs to: another copy of cuBLAS
+        # would not know the handle. Importing the binding loaded it, so it
+        # is in this process's map; else dlopen the soname the binding links,
+        # which returns the copy already loaded.
         path = None
         try:
             path = loaded_library("libcublas", Path("/proc/self/maps").read_text())
         except OSError:
             pass
-        path = path or ctypes.util.find_library("cublas")
         if path is None:
-            raise RuntimeError("libcublas is neither loaded by CuPy nor on the library path")
+            m = re.search(rb"libcublas\.so\.\d+", Path(binding).read_bytes())
+            path = m.group(0).decode() if m else None
+        if path is None:
+            raise RuntimeError(f"cannot tell which libcublas {binding} uses")
         lib = ctypes.CDLL(path)
         functions = {}
         for dt, letter in cls.LETTERS.items():

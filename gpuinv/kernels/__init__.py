@@ -16,8 +16,8 @@ Kernels are compiled at run time by NVRTC with :data:`NVRTC_OPTIONS` (not
 through ``cupy.RawModule``, which adds ``-ftz=true``; see ``_nvrtc.py``), one
 (dtype, n) at a time on first use, loaded with ``cupy.cuda.function.Module``
 and cached per device, the binaries also on disk. The first call of each
-(dtype, n) in a process therefore waits for NVRTC (0.1 to 6 s) unless the
-disk cache has it; :func:`warm_up` compiles many in parallel ahead of time.
+(dtype, n) in a process therefore waits for NVRTC (under a second to several
+seconds, docs/kernels.md) unless the disk cache has it; :func:`warm_up` compiles many in parallel ahead of time.
 Importing this module does not import CuPy; :func:`invert_small` and
 :func:`warm_up` do.
 """
@@ -272,9 +272,9 @@ def warm_up(
 ) -> list[dict[str, Any]]:
     """Compile kernel instantiations ahead of their first use, in parallel.
 
-    Each (dtype, n) is its own NVRTC program, compiled on first use: 0.1 s
-    for small n, up to about 6 s for complex64 at n = 32 (120 of them take
-    about 3 minutes on one core). This compiles the ones asked for in a pool
+    Each (dtype, n) is its own NVRTC program, compiled on first use: under
+    a second for small n, several seconds at n = 32 (all 120 take about 3
+    minutes on one core; docs/kernels.md has the numbers). This compiles the ones asked for in a pool
     of spawned processes through the same path :func:`invert_small` uses, so
     the binaries land in the disk cache and in this process's cache; with
     ``load`` they are also loaded on the current device, and the first call
