@@ -175,6 +175,34 @@ def test_model_ceilings_are_read_when_the_file_exists(gpu_check, tmp_path):
 # --- the pytest driver ----------------------------------------------------------------------
 
 
+def test_jax_preallocation_is_off_before_anything_starts(tmp_path):
+    # Importing the script sets it, before it can import JAX or start a child;
+    # a value the caller chose stays.
+    code = ("import importlib.util, os, sys\n"
+            "s = importlib.util.spec_from_file_location('g', sys.argv[1])\n"
+            "m = importlib.util.module_from_spec(s); sys.modules['g'] = m; s.loader.exec_module(m)\n"
+            "print(os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'], 'jax' in sys.modules)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("XLA_")}
+    out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out == ["false", "False"]
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "true"
+    out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out[0] == "true"
+
+
+def test_conftest_turns_jax_preallocation_off():
+    # Loading tests/conftest.py (which pytest does before any test module) sets both.
+    conftest = Path(__file__).with_name("conftest.py")
+    code = ("import os, runpy, sys; runpy.run_path(sys.argv[1]); "
+            "print(os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'], os.environ['XLA_PYTHON_CLIENT_ALLOCATOR'])")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("XLA_")}
+    out = subprocess.run([sys.executable, "-c", code, str(conftest)], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out == ["false", "platform"]
+
+
 def test_pytest_command(gpu_check):
     cmd = gpu_check.pytest_command(["tests/a.py"], quick=False, workers=8, have_xdist=True, have_timeout=True)
     assert cmd[:3] == [sys.executable, "-m", "pytest"]
@@ -339,11 +367,13 @@ def fake(monkeypatch, kernel_cache):
 
 
 PASSING_AND_FAILING = """\
+import os
 import pytest
 
 @pytest.mark.gpu
 def test_ok():
-    pass
+    # JAX must not preallocate device memory in the test process (issue 11, item 4).
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
 
 @pytest.mark.gpu
 def test_broken():

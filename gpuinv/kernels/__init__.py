@@ -334,19 +334,28 @@ def warm_up(
         arch = _compute_capability(device_id)
     cc = str(arch)
     _nvrtc.load_nvrtc()  # fail here, not in a worker, if libnvrtc is missing
+    results = []
+    missing = []
+    for spec in specs:  # what is cached already needs no worker
+        start = time.perf_counter()
+        hit = _nvrtc.cached(kernel_source(), spec.name_expression, cc)
+        if hit is None:
+            missing.append(spec)
+        else:
+            results.append((spec, hit[0], hit[1], time.perf_counter() - start))
     # The costliest first, so that no worker is left with a big one at the end.
-    jobs = [(s, cc) for s in sorted(specs, key=lambda s: s.n * s.n * s.dtype.itemsize, reverse=True)]
+    jobs = [(s, cc) for s in sorted(missing, key=lambda s: s.n * s.n * s.dtype.itemsize, reverse=True)]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(workers, len(jobs)))
-    if workers == 1:
-        results = [_warm_job(job) for job in jobs]
+    if len(jobs) <= 1 or workers == 1:
+        results += [_warm_job(job) for job in jobs]
     else:
         # "spawn", not fork: the caller may hold CUDA contexts and other
         # libraries' threads that a forked child would inherit mid-lock.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            results = list(pool.map(_warm_job, jobs))
+            results += list(pool.map(_warm_job, jobs))
     report = []
     for spec, binary, origin, seconds in results:
         _nvrtc.remember(kernel_source(), spec.name_expression, cc, binary)

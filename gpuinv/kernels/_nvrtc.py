@@ -205,6 +205,23 @@ def _write(path: Path, binary: Binary) -> None:
         pass  # a read-only or full disk only costs a compile next time
 
 
+def cached(source: str, name_expression: str, compute_capability: str | int) -> tuple[Binary, str] | None:
+    """The binary from this process's cache or the disk cache, or None: never compiles."""
+    arch, kind = arch_option(compute_capability)
+    options = compile_options(arch)
+    key = cache_key(source, name_expression, options, _version(), kind)
+    if (hit := _memory.get(key)) is not None:
+        return hit, "memory"
+    folder = cache_dir()
+    if folder is None:
+        return None
+    binary = _read(folder / f"{key}.bin", options)
+    if binary is None or name_expression not in binary.names:
+        return None
+    _memory[key] = binary
+    return binary, "disk"
+
+
 _memory: dict[str, Binary] = {}
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
