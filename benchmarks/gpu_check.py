@@ -462,7 +462,8 @@ def _machine_line(data: dict[str, Any]) -> str:
     m = data.get("machine", {})
     return (f"GPU: {m.get('gpu', '?')} (compute capability {m.get('compute_capability', '?')}); "
             f"CuPy {m.get('cupy', '?')}, CUDA runtime {m.get('cuda_runtime', '?')}, "
-            f"driver {m.get('cuda_driver', '?')}; commit {m.get('commit', '?')} ({m.get('commit_source', '?')})")
+            f"driver {m.get('cuda_driver', '?')}; "
+            f"commit {m.get('commit', '?')} ({m.get('commit_source', '?')})")
 
 
 def _tail(data: dict[str, Any], md: list[str]) -> None:
@@ -596,7 +597,8 @@ def warm_kernels(rec: Recorder, dtypes: list[Any] | None, ns: list[int] | None, 
     for r in report:
         origins[r["origin"]] = origins.get(r["origin"], 0) + 1
     rec.data["warm_up"] = {"kernels": len(report), "seconds": time.monotonic() - start, "origins": origins,
-                           "workers": _workers(workers), "slowest": sorted(report, key=lambda r: -r["seconds"])[:5]}
+                           "workers": _workers(workers),
+                           "slowest": sorted(report, key=lambda r: -r["seconds"])[:5]}
     log(f"kernel warm-up: {len(report)} instantiations in {time.monotonic() - start:.1f} s {origins}")
     rec.save()
 
@@ -951,7 +953,8 @@ class Bench:
             elif peer == "torch" and "torch" in self.peers:
                 torch = self.peers["torch"]
                 t = torch.from_dlpack(a[:pcount])
-                fn = lambda t=t: [torch.linalg.inv_ex(t[i:j]) for i, j in _chunks(pcount, chunk)]  # noqa: E731
+                fn = lambda t=t: [  # noqa: E731
+                    torch.linalg.inv_ex(t[i:j]) for i, j in _chunks(pcount, chunk)]
             elif peer == "cublas_matinv" and "cublas_matinv" in self.peers:
                 if n >= 32:
                     continue
@@ -1182,7 +1185,8 @@ def bench_plan(b: Bench) -> list[tuple[str, float, list[Unit]]]:
     cuda_peers = ("cupy", "torch", "cublas_matinv")
 
     def dev(n: int, dt: Any) -> Unit:
-        return Unit(f"cupy input {np.dtype(dt).name} n={n}", lambda cap: b.device_case(n, dt, cap, cuda_peers))
+        return Unit(f"cupy input {np.dtype(dt).name} n={n}",
+                    lambda cap: b.device_case(n, dt, cap, cuda_peers))
 
     first = [dev(n, dt) for dt in (np.float64, np.float32) for n in s.threshold_n]
     second = [Unit("kernel_threshold", b.kernel_threshold), Unit("shape_threshold", b.shape_threshold),

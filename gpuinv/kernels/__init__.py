@@ -17,8 +17,8 @@ through ``cupy.RawModule``, which adds ``-ftz=true``; see ``_nvrtc.py``), one
 (dtype, n) at a time on first use, loaded with ``cupy.cuda.function.Module``
 and cached per device, the binaries also on disk. The first call of each
 (dtype, n) in a process therefore waits for NVRTC (under a second to several
-seconds, docs/kernels.md) unless the disk cache has it; :func:`warm_up` compiles many in parallel ahead of time.
-Importing this module does not import CuPy; :func:`invert_small` and
+seconds, docs/kernels.md) unless the disk cache has it; :func:`warm_up`
+compiles many in parallel ahead of time. Importing this module does not import CuPy; :func:`invert_small` and
 :func:`warm_up` do.
 """
 
@@ -274,11 +274,11 @@ def warm_up(
 
     Each (dtype, n) is its own NVRTC program, compiled on first use: under
     a second for small n, several seconds at n = 32 (all 120 take about 3
-    minutes on one core; docs/kernels.md has the numbers). This compiles the ones asked for in a pool
-    of spawned processes through the same path :func:`invert_small` uses, so
-    the binaries land in the disk cache and in this process's cache; with
-    ``load`` they are also loaded on the current device, and the first call
-    then launches at once.
+    minutes on one core; docs/kernels.md has the numbers). This compiles
+    the ones asked for that no cache holds, in a pool of spawned processes,
+    through the same path :func:`invert_small` uses, so the binaries land in
+    the disk cache and in this process's cache; with ``load`` they are also
+    loaded on the current device, and the first call then launches at once.
 
     Parameters
     ----------
@@ -318,12 +318,13 @@ def warm_up(
     from . import _nvrtc
 
     dts = _DTYPES if dtypes is None else tuple(_check_dtype(d) for d in dtypes)
-    if ns is not None and any(int(n) < 1 for n in ns):
+    ns = None if ns is None else [int(n) for n in ns]
+    if ns is not None and any(n < 1 for n in ns):
         raise ValueError(f"ns must be positive matrix orders, got {list(ns)}")
     specs = [
         kernel_spec(n, dt)
         for dt in dts
-        for n in (range(1, KERNEL_MAX_N[dt] + 1) if ns is None else sorted({int(n) for n in ns}))
+        for n in (range(1, KERNEL_MAX_N[dt] + 1) if ns is None else sorted(set(ns)))
         if n <= KERNEL_MAX_N[dt]
     ]
     device_id = None
