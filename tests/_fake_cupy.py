@@ -439,8 +439,9 @@ def _build_modules() -> dict[str, types.ModuleType]:  # noqa: F811 - extends the
     try:
         from cupy_backends.cuda.libs import nvrtc  # the real binding, not the fake
 
+        nvrtc.getVersion()  # loads libnvrtc now, through the real CuPy's library search
         modules["cupy.cuda"].nvrtc = nvrtc
-    except ImportError:
-        pass  # no CuPy at all: the kernels cannot be compiled, as without the fake
+    except Exception:  # noqa: BLE001 - no CuPy or no libnvrtc: as without the fake
+        pass
     loaded_modules.clear()
     return modules
