@@ -791,12 +791,19 @@ class MatinvBatched:
         if not binding:
             raise RuntimeError("cupy.cuda.cublas is not CuPy's compiled cuBLAS binding")
         # The very library CuPy's handle belongs to: another copy of cuBLAS
-        # would not know the handle. Importing the binding loaded it, so it
-        # is in this process's map; else dlopen the soname the binding links,
-        # which returns the copy already loaded.
+        # would not know the handle. CuPy 14 loads it with cuda.pathfinder
+        # before importing the binding, and pathfinder returns the copy it
+        # loaded; else it is in this process's map; else dlopen the soname the
+        # binding links, which returns the copy already loaded.
         path = None
         try:
-            path = loaded_library("libcublas", Path("/proc/self/maps").read_text())
+            from cuda import pathfinder
+
+            path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path
+        except Exception:  # noqa: BLE001, S110 - an older CuPy: look further
+            pass
+        try:
+            path = path or loaded_library("libcublas", Path("/proc/self/maps").read_text())
         except OSError:
             pass
         if path is None:
