@@ -584,13 +584,14 @@ def _workers(requested: int | None) -> int:
     return cpus
 
 
-def warm_kernels(rec: Recorder, dtypes: list[Any] | None, ns: list[int] | None, workers: int | None) -> None:
+def warm_kernels(rec: Recorder, dtypes: list[Any] | None, ns: list[int] | None, workers: int | None,
+                 extra: list[Any] = ()) -> None:
     """Fill the kernel caches in parallel, through the engine's own compile path."""
     from gpuinv import kernels
 
     start = time.monotonic()
     try:
-        report = kernels.warm_up(dtypes, ns, workers=_workers(workers))
+        report = kernels.warm_up(dtypes, ns, workers=_workers(workers), extra=extra)
     except Exception as exc:  # noqa: BLE001 - the tests then compile on first use
         rec.error(f"kernel warm-up: {exc!r}")
         return
@@ -1239,8 +1240,6 @@ def run_units(b: Bench, plan: list[tuple[str, float, list[Unit]]]) -> int:
 
 
 def run_bench_section(args: argparse.Namespace, rec: Recorder, scale: Scale) -> int:
-    from gpuinv import kernels
-
     arch = rec.data["machine"].get("compute_capability")
     model_path = args.model or (REPO / "benchmarks" / "results" / f"model_sm{arch}.json")
     model = load_model(model_path)
@@ -1249,7 +1248,10 @@ def run_bench_section(args: argparse.Namespace, rec: Recorder, scale: Scale) -> 
     # The kernels this section launches, compiled in parallel before any timing.
     ns = sorted({n for n in (*scale.threshold_n, *scale.other_n, *scale.complex_n, *scale.host_n,
                              *scale.kernel_n, *scale.crossover_n) if n <= 32})
-    warm_kernels(rec, None, ns, args.workers)
+    # With the shape variants dispatch never picks (shape_threshold times them).
+    variants = [spec for dt in (np.float64, np.float32) for n in scale.shape_n
+                for spec in shape_variants(n, dt)]
+    warm_kernels(rec, None, ns, args.workers, extra=variants)
     try:
         measure_floors(rec, args.repeats, scale)
         log(f"floors: {rec.data['floors']}")
@@ -1261,14 +1263,6 @@ def run_bench_section(args: argparse.Namespace, rec: Recorder, scale: Scale) -> 
             return 3
     b.peers = load_peers(rec)
     log(f"peers: {rec.data['peers']}")
-    # Shape variants dispatch never picks: compile them too before timing.
-    try:
-        for dt in (np.float64, np.float32):
-            for n in scale.shape_n:
-                for spec in shape_variants(n, dt):
-                    kernels._kernel(spec, 0)
-    except Exception as exc:  # noqa: BLE001 - shape_threshold then records the failure itself
-        rec.error(f"compiling the shape variants: {exc!r}")
     return run_units(b, bench_plan(b))
 
 

@@ -308,6 +308,11 @@ def test_warm_up_compiles_in_parallel_into_both_caches(fresh_cache, monkeypatch)
     monkeypatch.setattr(_nvrtc, "_memory", {})
     again = kernels.warm_up(["float32"], [1, 2], arch="90", workers=1)
     assert [r["origin"] for r in again] == ["disk", "disk"]
+    # A shape dispatch does not pick, as the GPU check times it.
+    group5 = kernels.KernelSpec(np.dtype(np.float32), 5, "group", 128, 16, 8)
+    extra = kernels.warm_up(["float32"], [1], arch="90", workers=1, extra=[group5])
+    assert [(r["n"], r["shape"], r["origin"]) for r in extra] == [(1, "thread", "memory"),
+                                                                 (5, "group", "compiled")]
 
 
 def test_warm_up_rejects_bad_arguments():

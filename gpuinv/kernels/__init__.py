@@ -269,6 +269,7 @@ def warm_up(
     arch: str | int | None = None,
     workers: int | None = None,
     load: bool = True,
+    extra: Any = (),
 ) -> list[dict[str, Any]]:
     """Compile kernel instantiations ahead of their first use, in parallel.
 
@@ -296,6 +297,9 @@ def warm_up(
         compile). 1 compiles in this process.
     load : bool
         Load the modules on the current device (ignored when ``arch`` is given).
+    extra : sequence of KernelSpec, optional
+        Further instantiations, compiled with the others: shapes dispatch does
+        not pick (``benchmarks/gpu_check.py`` times both shapes where both exist).
 
     Returns
     -------
@@ -327,6 +331,7 @@ def warm_up(
         for n in (range(1, KERNEL_MAX_N[dt] + 1) if ns is None else sorted(set(ns)))
         if n <= KERNEL_MAX_N[dt]
     ]
+    specs += [s for s in extra if s not in specs]
     device_id = None
     if arch is None:
         import cupy
@@ -364,8 +369,8 @@ def warm_up(
             _kernel(spec, device_id)
         report.append({"dtype": spec.dtype.name, "n": spec.n, "shape": spec.shape,
                        "origin": origin, "seconds": seconds})
-    order = {s: i for i, s in enumerate(specs)}
-    return sorted(report, key=lambda r: order[kernel_spec(r["n"], r["dtype"])])
+    order = {(s.dtype.name, s.n, s.shape): i for i, s in enumerate(specs)}
+    return sorted(report, key=lambda r: order[(r["dtype"], r["n"], r["shape"])])
 
 
 def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
