@@ -49,6 +49,7 @@ import threading
 import types
 import weakref
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -698,16 +699,24 @@ def freeHost(ptr):
     _free_host(ptr)
 
 
-# --- the kernel stand-in (gpuinv.kernels.invert_small) ---------------------------------
+# --- the kernel route (gpuinv.kernels.invert_small) --------------------------------------
 #
-# THE ONE PLACE where the fake replaces our NVRTC kernels. It keeps the
-# kernels' contract (gpuinv/kernels/__init__.py, invert_small): C-contiguous
-# (m, n, n) input read only, out and info on the same device, info 0 / k / -1,
-# NaN for info -1 and unspecified contents (here: a sentinel) for info > 0.
-# It also checks what the GPU would fault on: a pointer not aligned to the
-# element size. Tests install it with install_kernel_stand_in(monkeypatch).
+# THE ONE PLACE where the fake touches our kernels. install_kernel_stand_in
+# wraps gpuinv.kernels.invert_small with the checks of what the GPU would fault
+# on (a pointer not aligned to the element size, memory that is not the
+# current device's, a stream that does not exist) and a log entry, then runs
+# the REAL invert_small: its argument checks, its launch configuration and
+# the real kernels.cu instantiation, executed on the CPU emulation of CUDA
+# (tests/_cuda_emu.py) in place of the NVRTC-loaded function. Where the
+# emulation cannot run (no g++ with sanitizers), the kernel is replaced by the
+# CPU engine, which keeps the kernels' contract (info 0 / k / -1, NaN for -1)
+# and leaves KERNEL_GARBAGE in the inverse of a singular matrix.
 
-KERNEL_GARBAGE = 7.0  # what the stand-in leaves in the inverse of a singular matrix
+KERNEL_GARBAGE = 7.0  # what the CPU-engine fallback leaves in the inverse of a singular matrix
+
+from gpuinv.kernels import invert_small as _real_invert_small  # noqa: E402 - before any patching
+
+_use_emulation = False
 
 
 def invert_small(a, out, info, *, max_blocks=None):
@@ -722,6 +731,9 @@ def invert_small(a, out, info, *, max_blocks=None):
     stream = get_current_stream().ptr
     _check_stream("invert_small", stream)
     state.log.append(("invert_small", stream, _current_device(), a.shape[0]))
+    if _use_emulation:
+        _real_invert_small(a, out, info, max_blocks=max_blocks)
+        return
     import gpuinv  # the CPU engine: its info codes are the kernels' (getrf's steps)
 
     res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), device="cpu")
@@ -730,9 +742,26 @@ def invert_small(a, out, info, *, max_blocks=None):
     out[res.info > 0] = KERNEL_GARBAGE
 
 
+emulated_kernels: dict = {}  # KernelSpec -> _cuda_emu.EmulatedKernel, shared by the tests of a session
+
+
 def install_kernel_stand_in(monkeypatch):
+    global _use_emulation
     import gpuinv.kernels
 
+    here = str(Path(__file__).resolve().parent)  # tests/, for _cuda_emu
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import _cuda_emu
+
+    _use_emulation = _cuda_emu.available() is None
+    if _use_emulation:
+        def load(spec, device_id):
+            if spec not in emulated_kernels:
+                emulated_kernels[spec] = _cuda_emu.EmulatedKernel(spec)
+            return emulated_kernels[spec]
+
+        monkeypatch.setattr(gpuinv.kernels, "_kernel", load)
     monkeypatch.setattr(gpuinv.kernels, "invert_small", invert_small)
 
 
@@ -818,3 +847,66 @@ def installed(monkeypatch):
     _handles.clear()
     _local.__dict__.clear()
     yield sys.modules[__name__]
+
+
+# --- kernel loading: cupy.cuda.function.Module ----------------------------------------
+# (Added for gpuinv/kernels' own NVRTC path and benchmarks/gpu_check.py; kept apart
+# from the rest so that it merges cleanly.) gpuinv compiles its kernels with NVRTC
+# itself and loads the binary with ``cupy.cuda.function.Module``. The fake cannot run
+# a kernel, but it checks what the loader hands it, as cuModuleLoadData and
+# cuModuleGetFunction would: an ELF cubin (or NUL-terminated PTX text) that holds the
+# mangled name asked for. ``Device.compute_capability`` is an H100/H200's.
+# ``cupy.cuda.nvrtc`` is the real binding where CuPy is installed: NVRTC compiles
+# without a GPU, so the kernels' compile path runs for real under the fake.
+
+_Device.compute_capability = "90"
+
+loaded_modules: list = []
+
+
+class _Function:
+    def __init__(self, module, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
+        raise NotImplementedError("the fake CuPy cannot run CUDA kernels")
+
+
+class Module:
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+    def load(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            raise TypeError(f"Module.load takes bytes, got {type(data).__name__}")
+        if not (data.startswith(b"\x7fELF") or b".target" in data[:4096]):
+            raise RuntimeError("CUDA_ERROR_INVALID_IMAGE: neither a cubin nor PTX")
+        self.data = data
+        loaded_modules.append(self)
+
+    def get_function(self, name: str) -> _Function:
+        if self.data is None or name.encode() not in self.data:
+            raise RuntimeError(f"CUDA_ERROR_NOT_FOUND: named symbol not found: {name}")
+        return _Function(self, name)
+
+
+_build_modules_without_function = _build_modules
+
+
+def _build_modules() -> dict[str, types.ModuleType]:  # noqa: F811 - extends the one above
+    modules = _build_modules_without_function()
+    function = types.ModuleType("cupy.cuda.function")
+    function.Module = Module
+    function.Function = _Function
+    modules["cupy.cuda"].function = function
+    modules["cupy.cuda.function"] = function
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # the real binding, not the fake
+
+        nvrtc.getVersion()  # loads libnvrtc now, through the real CuPy's library search
+        modules["cupy.cuda"].nvrtc = nvrtc
+    except Exception:  # noqa: BLE001 - no CuPy or no libnvrtc: as without the fake
+        pass
+    loaded_modules.clear()
+    return modules

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# Before any test imports JAX: by default it grabs 75% of GPU memory when its
+# GPU backend starts, which would starve the CuPy tests that follow (the
+# >2^31-element kernel test needs about 17 GB) or fail JAX's own start. The
+# platform allocator also hands memory back as soon as JAX frees it. Set only
+# where the caller did not choose (benchmarks/gpu_check.py sets the same).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
 
 
 def cuda_usable() -> bool:

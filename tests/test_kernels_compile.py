@@ -156,3 +156,167 @@ def test_kernel_source_inlines_the_header():
     source = kernels.kernel_source()
     assert '#include "inverse.cuh"' not in source
     assert "lu_row_step" in source and "inv_group" in source
+
+
+# --- our own NVRTC path: the options actually used, the caches, warm_up ----------------
+
+from gpuinv.kernels import _nvrtc  # noqa: E402
+
+
+def test_nvrtc_options_keep_subnormals_and_ieee_division():
+    opts = kernels.NVRTC_OPTIONS
+    for flag in ("-ftz=false", "-prec-div=true", "-prec-sqrt=true", "-fmad=true"):
+        assert flag in opts
+    assert "-ftz=true" not in opts and "--use_fast_math" not in opts and "-use_fast_math" not in opts
+    assert _nvrtc.compile_options("-arch=sm_90") == (*opts, "-arch=sm_90")
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty disk cache folder and an empty in-process cache."""
+    folder = tmp_path / "kernel-cache"
+    monkeypatch.setenv("GPUINV_KERNEL_CACHE_DIR", str(folder))
+    monkeypatch.setattr(_nvrtc, "_memory", {})
+    kernels._kernel.cache_clear()
+    yield folder
+    kernels._kernel.cache_clear()
+
+
+def recording_compiles(monkeypatch, nvrtc):
+    seen: list[list[str]] = []
+    real = nvrtc.compileProgram
+
+    def compile_program(prog, options):
+        seen.append(list(options))
+        return real(prog, options)
+
+    monkeypatch.setattr(nvrtc, "compileProgram", compile_program)
+    return seen
+
+
+def test_the_options_passed_to_nvrtc_have_flush_to_zero_off(fresh_cache, monkeypatch):
+    nvrtc = nvrtc_or_skip()
+    seen = recording_compiles(monkeypatch, nvrtc)
+    spec = kernels.kernel_spec(2, np.float32)
+    binary, origin = _nvrtc.compiled(kernels.kernel_source(), spec.name_expression, "90")
+    assert origin == "compiled" and binary.kind == "cubin" and binary.data.startswith(b"\x7fELF")
+    assert seen == [[*kernels.NVRTC_OPTIONS, "-arch=sm_90"]]
+    assert "-ftz=false" in seen[0] and "-ftz=true" not in seen[0]
+    assert binary.names[spec.name_expression].startswith("_ZN6gpuinv10inv_threadIfLi2E")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_float32_code_does_not_flush_subnormals(dtype):
+    # PTX marks flush-to-zero per instruction (div.rn.ftz.f32, fma.rn.ftz.f32):
+    # with our options no instruction carries it; with -ftz=true (what CuPy's
+    # RawModule appends) they do, so this check would see the regression.
+    nvrtc_or_skip()
+    spec = kernels.kernel_spec(2, dtype)
+    ours = _nvrtc.nvrtc_compile(kernels.kernel_source(), [spec.name_expression],
+                                _nvrtc.compile_options("-arch=compute_90"), "ptx")
+    assert b".f32" in ours.data and b".ftz" not in ours.data
+    cupys = _nvrtc.nvrtc_compile(kernels.kernel_source(), [spec.name_expression],
+                                 (*_nvrtc.compile_options("-arch=compute_90"), "-ftz=true"), "ptx")
+    assert b".ftz" in cupys.data
+
+
+def test_disk_cache_is_reused_checked_and_keyed_by_options(fresh_cache, monkeypatch):
+    nvrtc = nvrtc_or_skip()
+    spec = kernels.kernel_spec(1, np.float64)
+    source = kernels.kernel_source()
+    first, origin = _nvrtc.compiled(source, spec.name_expression, "sm_90")
+    assert origin == "compiled"
+    files = list(fresh_cache.glob("*.bin"))
+    assert len(files) == 1
+    assert _nvrtc.compiled(source, spec.name_expression, "90")[1] == "memory"
+    monkeypatch.setattr(_nvrtc, "_memory", {})
+    again, origin = _nvrtc.compiled(source, spec.name_expression, "90")
+    assert origin == "disk" and again.data == first.data and again.names == first.names
+    # A truncated file is not trusted: it is compiled again and rewritten.
+    files[0].write_bytes(files[0].read_bytes()[:-100])
+    monkeypatch.setattr(_nvrtc, "_memory", {})
+    seen = recording_compiles(monkeypatch, nvrtc)
+    repaired, origin = _nvrtc.compiled(source, spec.name_expression, "90")
+    assert origin == "compiled" and repaired.data == first.data and len(seen) == 1
+    assert _nvrtc._read(files[0], repaired.options) is not None
+    # Another architecture, option set, source or NVRTC version is another key.
+    key = _nvrtc.cache_key(source, spec.name_expression, first.options, (12, 9), "cubin")
+    assert key != _nvrtc.cache_key(source, spec.name_expression, first.options, (12, 8), "cubin")
+    assert key != _nvrtc.cache_key(source + " ", spec.name_expression, first.options, (12, 9), "cubin")
+    other = (*first.options[:-1], "-arch=sm_80")
+    assert key != _nvrtc.cache_key(source, spec.name_expression, other, (12, 9), "cubin")
+    assert key != _nvrtc.cache_key(source, spec.name_expression, (*first.options, "-ftz=true"), (12, 9),
+                                   "cubin")
+
+
+def test_disk_cache_can_be_disabled(tmp_path, monkeypatch):
+    nvrtc_or_skip()
+    monkeypatch.setenv("GPUINV_KERNEL_CACHE_DIR", "")
+    monkeypatch.setattr(_nvrtc, "_memory", {})
+    assert _nvrtc.cache_dir() is None
+    spec = kernels.kernel_spec(1, np.float32)
+    assert _nvrtc.compiled(kernels.kernel_source(), spec.name_expression, "80")[1] == "compiled"
+    monkeypatch.delenv("GPUINV_KERNEL_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _nvrtc.cache_dir() == tmp_path / "gpuinv" / "kernels"
+
+
+def test_arch_option_takes_cubins_where_nvrtc_knows_the_device():
+    supported = (75, 80, 86, 89, 90)
+    assert _nvrtc.arch_option("90", supported) == ("-arch=sm_90", "cubin")
+    assert _nvrtc.arch_option("sm_80", supported) == ("-arch=sm_80", "cubin")
+    # A device newer than this NVRTC: PTX for the newest it knows, JIT-compiled on load.
+    assert _nvrtc.arch_option(120, supported) == ("-arch=compute_90", "ptx")
+    with pytest.raises(ValueError, match="cannot compile for compute capability 70"):
+        _nvrtc.arch_option("70", supported)
+
+
+def test_the_kernel_is_loaded_from_our_cubin_not_through_rawmodule(fresh_cache, monkeypatch):
+    # The engine's load path on the CuPy stand-in: the binary handed to
+    # Module.load is an ELF cubin holding the mangled name that is looked up.
+    nvrtc_or_skip()
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec_ = importlib.util.spec_from_file_location(
+        "gpuinv_tests_fake_cupy_kernels", Path(__file__).with_name("_fake_cupy.py"))
+    fake = importlib.util.module_from_spec(spec_)
+    monkeypatch.setitem(sys.modules, "gpuinv_tests_fake_cupy_kernels", fake)
+    spec_.loader.exec_module(fake)
+    spec = kernels.kernel_spec(3, np.complex64)
+    with fake.installed(monkeypatch):
+        function = kernels._kernel(spec, 0)
+        [module] = fake.loaded_modules
+    assert module.data.startswith(b"\x7fELF")
+    assert function.name.startswith("_ZN6gpuinv10inv_threadINS_4cplxIfEELi3E")
+    assert function.name.encode() in module.data
+
+
+def test_warm_up_compiles_in_parallel_into_both_caches(fresh_cache, monkeypatch):
+    nvrtc_or_skip()
+    report = kernels.warm_up([np.float32, "float64"], [2, 1, 2, 40], arch="sm_90", workers=2)
+    # n = 40 is past KERNEL_MAX_N: cuBLAS's, nothing to compile.
+    assert [(r["dtype"], r["n"]) for r in report] == [("float32", 1), ("float32", 2), ("float64", 1),
+                                                     ("float64", 2)]
+    assert {r["origin"] for r in report} == {"compiled"}
+    assert all(r["shape"] == "thread" and r["seconds"] >= 0 for r in report)
+    assert len(list(fresh_cache.glob("*.bin"))) == 4
+    # The workers' binaries are in this process's cache: the engine only loads.
+    spec = kernels.kernel_spec(2, np.float64)
+    assert _nvrtc.compiled(kernels.kernel_source(), spec.name_expression, "90")[1] == "memory"
+    monkeypatch.setattr(_nvrtc, "_memory", {})
+    again = kernels.warm_up(["float32"], [1, 2], arch="90", workers=1)
+    assert [r["origin"] for r in again] == ["disk", "disk"]
+    # A shape dispatch does not pick, as the GPU check times it.
+    group5 = kernels.KernelSpec(np.dtype(np.float32), 5, "group", 128, 16, 8)
+    extra = kernels.warm_up(["float32"], [1], arch="90", workers=1, extra=[group5])
+    assert [(r["n"], r["shape"], r["origin"]) for r in extra] == [(1, "thread", "memory"),
+                                                                 (5, "group", "compiled")]
+
+
+def test_warm_up_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="positive"):
+        kernels.warm_up(["float32"], [0, 1], arch="90")
+    with pytest.raises(TypeError, match="support float32"):
+        kernels.warm_up(["float16"], [2], arch="90")

@@ -193,3 +193,52 @@ def test_public_api_with_odd_strides_uses_the_kernels():
         ours = backward_error(host.reshape(-1, n, n), result.inverse.get().reshape(-1, n, n))
         lapack = backward_error(host.reshape(-1, n, n), np.linalg.inv(host).reshape(-1, n, n))
         assert np.all(ours <= 10 * np.maximum(lapack, eps))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_subnormal_pivots_are_not_flushed_to_zero(dtype):
+    # 5e-39 is subnormal in float32. With flush-to-zero (what CuPy's own
+    # compile path adds) the kernel would see an exact zero pivot: info 1.
+    # LAPACK, cuBLAS and the CPU engine invert it: 1 / 5e-39 = 2e38.
+    tiny = np.array([[[5e-39]]], dtype=dtype)
+    x, info = run_kernel(tiny)
+    np.testing.assert_array_equal(info, [0])
+    expected = np.array(1, dtype=dtype) / tiny[0, 0, 0]
+    np.testing.assert_allclose(x[0, 0, 0], expected, rtol=4 * np.finfo(dtype).eps)
+    assert abs(x[0, 0, 0] - 2e38) <= 1e32
+    # A subnormal pivot in a larger matrix, on both kernel shapes.
+    for n in (2, kernels.THREAD_MAX_N[np.dtype(dtype)] + 1):
+        a = np.eye(n, dtype=dtype)
+        a[0, 0] = 5e-39
+        x, info = run_kernel(a[None])
+        np.testing.assert_array_equal(info, [0])
+        np.testing.assert_allclose(x[0, 0, 0], expected, rtol=4 * np.finfo(dtype).eps)
+
+
+def test_subnormal_matrix_through_the_public_api():
+    pytest.importorskip("gpuinv.engines.cuda", reason="the CUDA engine is not in this build")
+    import gpuinv
+
+    a = cupy.asarray(np.array([[[5e-39]]], dtype=np.float32))
+    result = gpuinv.inv_ex(a)
+    np.testing.assert_array_equal(result.info.get(), [0])
+    np.testing.assert_allclose(result.inverse.get()[0, 0, 0], np.float32(1) / np.float32(5e-39), rtol=1e-6)
+
+
+def test_kernels_are_compiled_without_flush_to_zero(monkeypatch):
+    # The options the engine's own compiles pass to NVRTC, on this device.
+    from gpuinv.kernels import _nvrtc
+
+    seen = []
+    real = _nvrtc.nvrtc_compile
+    monkeypatch.setattr(_nvrtc, "_memory", {})
+    monkeypatch.setenv("GPUINV_KERNEL_CACHE_DIR", "")
+    monkeypatch.setattr(_nvrtc, "nvrtc_compile", lambda *a: seen.append(a[2]) or real(*a))
+    kernels._kernel.cache_clear()
+    try:
+        run_kernel(np.array([[[2.0]]], dtype=np.float32))
+    finally:
+        kernels._kernel.cache_clear()
+    cc = cupy.cuda.Device().compute_capability
+    assert len(seen) == 1 and "-ftz=false" in seen[0] and "-ftz=true" not in seen[0]
+    assert seen[0][-1] in (f"-arch=sm_{cc}",) or seen[0][-1].startswith("-arch=compute_")

@@ -12,10 +12,14 @@ and forward substitution on the identity in place, then back substitution:
 what ``numpy.linalg.inv`` does through LAPACK's gesv), the same source the
 host tests compile with g++.
 
-Kernels are compiled at run time through CuPy (``cupy.RawModule``, NVRTC),
-one (dtype, n) at a time on first use, and cached per device (CuPy also
-caches the binaries on disk). Importing this module does not import CuPy;
-:func:`invert_small` does.
+Kernels are compiled at run time by NVRTC with :data:`NVRTC_OPTIONS` (not
+through ``cupy.RawModule``, which adds ``-ftz=true``; see ``_nvrtc.py``), one
+(dtype, n) at a time on first use, loaded with ``cupy.cuda.function.Module``
+and cached per device, the binaries also on disk. The first call of each
+(dtype, n) in a process therefore waits for NVRTC (under a second to several
+seconds, docs/kernels.md) unless the disk cache has it; :func:`warm_up`
+compiles many in parallel ahead of time. Importing this module does not import CuPy; :func:`invert_small` and
+:func:`warm_up` do.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ __all__ = [
     "kernel_source",
     "invert_small",
     "launch_config",
+    "warm_up",
+    "NVRTC_OPTIONS",
 ]
 
 _HERE = Path(__file__).resolve().parent
@@ -207,21 +213,165 @@ def kernel_source() -> str:
     return kernels.replace(include, header, 1)
 
 
-# No fast math: the kernels rely on IEEE NaN and Inf (finiteness checks) and
-# on correctly rounded division and reciprocals for LAPACK-level accuracy.
-NVRTC_OPTIONS = ("-std=c++17",)
+# No fast math: the kernels rely on IEEE NaN and Inf (finiteness checks), on
+# correctly rounded division and reciprocals for LAPACK-level accuracy, and on
+# subnormals being kept: with flush-to-zero a float32 pivot of 5e-39 would
+# count as an exact zero (info 1) where the CPU engine and cuBLAS invert it.
+# These are NVRTC's defaults, spelled out because CuPy's own compile path
+# appends -ftz=true (so we call NVRTC directly, gpuinv/kernels/_nvrtc.py).
+# -fmad=true lets ptxas contract a*b+c into one correctly rounded FMA, as
+# cuBLAS and LAPACK builds do. `--check` compiles with the same options.
+NVRTC_OPTIONS = ("-std=c++17", "-ftz=false", "-prec-div=true", "-prec-sqrt=true", "-fmad=true")
+
+
+def _compute_capability(device_id: int) -> str:
+    import cupy
+
+    return str(cupy.cuda.Device(device_id).compute_capability)
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel(spec: KernelSpec, device_id: int) -> Any:
     # One module per instantiation and device: only what is used gets
-    # compiled, and a RawModule binds to the device it was built on.
+    # compiled, and a module binds to the context (device) current at load.
+    from cupy.cuda import function
+
+    from . import _nvrtc
+
+    binary, _origin = _nvrtc.compiled(kernel_source(), spec.name_expression, _compute_capability(device_id))
+    with _device(device_id):
+        module = function.Module()
+        module.load(binary.data)
+        return module.get_function(binary.names[spec.name_expression])
+
+
+def _device(device_id: int) -> Any:
     import cupy
 
-    module = cupy.RawModule(
-        code=kernel_source(), options=NVRTC_OPTIONS, name_expressions=[spec.name_expression]
-    )
-    return module.get_function(spec.name_expression)
+    return cupy.cuda.Device(device_id)
+
+
+def _warm_job(job: tuple[KernelSpec, str]) -> tuple[KernelSpec, Any, str, float]:
+    # Runs in a spawned worker: the same lookup and compile path as _kernel.
+    import time
+
+    from . import _nvrtc
+
+    spec, cc = job
+    start = time.perf_counter()
+    binary, origin = _nvrtc.compiled(kernel_source(), spec.name_expression, cc)
+    return spec, binary, origin, time.perf_counter() - start
+
+
+def warm_up(
+    dtypes: Any = None,
+    ns: Any = None,
+    *,
+    arch: str | int | None = None,
+    workers: int | None = None,
+    load: bool = True,
+    extra: Any = (),
+) -> list[dict[str, Any]]:
+    """Compile kernel instantiations ahead of their first use, in parallel.
+
+    Each (dtype, n) is its own NVRTC program, compiled on first use: under
+    a second for small n, several seconds at n = 32 (all 120 take about 3
+    minutes on one core; docs/kernels.md has the numbers). This compiles
+    the ones asked for that no cache holds, in a pool of spawned processes,
+    through the same path :func:`invert_small` uses, so the binaries land in
+    the disk cache and in this process's cache; with ``load`` they are also
+    loaded on the current device, and the first call then launches at once.
+
+    Parameters
+    ----------
+    dtypes : sequence of dtype-like, optional
+        Default: float32, float64, complex64, complex128.
+    ns : sequence of int, optional
+        Default: every n the kernels take. An n above ``KERNEL_MAX_N`` of a
+        dtype is skipped for that dtype (cuBLAS handles it, nothing to compile).
+    arch : str or int, optional
+        Compute capability to compile for (``"90"``, ``"sm_90"``). Default:
+        the current CuPy device's. With ``arch`` given no GPU is needed and
+        nothing is loaded.
+    workers : int, optional
+        Processes (default: the usable CPUs, at most one per kernel to
+        compile). 1 compiles in this process.
+    load : bool
+        Load the modules on the current device (ignored when ``arch`` is given).
+    extra : sequence of KernelSpec, optional
+        Further instantiations, compiled with the others: shapes dispatch does
+        not pick (``benchmarks/gpu_check.py`` times both shapes where both exist).
+
+    Returns
+    -------
+    list of dict
+        Per instantiation: ``dtype``, ``n``, ``shape``, ``origin`` (``"memory"``,
+        ``"disk"`` or ``"compiled"``) and ``seconds`` spent finding or compiling it.
+
+    Raises
+    ------
+    TypeError
+        For an unsupported dtype.
+    ValueError
+        For an n below 1.
+    """
+    import multiprocessing
+    import os
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from . import _nvrtc
+
+    dts = _DTYPES if dtypes is None else tuple(_check_dtype(d) for d in dtypes)
+    ns = None if ns is None else [int(n) for n in ns]
+    if ns is not None and any(n < 1 for n in ns):
+        raise ValueError(f"ns must be positive matrix orders, got {list(ns)}")
+    specs = [
+        kernel_spec(n, dt)
+        for dt in dts
+        for n in (range(1, KERNEL_MAX_N[dt] + 1) if ns is None else sorted(set(ns)))
+        if n <= KERNEL_MAX_N[dt]
+    ]
+    specs += [s for s in extra if s not in specs]
+    device_id = None
+    if arch is None:
+        import cupy
+
+        device_id = cupy.cuda.Device().id
+        arch = _compute_capability(device_id)
+    cc = str(arch)
+    _nvrtc.load_nvrtc()  # fail here, not in a worker, if libnvrtc is missing
+    results = []
+    missing = []
+    for spec in specs:  # what is cached already needs no worker
+        start = time.perf_counter()
+        hit = _nvrtc.cached(kernel_source(), spec.name_expression, cc)
+        if hit is None:
+            missing.append(spec)
+        else:
+            results.append((spec, hit[0], hit[1], time.perf_counter() - start))
+    # The costliest first, so that no worker is left with a big one at the end.
+    jobs = [(s, cc) for s in sorted(missing, key=lambda s: s.n * s.n * s.dtype.itemsize, reverse=True)]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(workers, len(jobs)))
+    if len(jobs) <= 1 or workers == 1:
+        results += [_warm_job(job) for job in jobs]
+    else:
+        # "spawn", not fork: the caller may hold CUDA contexts and other
+        # libraries' threads that a forked child would inherit mid-lock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            results += list(pool.map(_warm_job, jobs))
+    report = []
+    for spec, binary, origin, seconds in results:
+        _nvrtc.remember(kernel_source(), spec.name_expression, cc, binary)
+        if load and device_id is not None:
+            _kernel(spec, device_id)
+        report.append({"dtype": spec.dtype.name, "n": spec.n, "shape": spec.shape,
+                       "origin": origin, "seconds": seconds})
+    order = {(s.dtype.name, s.n, s.shape): i for i, s in enumerate(specs)}
+    return sorted(report, key=lambda r: order[(r["dtype"], r["n"], r["shape"])])
 
 
 def launch_config(spec: KernelSpec, m: int, max_blocks: int | None = None) -> tuple[int, int]:
@@ -283,7 +433,14 @@ def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) 
     for name, arr in (("out", out), ("info", info)):
         if arr.device.id != device_id:
             raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
+    _launch(spec, a, out, info, max_blocks=max_blocks)
+
+
+def _launch(spec: KernelSpec, a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+    # The launch itself, for any instantiation (benchmarks/gpu_check.py also
+    # times the shape dispatch does not pick); arguments already checked.
+    m = a.shape[0]
     grid, block = launch_config(spec, m, max_blocks)
     with a.device:  # compile for, and launch on, the device that holds the data
-        kernel = _kernel(spec, device_id)
+        kernel = _kernel(spec, a.device.id)
         kernel((grid,), (block,), (a, out, info, np.int64(m)))
