@@ -89,7 +89,10 @@ def check(x, info, a):
     np.testing.assert_array_equal(info, want.info)
     assert np.isnan(x[info != 0]).all()  # singular too: NaN, never stale pool memory
     ok = info == 0
-    np.testing.assert_allclose(x[ok], want.inverse[ok], rtol=1e-6, atol=1e-6)
+    # The kernel route computes independently of the CPU engine (real kernels
+    # on the emulation): agreement to a few ulps of the well-conditioned stacks.
+    tol = 1e-4 if x.dtype in (np.float32, np.complex64) else 1e-6
+    np.testing.assert_allclose(x[ok], want.inverse[ok], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("route", ROUTES)
