@@ -13,9 +13,10 @@ import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import NVRTC_OPTIONS, KernelSpec, instantiations, kernel_source
+from ._sass import kernel_code
 
 __all__ = [
     "ARCHS",
@@ -25,6 +26,7 @@ __all__ = [
     "compile_report",
     "collect_reports",
     "run_check",
+    "nvrtc_version",
 ]
 
 #: A100 and H100: the architectures the project supports and CI checks.
@@ -43,6 +45,9 @@ class KernelReport:
     spill_loads: int
     stack_bytes: int
     shared_bytes: int
+    #: The kernel's machine code (its ELF ``.text`` section), kept for the
+    #: cost model (``collect_reports(..., keep_code=True)``), else empty.
+    code: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def spills(self) -> bool:
@@ -111,8 +116,19 @@ def _load_nvrtc():
     return nvrtc
 
 
-def compile_report(specs: list[KernelSpec], arch: str, defaults: set[KernelSpec]) -> list[KernelReport]:
+def nvrtc_version() -> str:
+    """The version of the NVRTC that CuPy loads, as "major.minor"."""
+    major, minor = _load_nvrtc().getVersion()
+    return f"{major}.{minor}"
+
+
+def compile_report(
+    specs: list[KernelSpec], arch: str, defaults: set[KernelSpec], keep_code: bool = False
+) -> list[KernelReport]:
     """Compile ``specs`` in one NVRTC program for ``arch`` and report each kernel.
+
+    With ``keep_code``, each report also carries the kernel's machine code
+    from the cubin (for the cost model).
 
     Raises
     ------
@@ -132,24 +148,29 @@ def compile_report(specs: list[KernelSpec], arch: str, defaults: set[KernelSpec]
             raise NvrtcCompileError(f"NVRTC failed for {arch}: {exc}\n{log}") from None
         log = nvrtc.getProgramLog(prog).rstrip("\x00")
         parsed = parse_ptxas_report(log)
+        cubin = nvrtc.getCUBIN(prog) if keep_code else b""
         reports = []
         for spec in specs:
             mangled = nvrtc.getLoweredName(prog, spec.name_expression)
             if mangled not in parsed:
                 raise NvrtcCompileError(f"ptxas printed no report for {spec.name_expression} ({mangled})")
             numbers = parsed[mangled]
-            reports.append(KernelReport(spec=spec, arch=arch, default=spec in defaults, **numbers))
+            code = kernel_code(cubin, mangled) if keep_code else b""
+            reports.append(KernelReport(spec=spec, arch=arch, default=spec in defaults, code=code, **numbers))
         return reports
     finally:
         nvrtc.destroyProgram(prog)
 
 
-def _compile_job(job: tuple[list[KernelSpec], str, set[KernelSpec]]) -> list[KernelReport]:
+def _compile_job(job: tuple[list[KernelSpec], str, set[KernelSpec], bool]) -> list[KernelReport]:
     return compile_report(*job)
 
 
 def collect_reports(
-    archs: tuple[str, ...] = ARCHS, include_non_default: bool = False, workers: int | None = None
+    archs: tuple[str, ...] = ARCHS,
+    include_non_default: bool = False,
+    workers: int | None = None,
+    keep_code: bool = False,
 ) -> list[KernelReport]:
     """Compile every instantiation for every arch and return ptxas's reports.
 
@@ -165,7 +186,7 @@ def collect_reports(
     # second, compiling the big unrolled kernels tens of seconds).
     by_cost = sorted(specs, key=lambda s: s.n * s.n * s.dtype.itemsize, reverse=True)
     chunks = [by_cost[i : i + 4] for i in range(0, len(by_cost), 4)]
-    jobs = [(chunk, arch, defaults) for chunk in chunks for arch in archs]
+    jobs = [(chunk, arch, defaults, keep_code) for chunk in chunks for arch in archs]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if workers <= 1:
@@ -182,18 +203,24 @@ def collect_reports(
 
 
 def run_check(
-    archs: tuple[str, ...] = ARCHS, include_non_default: bool = False, out=print, workers: int | None = None
+    archs: tuple[str, ...] = ARCHS,
+    include_non_default: bool = False,
+    out=print,
+    workers: int | None = None,
+    reports: list[KernelReport] | None = None,
 ) -> int:
     """Compile and report every instantiation for every arch; return an exit status.
 
     Prints one line per instantiation and arch. The status is 1 if any
     default-dispatched kernel spills, else 0 (a compile error raises
-    :class:`NvrtcCompileError`).
+    :class:`NvrtcCompileError`). ``reports`` from an earlier
+    :func:`collect_reports` are checked instead of compiling again.
     """
     start = time.perf_counter()
-    reports = collect_reports(archs, include_non_default, workers)
+    if reports is None:
+        reports = collect_reports(archs, include_non_default, workers)
+        out(f"# {len(reports)} kernels compiled for {', '.join(archs)} in {time.perf_counter() - start:.0f} s")
     specs = {r.spec for r in reports}
-    out(f"# {len(reports)} kernels compiled for {', '.join(archs)} in {time.perf_counter() - start:.0f} s")
     failed = []
     for r in reports:
         flag = "" if r.default else "  (not dispatched)"

@@ -1,0 +1,377 @@
+"""The SASS cost model (``python -m gpuinv.kernels --model``) and the CI budget.
+
+The parser, the main-path counter, the occupancy arithmetic and the budget
+are tested on committed SASS text and hand-computed cases everywhere. The
+end-to-end tests compile small CUDA sources through NVRTC and disassemble
+them with nvdisasm (the ``[sass]`` extra); they skip where either is absent.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import gpuinv.kernels as kernels
+from gpuinv.kernels import _check
+from gpuinv.kernels import _model as model
+from gpuinv.kernels import _sass as sass
+
+# A main path in nvdisasm's raw-binary format, written to exercise every rule:
+# a staging loop unrolled twice (two loads a body trip) behind its remainder
+# check, a reciprocal with its slow-path call, a shuffle with the compiler's
+# divergence check (BRA.DIV), the tile loop's back edge, the EXIT, then the
+# divergent-collective slow path and the subroutine, then alignment padding.
+SAMPLE = """\
+\t.headerflags\t@"EF_CUDA_64BIT_ADDRESS EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   S2R R0, SR_TID.X ;
+        /*0020*/              @!P0 BRA 0x50 ;
+        /*0030*/                   LDG.E.CONSTANT R2, desc[UR8][R4.64] ;
+        /*0040*/                   STS [R6], R2 ;
+        /*0050*/                   LDG.E.64.CONSTANT R2, desc[UR8][R4.64] ;
+        /*0060*/                   LDG.E.64.CONSTANT R8, desc[UR8][R4.64+0x100] ;
+        /*0070*/                   IADD3 R0, R0, 0x40, RZ ;
+        /*0080*/                   STS.64 [R6], R2 ;
+        /*0090*/                   STS.64 [R6+0x100], R8 ;
+        /*00a0*/              @!P1 BRA 0x50 ;
+        /*00b0*/                   FSETP.GT.AND P2, PT, R2, RZ, PT ;
+        /*00c0*/               @P2 BRA 0x100 ;
+        /*00d0*/                   MOV R10, 0xf0 ;
+        /*00e0*/                   CALL.REL.NOINC 0x1c0 ;
+        /*00f0*/                   BRA 0x110 ;
+        /*0100*/                   MUFU.RCP R3, R2 ;
+        /*0110*/                   BRA.DIV UR5, 0x190 ;
+        /*0120*/                   SHFL.IDX PT, R11, R3, RZ, 0x1f ;
+        /*0130*/                   FSEL R12, R11, R3, P2 ;
+        /*0140*/                   IMAD.MOV.U32 R13, RZ, RZ, R12 ;
+        /*0150*/                   STG.E desc[UR8][R14.64], R13 ;
+        /*0160*/                   VIADD R0, R0, 0x1 ;
+        /*0170*/              @!P3 BRA 0x10 ;
+        /*0180*/                   EXIT ;
+        /*0190*/                   WARPSYNC.COLLECTIVE R9, 0x120 ;
+        /*01a0*/                   SHFL.IDX PT, R11, R3, RZ, 0x1f ;
+        /*01b0*/                   ENDCOLLECTIVE ;
+        /*01c0*/                   MUFU.RCP R3, R2 ;
+        /*01d0*/                   RET.REL.NODEC R10 0x0 ;
+        /*01e0*/                   BRA 0x1e0;
+        /*01f0*/                   NOP;
+"""
+
+
+def test_parser_reads_address_predicate_opcode_and_operands():
+    instrs = sass.parse_sass(SAMPLE)
+    assert len(instrs) == 32  # the header line is skipped
+    first, branch = instrs[0], instrs[2]
+    assert (first.addr, first.opcode, first.operands, first.pred) == (0, "LDC", "R1, c[0x0][0x28]", "")
+    assert (branch.pred, branch.base, branch.target) == ("@!P0", "BRA", 0x50)
+    ldg64 = instrs[5]
+    assert ldg64.mods == ("E", "64", "CONSTANT") and ldg64.width() == 8
+    assert instrs[3].width() == 4
+    assert instrs[-2].target == 0x1E0  # `BRA 0x1e0;` without a space before the semicolon
+    div = next(i for i in instrs if i.opcode == "BRA.DIV")
+    assert div.target == 0x190
+
+
+@pytest.mark.parametrize(
+    "line, cls",
+    [
+        ("FFMA R1, R2, R3, R4", "fp"),
+        ("DFMA R2, R4, R6, R8", "fp"),
+        ("MUFU.RCP64H R3, R5", "fp"),
+        ("SHFL.BFLY PT, R1, R2, 0x1, 0x1f", "shuffle"),
+        ("LDS.64 R2, [R4]", "shared"),
+        ("STG.E.128 desc[UR4][R2.64], R4", "global"),
+        ("FSEL R1, R2, R3, P0", "select_move"),
+        ("IMAD.MOV.U32 R1, RZ, RZ, R2", "select_move"),
+        ("IMAD R1, R2, R3, R4", "integer"),
+        ("UIADD3 UR4, UR4, 0x1, URZ", "integer"),
+        ("BSSY B0, 0x630", "control"),
+        ("S2R R0, SR_TID.X", "other"),
+        ("XYZZY R0", "other"),
+    ],
+)
+def test_classes(line, cls):
+    (ins,) = sass.parse_sass(f"        /*0000*/                   {line} ;")
+    assert sass.classify(ins) == cls
+
+
+def test_main_path_ends_before_the_slow_paths_and_weights_the_staging_loop():
+    path = sass.count_main_path(sass.parse_sass(SAMPLE), staging_trips=6)
+    assert path.end == 0x190 and path.bytes == 0x190
+    assert path.kernel_bytes == 0x1E0  # the padding after the subroutine is not code
+    # The tile loop (back edge at 0x170) counts once; the staging loop's body
+    # (0x50-0xa0, two loads a trip) runs 6 // 2 = 3 times.
+    assert [(lp.start, lp.end, lp.unroll, lp.trips) for lp in path.loops] == [(0x50, 0xA0, 2, 3)]
+    assert path.unknown_loops == 0
+    assert path.rare == {0xD0, 0xE0, 0xF0}  # MOV, CALL, BRA around the slow reciprocal
+    w = path.weights
+    assert w[0x50] == w[0xA0] == 3 and w[0x30] == 1 and w[0x110] == 1 and w[0xE0] == 0
+    # 25 instructions before the EXIT's end, less 3 rare, plus 2 extra trips of 6.
+    assert path.weighted() == 25 - 3 + 2 * 6
+    mix = path.mix()
+    assert mix["global"] == 1 + 2 * 3 + 1  # peeled load, unrolled loads, the store
+    assert mix["shuffle"] == 1  # the copy in the collective slow path is not counted
+    assert mix["fp"] == 2 and mix["select_move"] == 2
+    assert sum(mix.values()) == path.weighted()
+    pipes = path.pipes()
+    # STS: one wavefront; STS.64: two, three trips each.
+    assert pipes["shared"] == 1 + 2 * 2 * 3 and pipes["xu"] == 1 and pipes["fp32"] == 1
+    assert path.global_bytes_in_flight() == 32 * (8 + 8)
+
+
+def test_a_rolled_loop_without_global_accesses_is_reported_unknown():
+    text = """\
+        /*0000*/                   LDG.E R1, desc[UR8][R4.64] ;
+        /*0010*/                   FADD R1, R1, R2 ;
+        /*0020*/              @!P0 BRA 0x10 ;
+        /*0030*/                   STG.E desc[UR8][R4.64], R1 ;
+        /*0040*/              @!P1 BRA 0x0 ;
+        /*0050*/                   EXIT ;
+"""
+    path = sass.count_main_path(sass.parse_sass(text), staging_trips=8)
+    assert path.unknown_loops == 1 and path.weighted() == 6
+
+
+# A staging loop unrolled by 4 with its remainder peeled off before it, the
+# way ptxas lays it out: the guard skips the peel when no iteration remains,
+# an exit branch follows the first peeled iteration, the other two are
+# predicated (they issue whether or not their predicate holds).
+PEEL = """\
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   BSSY B1, 0xa0 ;
+        /*0020*/              @!P0 BRA 0x90 ;
+        /*0030*/                   LDG.E R2, desc[UR8][R4.64] ;
+        /*0040*/                   STS [R6], R2 ;
+        /*0050*/              @!P1 BRA 0x90 ;
+        /*0060*/                   LDG.E R2, desc[UR8][R4.64+0x80] ;
+        /*0070*/               @P2 LDG.E R3, desc[UR8][R4.64+0x100] ;
+        /*0080*/                   STS [R6+0x80], R2 ;
+        /*0090*/                   BSYNC B1 ;
+        /*00a0*/              @!P3 BRA 0x120 ;
+        /*00b0*/                   LDG.E R2, desc[UR8][R4.64] ;
+        /*00c0*/                   LDG.E R3, desc[UR8][R4.64+0x80] ;
+        /*00d0*/                   LDG.E R8, desc[UR8][R4.64+0x100] ;
+        /*00e0*/                   LDG.E R9, desc[UR8][R4.64+0x180] ;
+        /*00f0*/                   STS.128 [R6], R2 ;
+        /*0100*/                   IADD3 R4, P4, R4, 0x200, RZ ;
+        /*0110*/              @!P4 BRA 0xb0 ;
+        /*0120*/                   EXIT ;
+"""
+
+
+@pytest.mark.parametrize(
+    "trips, trips_min, loads, weighted",
+    [
+        (8, 8, 8, 19 - 6 + 7),  # no remainder: the peel (6 instructions) is skipped; the body (7) runs twice
+        (9, 9, 1 + 8, 19 - 3 + 7),  # one: up to the first exit branch
+        (10, 10, 3 + 8, 19 + 7),  # two: past it, the predicated third issues too
+        (8, 7, 3 + 8, 19 + 7),  # lanes with 7 run a remainder of 3
+    ],
+)
+def test_peeled_remainder(trips, trips_min, loads, weighted):
+    path = sass.count_main_path(sass.parse_sass(PEEL), trips, trips_min)
+    assert [(lp.unroll, lp.trips) for lp in path.loops] == [(4, 2)]
+    assert path.mix()["global"] == loads
+    assert path.weighted() == weighted
+
+
+def test_a_slow_path_that_does_not_follow_an_exit_is_an_error():
+    text = """\
+        /*0000*/                   BRA.DIV UR5, 0x20 ;
+        /*0010*/                   IADD3 R0, R0, 0x1, RZ ;
+        /*0020*/                   WARPSYNC.COLLECTIVE R9, 0x10 ;
+        /*0030*/                   EXIT ;
+"""
+    with pytest.raises(sass.SassError, match="does not follow an EXIT"):
+        sass.count_main_path(sass.parse_sass(text), staging_trips=1)
+
+
+# --- occupancy and trip counts, by hand -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "chip, regs, threads, smem, expected",
+    [
+        # 180 registers: 5888 a warp (23 units of 256); 16384 // 5888 = 2 warps
+        # per sub-partition, 8 an SM, two 4-warp blocks.
+        ("H200", 180, 128, 8320, (8, "registers")),
+        # 40 registers: 1280 a warp, 12 per sub-partition, 48 an SM.
+        ("H200", 40, 128, 2064, (48, "registers")),
+        # 32 registers: 16 warps per sub-partition = the 64-warp cap.
+        ("H200", 32, 128, 1024, (64, "registers")),
+        # 48 KiB + 1 KiB reserved = 50176 B: 4 blocks in 228 KiB, 3 in 164 KiB.
+        ("H200", 32, 128, 49152, (16, "shared")),
+        ("A100", 32, 128, 49152, (12, "shared")),
+        # 16 registers, 32-thread blocks: 32 blocks an SM at most.
+        ("A100", 16, 32, 0, (32, "blocks")),
+        # 255 registers, 32 warps a block: not even one block fits.
+        ("H100", 255, 1024, 0, (0, "registers")),
+    ],
+)
+def test_occupancy_by_hand(chip, regs, threads, smem, expected):
+    assert model.occupancy(regs, threads, smem, model.CHIPS[chip]) == expected
+
+
+def test_staging_trips():
+    assert model.staging_trips(kernels.kernel_spec(3, np.float32)) == (9, 9)  # thread: NN
+    g9 = kernels.kernel_spec(9, np.float32)
+    assert (g9.shape, g9.group) == ("group", 16)
+    assert model.staging_trips(g9) == (6, 5)  # 2 matrices of 81 over 32 lanes: lane 0 takes 6
+    assert model.staging_trips(kernels.kernel_spec(32, np.float64)) == (32, 32)
+
+
+# --- the budget -------------------------------------------------------------------
+
+
+def record(n=16, wipm=1000.0, main=60000, regs=100, spill=0, arch="sm_90", dispatched=True):
+    return {
+        "arch": arch, "dtype": "float64", "n": n, "shape": "group", "dispatched": dispatched,
+        "warp_instructions_per_matrix": wipm, "main_path_bytes": main, "registers": regs, "spill_bytes": spill,
+    }  # fmt: skip
+
+
+def test_budget_passes_within_five_percent_and_fails_past_it(tmp_path):
+    path = tmp_path / "budget.json"
+    model.update_budget([record(), record(n=8)], path, "first baseline", "12.9")
+    doc = json.loads(path.read_text())
+    assert doc["updates"][-1]["reason"] == "first baseline" and doc["nvrtc"] == "12.9"
+    assert model.check_budget([record(wipm=1049.0, regs=105), record(n=8)], path, "12.9")[0]
+    ok, lines = model.check_budget([record(wipm=1051.0), record(n=8)], path, "12.9")
+    assert not ok and any("warp_instructions_per_matrix 1000.0 -> 1051.0" in line for line in lines)
+    assert not model.check_budget([record(spill=4), record(n=8)], path, "12.9")[0]
+    assert not model.check_budget([record(main=63001), record(n=8)], path, "12.9")[0]
+    # A kernel that is not dispatched is not budgeted; a new dispatched one must be.
+    assert model.check_budget([record(), record(n=8), record(n=9, dispatched=False)], path, "12.9")[0]
+    ok, lines = model.check_budget([record(), record(n=8), record(n=9)], path, "12.9")
+    assert not ok and any("not in the budget" in line for line in lines)
+    # Getting better passes, and says so.
+    ok, lines = model.check_budget([record(wipm=500.0), record(n=8)], path, "12.9")
+    assert ok and "better" in lines[-1]
+
+
+def test_budget_edited_by_hand_fails_and_update_needs_one_line(tmp_path):
+    path = tmp_path / "budget.json"
+    model.update_budget([record()], path, "first", "12.9")
+    doc = json.loads(path.read_text())
+    doc["kernels"]["sm_90 float64 n=16 group"]["registers"] = 200
+    path.write_text(json.dumps(doc))
+    ok, lines = model.check_budget([record(regs=190)], path, "12.9")
+    assert not ok and "edited by hand" in lines[0]
+    with pytest.raises(ValueError, match="one non-empty line"):
+        model.update_budget([record()], path, "two\nlines", "12.9")
+    with pytest.raises(ValueError, match="one non-empty line"):
+        model.update_budget([record()], path, "  ", "12.9")
+    model.update_budget([record(regs=190)], path, "kernel grew on purpose", "12.9")
+    assert model.check_budget([record(regs=190)], path, "12.9")[0]
+    assert [u["reason"] for u in json.loads(path.read_text())["updates"]] == ["first", "kernel grew on purpose"]
+
+
+def test_update_keeps_the_other_architectures(tmp_path):
+    path = tmp_path / "budget.json"
+    model.update_budget([record(arch="sm_80"), record(arch="sm_90")], path, "both", "12.9")
+    model.update_budget([record(arch="sm_90", regs=90)], path, "sm_90 only", "12.9")
+    kernels_ = json.loads(path.read_text())["kernels"]
+    assert kernels_["sm_80 float64 n=16 group"]["registers"] == 100
+    assert kernels_["sm_90 float64 n=16 group"]["registers"] == 90
+
+
+def test_committed_budget_is_consistent():
+    from gpuinv.kernels.__main__ import DEFAULT_BUDGET
+
+    doc = json.loads(DEFAULT_BUDGET.read_text())
+    assert doc["digest"] == model._digest(doc["kernels"])
+    assert all(u["reason"].strip() and "\n" not in u["reason"] for u in doc["updates"])
+    expected = {f"{a} {s.dtype.name} n={s.n} {s.shape}" for a in _check.ARCHS for s in kernels.instantiations()}
+    assert set(doc["kernels"]) == expected
+
+
+def test_cli_rejects_one_json_path_for_two_archs(capsys):
+    from gpuinv.kernels.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "--json", "model.json"])
+    assert "{arch}" in capsys.readouterr().err
+
+
+# --- end to end: NVRTC and nvdisasm ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tools():
+    pytest.importorskip("cupy")
+    try:
+        nvrtc = _check._load_nvrtc()
+    except ImportError as exc:
+        pytest.skip(f"NVRTC cannot be loaded: {exc}")
+    if sass.find_nvdisasm() is None:
+        pytest.skip("nvdisasm is not installed (pip install nvidia-cuda-nvdisasm)")
+    return nvrtc
+
+
+STAGE_SOURCE = r"""
+extern "C" __global__ void stage(const float* __restrict__ a, float* __restrict__ b, long long m) {
+    __shared__ float s[32 * 8];
+    for (long long c = blockIdx.x; c < m; c += gridDim.x) {
+        UNROLL
+        for (int g = threadIdx.x; g < 32 * 8; g += 32) s[g] = a[c * 256 + g];
+        __syncwarp();
+        float v = s[threadIdx.x * 8];
+        v = v + __shfl_xor_sync(0xffffffffu, v, 1);
+        b[c * 32 + threadIdx.x] = 1.0f / v;
+        __syncwarp();
+    }
+}
+"""
+
+
+def compile_stage(nvrtc, arch: str, unroll: str) -> str:
+    prog = nvrtc.createProgram(STAGE_SOURCE.replace("UNROLL", unroll), "stage.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, [f"-arch={arch}"])
+        cubin = nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return sass.disassemble(sass.kernel_code(cubin, "stage"), arch)
+
+
+@pytest.mark.parametrize("arch", _check.ARCHS)
+@pytest.mark.parametrize("unroll", ["#pragma unroll 1", "#pragma unroll 4", "#pragma unroll"])
+def test_counts_on_a_compiled_kernel_do_not_depend_on_unrolling(tools, arch, unroll):
+    # 8 loads a lane, whether the loop stays rolled, is unrolled by 4, or
+    # fully: the counter must find the same per-trip traffic every time.
+    path = sass.count_main_path(sass.parse_sass(compile_stage(tools, arch, unroll)), staging_trips=8)
+    mix = path.mix()
+    assert mix["global"] == 8 + 1
+    assert mix["shared"] == 8 + 1
+    assert mix["shuffle"] == 1
+    assert path.unknown_loops == 0
+    if unroll == "#pragma unroll 1":
+        assert [(lp.unroll, lp.trips) for lp in path.loops] == [(1, 8)]
+    assert path.bytes <= path.kernel_bytes
+    # The IEEE reciprocal's subroutine lies past the main path, its call is not counted.
+    assert all(i.base != "RET" for i in path.instructions)
+    assert all(path.weights[a] == 0 for a in path.rare)
+
+
+def test_model_of_real_instantiations(tools):
+    specs = [kernels.kernel_spec(2, np.float32), kernels.kernel_spec(9, np.float32)]
+    reports = _check.compile_report(specs, "sm_90", set(specs), keep_code=True)
+    records = model.model_reports(reports, workers=1)
+    thread, group = records
+    for r in records:
+        assert r["main_path_bytes"] <= r["kernel_bytes"]
+        assert r["unknown_loops"] == 0 and r["spill_bytes"] == 0
+        assert r["staging_loops"] and all(lp["unroll"] > 0 for lp in r["staging_loops"])
+        assert sum(r["mix"].values()) == pytest.approx(r["warp_instructions_per_matrix"], abs=0.05)  # each rounded
+        assert set(r["bounds"]) == {"H200", "H100"}
+        assert r["limiter"] in r["bounds"]["H200"]
+        assert r["ceiling_matrices_per_s"] == pytest.approx(r["bounds"]["H200"][r["limiter"]], rel=1e-3)
+        assert 0 < r["hbm_share_ceiling"] <= 1
+        assert r["occupancy_warps"] > 0
+    assert thread["mix"]["shuffle"] == 0
+    # The group kernel's shuffles have divergent-collective slow paths: not on the main path.
+    assert group["mix"]["shuffle"] > 0 and group["main_path_bytes"] < group["kernel_bytes"]
+    assert group["bytes_per_matrix"] == 2 * 81 * 4 + 4
+    assert model.format_table(records)[1].startswith("sm_90 float32     2 thread")
