@@ -31,18 +31,30 @@ import numpy as np
 from .._chunks import Chunk, plan_chunks
 from .._config import config
 from .._dispatch import cpu_route
+from .._dtypes import real_dtype
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
+from .._numerics import rcond_from_inverse, structured_matrix
 from ._closed_form import closed_form_inverse
+from ._structured import (
+    diagonal_inverse,
+    mirror_lower,
+    positive_definite_inverse,
+    positive_definite_solve,
+    triangular_inverse,
+    triangular_solve,
+)
 
 try:  # NumPy's batched inverse gufunc without the raise-on-first-failure wrapper
     from numpy.linalg import _umath_linalg
 
     _gufunc_inv: Any = _umath_linalg.inv
+    _gufunc_solve: Any = _umath_linalg.solve
 except (ImportError, AttributeError):  # pragma: no cover - future NumPy layouts
     _gufunc_inv = None
+    _gufunc_solve = None
 
-__all__ = ["CpuEngine", "lu_pivot_info"]
+__all__ = ["CpuEngine", "invert_block_ex", "lu_pivot_info", "solve_block"]
 
 _SIGNATURES = {
     np.dtype(np.float32): "f->f",
@@ -93,6 +105,69 @@ class CpuEngine:
 
         self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
         return out, info
+
+    def invert_ex(self, op: Operand, *, structure: str = "general", lower: bool = False,
+                  rcond: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(inverse, info, rcond)`` for a validated NumPy operand.
+
+        ``structure`` is a canonical name of :data:`gpuinv._numerics.STRUCTURES`;
+        ``rcond`` is None unless asked for. Chunked and threaded like
+        :meth:`invert`; rcond is computed per chunk while the chunk is hot.
+        """
+        n, dtype = op.n, op.dtype
+        out = np.empty(op.batch_shape + (n, n), dtype=dtype)
+        info = np.zeros(op.batch_shape, dtype=np.int32)
+        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if rcond else None
+        if op.empty:
+            return out, info, rc
+        a = op.array
+        out3 = out.reshape(-1, n, n)
+        info1 = info.reshape(-1)
+        rc1 = rc.reshape(-1) if rc is not None else None
+
+        def task(chunk: Chunk) -> None:
+            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+            part = rc1[chunk.start : chunk.stop] if rc1 is not None else None
+            invert_block_ex(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop],
+                            part, structure, lower)
+
+        per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        return out, info, rc
+
+    def solve_ex(self, op: Operand, b: np.ndarray, *, structure: str = "general",
+                 lower: bool = False, rcond: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(x, info, rcond)`` with ``a @ x = b`` for every matrix.
+
+        ``op.array`` and ``b`` (batch + (n, k)) are already broadcast to the
+        same batch shape (``op.batch_shape``); broadcast views are read chunk
+        by chunk, never materialized.
+        """
+        n, dtype = op.n, op.dtype
+        k = b.shape[-1]
+        x = np.empty(op.batch_shape + (n, k), dtype=dtype)
+        info = np.zeros(op.batch_shape, dtype=np.int32)
+        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if rcond else None
+        if op.empty or k == 0:
+            if rcond and not op.empty:
+                _, info, rc = self.invert_ex(op, structure=structure, lower=lower, rcond=True)
+            return x, info, rc
+        a = op.array
+        x3 = x.reshape(-1, n, k)
+        info1 = info.reshape(-1)
+        rc1 = rc.reshape(-1) if rc is not None else None
+
+        def task(chunk: Chunk) -> None:
+            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+            rhs = np.ascontiguousarray(b[chunk.index], dtype=dtype).reshape(-1, n, k)
+            part = rc1[chunk.start : chunk.stop] if rc1 is not None else None
+            solve_block(block, rhs, x3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop],
+                        part, structure, lower)
+
+        per_chunk = max(1, config.cpu_chunk_bytes // ((n * n + n * k) * dtype.itemsize))
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        return x, info, rc
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         with self._lock:
@@ -310,3 +385,145 @@ def lu_pivot_info(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 mult = a[:, k + 1 :, k] / np.where(zero, 1, pivot)[:, None]
                 a[:, k + 1 :, k + 1 :] -= mult[:, :, None] * a[:, k, None, k + 1 :]
     return zero_step, smallest_step
+
+
+# --- structure, rcond and solve (issue 10) ------------------------------------
+
+
+def _split_nonfinite(a: np.ndarray, out: np.ndarray, info: np.ndarray) -> np.ndarray | None:
+    """Mark matrices of ``a`` holding NaN or Inf (info -1, ``out`` NaN).
+
+    Returns None when every matrix is finite, else the indices of the finite ones.
+    """
+    with np.errstate(all="ignore"):
+        if np.isfinite(a.sum()):
+            return None
+    finite = np.isfinite(a).all(axis=(1, 2))
+    info[~finite] = INFO_NONFINITE
+    out[~finite] = np.nan
+    return np.flatnonzero(finite)
+
+
+def _on_finite(a: np.ndarray, out: np.ndarray, info: np.ndarray,
+               work: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> None:
+    """Run ``work(a, out, info)`` on the finite matrices of ``a`` only."""
+    keep = _split_nonfinite(a, out, info)
+    if keep is None:
+        work(a, out, info)
+        return
+    if keep.size == 0:
+        return
+    sub_out = np.empty((keep.size,) + out.shape[1:], dtype=out.dtype)
+    sub_info = np.zeros(keep.size, dtype=np.int32)
+    work(a[keep], sub_out, sub_info)
+    out[keep] = sub_out
+    info[keep] = sub_info
+
+
+def _invert_structured(a: np.ndarray, out: np.ndarray, info: np.ndarray, structure: str) -> None:
+    def work(x: np.ndarray, o: np.ndarray, i: np.ndarray) -> None:
+        if structure in ("symmetric", "hermitian"):
+            # LU of the mirrored matrix (SciPy uses Bunch-Kaufman sytrf here;
+            # NumPy has no batched one): info is the LU code of that matrix,
+            # and the inverse is mirrored so that it is exactly symmetric.
+            _invert_finite(x, o, i)
+            mirror_lower(o, conjugate=structure == "hermitian")
+        elif structure == "diagonal":
+            diagonal_inverse(x, o, i)
+        elif structure in ("upper triangular", "lower triangular"):
+            triangular_inverse(x, o, i, lower=structure == "lower triangular")
+        elif structure == "positive definite":
+            positive_definite_inverse(x, o, i, general=_invert_finite)
+        else:
+            raise ValueError(f"unknown structure {structure!r}")
+
+    _on_finite(a, out, info, work)
+
+
+def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
+                    structure: str, lower: bool) -> None:
+    """Invert a contiguous block ``x`` (m, n, n) as ``structure`` reads it; rcond into ``rc``."""
+    if structure == "general":
+        a = x
+        invert_block(x, out, info)
+    else:
+        a = structured_matrix(x, structure, lower)
+        _invert_structured(a, out, info, structure)
+    if rc is not None:
+        rc[...] = rcond_from_inverse(a, out, info)
+
+
+def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
+    """LAPACK gesv per matrix (NumPy's gufunc), with LU info codes for the failures."""
+    with np.errstate(all="ignore"):
+        if _gufunc_solve is not None:
+            _gufunc_solve(a, b, signature=_SIGNATURES[a.dtype][0] * 2 + "->" + _SIGNATURES[a.dtype][0],
+                          out=y)
+        else:  # pragma: no cover - only if NumPy moves its gufunc
+            for i in range(len(a)):
+                try:
+                    y[i] = np.linalg.solve(a[i], b[i])
+                except np.linalg.LinAlgError:
+                    y[i] = np.nan
+        if np.isfinite(y.sum()):
+            return
+    bad = np.flatnonzero(~np.isfinite(y).all(axis=(1, 2)))
+    zero_step, smallest_step = lu_pivot_info(a[bad])
+    # gesv fills a solution with NaN when getrf met a zero pivot; NaN in b
+    # alone gives NaN too, so only a finite b makes an all-NaN y a failure.
+    lapack_failed = np.isnan(y[bad]).all(axis=(1, 2)) & np.isfinite(b[bad]).all(axis=(1, 2))
+    code = np.where(zero_step > 0, zero_step, np.where(lapack_failed, smallest_step, 0))
+    info[bad] = code
+    y[bad[code > 0]] = np.nan
+
+
+def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
+                rc: np.ndarray | None, structure: str, lower: bool) -> None:
+    """Solve ``a @ y = b`` for a contiguous block (m, n, n), b (m, n, k).
+
+    Only ``a`` decides ``info`` (NaN or Inf in ``b`` just propagates into y).
+    ``rc`` (when given) needs the inverse as well, which costs an extra
+    inversion: exact rcond is defined from it.
+    """
+    if structure != "general":
+        a = structured_matrix(a, structure, lower)
+
+    def work(x: np.ndarray, o: np.ndarray, i: np.ndarray) -> None:
+        rows = b if len(x) == len(b) else b[keep_rows[0]]
+        if structure in ("general", "symmetric", "hermitian"):
+            _general_solve(x, rows, o, i)
+        elif structure == "diagonal":
+            d = np.diagonal(x, axis1=1, axis2=2)
+            i[...] = np.where((d == 0).any(axis=1), (d == 0).argmax(axis=1) + 1, 0)
+            with np.errstate(all="ignore"):
+                o[...] = rows / d[:, :, None]
+            o[i > 0] = np.nan
+        elif structure in ("upper triangular", "lower triangular"):
+            d = np.diagonal(x, axis1=1, axis2=2)
+            i[...] = np.where((d == 0).any(axis=1), (d == 0).argmax(axis=1) + 1, 0)
+            o[...] = triangular_solve(x, rows, lower=structure == "lower triangular")
+            o[i > 0] = np.nan
+        elif structure == "positive definite":
+            o[...], i[...] = positive_definite_solve(x, rows)
+        else:
+            raise ValueError(f"unknown structure {structure!r}")
+
+    keep_rows: list[Any] = [slice(None)]
+    keep = _split_nonfinite(a, y, info)
+    if keep is None:
+        work(a, y, info)
+    elif keep.size:
+        keep_rows[0] = keep
+        sub_y = np.empty((keep.size,) + y.shape[1:], dtype=y.dtype)
+        sub_info = np.zeros(keep.size, dtype=np.int32)
+        work(a[keep], sub_y, sub_info)
+        y[keep] = sub_y
+        info[keep] = sub_info
+    if rc is not None:
+        inverse = np.empty_like(a)
+        inv_info = np.zeros(len(a), dtype=np.int32)
+        if structure == "general":
+            invert_block(a, inverse, inv_info)
+        else:
+            _invert_structured(a, inverse, inv_info, structure)
+        rc[...] = rcond_from_inverse(a, inverse, info)
