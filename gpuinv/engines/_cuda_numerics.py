@@ -64,8 +64,8 @@ def _real(dtype: np.dtype) -> np.dtype:
 def first_zero_step(x: Any) -> Any:
     """1-based index of the first zero on the diagonal of each matrix of ``x``; 0 if none."""
     d = x.diagonal(axis1=-2, axis2=-1)
-    zero = d == 0
-    return (zero.any(axis=-1) * (zero.argmax(axis=-1) + 1)).astype(np.int32)
+    zero = (d == 0).astype(np.int8)  # argmax over int8: bool reductions vary across versions
+    return (zero.max(axis=-1) * (zero.argmax(axis=-1) + 1)).astype(np.int32)
 
 
 def _mirror_lower(x: Any, conjugate: bool) -> Any:
@@ -188,7 +188,7 @@ def _cholesky_prepare(full: Any) -> tuple[Any, Any, Any]:
     m = int(np.prod(full.shape[:-2], dtype=np.int64))
     # A Hermitian matrix read column-major is A^T = conj(A): the same
     # leading minors (the same info), so cuSOLVER factors conj(A).
-    x = cupy.ascontiguousarray(full.reshape(m, n, n)).copy()
+    x = full.reshape(m, n, n).copy(order="C")  # potrf writes it
     bad = _nonfinite(x)
     cupy.copyto(x, cupy.eye(n, dtype=x.dtype), where=bad[:, None, None])
     info = cupy.empty(m, dtype=np.int32)
@@ -315,10 +315,11 @@ def _lu_solve(a: Any, b: Any) -> tuple[Any, Any]:
     k = b.shape[-1]
     # x[i] = A_i^T in C order: A_i column-major, so cuBLAS factors A_i itself
     # (the same info as LAPACK and the CPU engine).
-    x = cupy.ascontiguousarray(a.swapaxes(1, 2))
+    # Always copies (getrf writes it; a C-contiguous view could be the caller's memory).
+    x = a.swapaxes(1, 2).copy(order="C")
     bad = _nonfinite(x)
     cupy.copyto(x, cupy.eye(n, dtype=x.dtype), where=bad[:, None, None])
-    rhs = cupy.ascontiguousarray(b.swapaxes(1, 2))  # (m, k, n): B_i column-major
+    rhs = b.swapaxes(1, 2).copy(order="C")  # (m, k, n): B_i column-major; getrs writes it
     pivots = cupy.empty((m, n), dtype=np.int32)
     info = cupy.empty(m, dtype=np.int32)
     host_info = np.zeros(1, dtype=np.int32)  # getrsBatched's info is a host pointer
