@@ -321,3 +321,18 @@ def test_structured_solve_info(rng):
     assert list(pos.info) == [0, 3, 1]
     assert np.isnan(pos.solution[1:]).all()
     np.testing.assert_array_equal(diag.solution[2], [[-1], [1], [1], [1]])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("scale", [2.0**-1060, 2.0**-1000, 1e-200, 1e200, 2.0**1000])
+def test_extreme_scales(n, scale):
+    # The closed forms (n <= 2) scale by powers of two; gesv takes the rest.
+    base = 3 * np.eye(n) + np.ones((n, n))
+    a = np.stack([base * scale, base])
+    b = np.stack([np.arange(1.0, n + 1)[:, None], np.arange(1.0, n + 1)[:, None]])
+    res = gpuinv.solve_ex(a, b, device="cpu")
+    want = np.linalg.solve(base, b[1])
+    assert res.info[1] == 0
+    np.testing.assert_allclose(res.solution[1], want, rtol=1e-14)
+    if res.info[0] == 0 and np.isfinite(res.solution[0]).all():
+        np.testing.assert_allclose(res.solution[0] * scale, want, rtol=1e-6)

@@ -72,18 +72,35 @@ def diagonal_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
     out[info > 0] = np.nan
 
 
+def _small_lower_inverse(x: np.ndarray) -> np.ndarray:
+    """Inverse of lower triangular matrices of order n <= 4 by substitution,
+    one matrix entry per contiguous vector over the batch ("structure of
+    arrays", as the closed forms do)."""
+    m, n, _ = x.shape
+    t = x.transpose(1, 2, 0).copy()  # t[i, j] is entry (i, j) of every matrix
+    o = np.zeros_like(t)
+    d = 1 / t[np.arange(n), np.arange(n)]  # (n, m)
+    for i in range(n):
+        o[i, i] = d[i]
+        for j in range(i):
+            acc = t[i, j] * o[j, j]
+            for k in range(j + 1, i):
+                acc += t[i, k] * o[k, j]
+            np.multiply(acc, -d[i], out=o[i, j])
+    return o.transpose(2, 0, 1)
+
+
 def lower_triangular_inverse(x: np.ndarray) -> np.ndarray:
-    """Inverse of lower triangular matrices with a non-zero diagonal (m, n, n)."""
+    """Inverse of lower triangular matrices with a non-zero diagonal (m, n, n).
+
+    Blocked as LAPACK's trtri: the two diagonal blocks are inverted
+    recursively and ``X21 = -X22 A21 X11`` is two batched products; blocks of
+    order 4 or less are done by substitution over the whole batch at once.
+    Only the lower triangle of ``x`` is read.
+    """
     n = x.shape[-1]
-    if n == 1:
-        return 1 / x
-    if n == 2:
-        out = np.zeros_like(x)
-        a, c, d = x[:, 0, 0], x[:, 1, 0], x[:, 1, 1]
-        out[:, 0, 0] = 1 / a
-        out[:, 1, 1] = 1 / d
-        out[:, 1, 0] = -c / (a * d)
-        return out
+    if n <= 4:
+        return _small_lower_inverse(x)
     k = n // 2
     x11 = lower_triangular_inverse(x[:, :k, :k])
     x22 = lower_triangular_inverse(x[:, k:, k:])

@@ -35,7 +35,7 @@ from .._dtypes import real_dtype
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
-from ._closed_form import closed_form_inverse
+from ._closed_form import SOLVE_MAX_N, closed_form_inverse, closed_form_solve
 from ._structured import (
     diagonal_inverse,
     mirror_lower,
@@ -390,6 +390,11 @@ def lu_pivot_info(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --- structure, rcond and solve (issue 10) ------------------------------------
 
 
+def _all_finite(x: np.ndarray) -> bool:
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(x.sum()))  # cheap; an overflow just takes the exact check
+
+
 def _split_nonfinite(a: np.ndarray, out: np.ndarray, info: np.ndarray) -> np.ndarray | None:
     """Mark matrices of ``a`` holding NaN or Inf (info -1, ``out`` NaN).
 
@@ -443,9 +448,20 @@ def _invert_structured(a: np.ndarray, out: np.ndarray, info: np.ndarray, structu
 def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
                     structure: str, lower: bool) -> None:
     """Invert a contiguous block ``x`` (m, n, n) as ``structure`` reads it; rcond into ``rc``."""
+    if structure == "general" and rc is not None and cpu_route(x.shape[-1]) == "closed_form":
+        _invert_closed_form_rcond(x, out, info, rc)
+        return
     if structure == "general":
         a = x
         invert_block(x, out, info)
+    elif structure == "positive definite" and rc is None and x.shape[-1] > 4 and _all_finite(x):
+        # The common case, without building the full matrix: the Cholesky
+        # gufunc reads only the lower triangle, and above n = 4 nothing else
+        # reads the input. The upper triangle is the lower one of x^H.
+        source = x if lower else x.swapaxes(1, 2)
+        if not lower and x.dtype.kind == "c":
+            source = source.conj()
+        positive_definite_inverse(source, out, info, general=_invert_finite)
     else:
         a = structured_matrix(x, structure, lower)
         _invert_structured(a, out, info, structure)
@@ -453,8 +469,56 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
         rc[...] = rcond_from_inverse(a, out, info)
 
 
+def _invert_closed_form_rcond(x: np.ndarray, out: np.ndarray, info: np.ndarray,
+                              rc: np.ndarray) -> None:
+    """invert_block for n <= 4 with rcond computed inside the closed forms."""
+    keep = _split_nonfinite(x, out, info)
+    if keep is not None:
+        rc[...] = np.where(info == INFO_NONFINITE, np.nan, 0)
+        if keep.size == 0:
+            return
+        sub_out = np.empty((keep.size,) + out.shape[1:], dtype=out.dtype)
+        sub_info = np.zeros(keep.size, dtype=np.int32)
+        sub_rc = np.empty(keep.size, dtype=rc.dtype)
+        _invert_closed_form_rcond(x[keep], sub_out, sub_info, sub_rc)
+        out[keep] = sub_out
+        info[keep] = sub_info
+        rc[keep] = sub_rc
+        return
+    redo = closed_form_inverse(x, out, rcond=rc)
+    if redo is None:
+        return
+    idx = np.flatnonzero(redo)
+    sub = np.ascontiguousarray(x[idx])
+    sub_out = np.empty_like(sub)
+    sub_info = np.zeros(idx.size, dtype=np.int32)
+    _lapack_inverse(sub, sub_out, sub_info)
+    out[idx] = sub_out
+    info[idx] = sub_info
+    rc[idx] = rcond_from_inverse(sub, sub_out, sub_info)
+
+
 def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
-    """LAPACK gesv per matrix (NumPy's gufunc), with LU info codes for the failures."""
+    """LAPACK gesv per matrix (NumPy's gufunc), with LU info codes for the failures.
+
+    n <= SOLVE_MAX_N takes the closed forms first; the matrices they hand
+    back (numerically singular or badly scaled) take gesv.
+    """
+    if a.shape[-1] <= SOLVE_MAX_N:
+        redo = closed_form_solve(a, b, y)
+        if redo is None:
+            return
+        idx = np.flatnonzero(redo)
+        sub_y = np.empty((idx.size,) + y.shape[1:], dtype=y.dtype)
+        sub_info = np.zeros(idx.size, dtype=np.int32)
+        _lapack_solve(np.ascontiguousarray(a[idx]), np.ascontiguousarray(b[idx]), sub_y, sub_info)
+        y[idx] = sub_y
+        info[idx] = sub_info
+        return
+    _lapack_solve(a, b, y, info)
+
+
+def _lapack_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
     with np.errstate(all="ignore"):
         if _gufunc_solve is not None:
             _gufunc_solve(a, b, signature=_SIGNATURES[a.dtype][0] * 2 + "->" + _SIGNATURES[a.dtype][0],
@@ -485,6 +549,7 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
     ``rc`` (when given) needs the inverse as well, which costs an extra
     inversion: exact rcond is defined from it.
     """
+    original = a
     if structure != "general":
         a = structured_matrix(a, structure, lower)
 
@@ -520,10 +585,10 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
         y[keep] = sub_y
         info[keep] = sub_info
     if rc is not None:
+        # The same code as inv_ex(rcond=True), so that both give the same rcond.
         inverse = np.empty_like(a)
         inv_info = np.zeros(len(a), dtype=np.int32)
-        if structure == "general":
-            invert_block(a, inverse, inv_info)
-        else:
-            _invert_structured(a, inverse, inv_info, structure)
-        rc[...] = rcond_from_inverse(a, inverse, info)
+        invert_block_ex(original, inverse, inv_info, rc, structure, lower)
+        # A matrix solve found singular (or inv did, by a different rounding)
+        # gets rcond 0, as info says.
+        rc[(info > 0) | (inv_info > 0)] = 0
