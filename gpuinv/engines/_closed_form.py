@@ -171,12 +171,17 @@ def closed_form_solve(x: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarr
             big *= s
             (a00, a01), (a10, a11) = t
             det = a00 * a11 - a01 * a10
-            r = (s / det)[:, None]  # inv(a) = s * adj(s a) / det(s a)
-            b0, b1 = b[:, 0, :], b[:, 1, :]
+            # x = inv(a) b = adj(s a) (s b) / det(s a); s b is exact unless it
+            # overflows, and then the check below hands the matrix back.
+            r = (1 / det)[:, None]
+            b0 = b[:, 0, :] * s[:, None]
+            b1 = b[:, 1, :] * s[:, None]
             out[:, 0, :] = (a11[:, None] * b0 - a01[:, None] * b1) * r
             out[:, 1, :] = (a00[:, None] * b1 - a10[:, None] * b0) * r
             ok = np.isfinite(r[:, 0]) & (np.abs(det) > (NEAR_SINGULAR * 2 * np.finfo(big.dtype).eps)
                                          * big * big)
+            # An overflow on the way (not NaN or Inf in b itself) goes to LAPACK.
+            ok &= np.isfinite(out).all(axis=(1, 2)) | ~np.isfinite(b).all(axis=(1, 2))
         else:
             raise ValueError(f"closed-form solve covers n <= {SOLVE_MAX_N}, got {n}")
     if ok.all():

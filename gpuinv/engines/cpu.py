@@ -519,6 +519,21 @@ def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray
 
 
 def _lapack_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
+    # Matrices of tiny entries are scaled by a power of two first (exact):
+    # OpenBLAS's getrf loses all accuracy on subnormals (see
+    # _tiny_matrix_scales); a x = b is (s a) (x / s) = b. One pass of |a|.
+    scales = _tiny_matrix_scales(a)
+    if scales is not None:
+        idx, s = scales
+        a = a.copy()
+        a[idx] *= s[:, None, None]
+    _lapack_solve_scaled(a, b, y, info)
+    if scales is not None:
+        with np.errstate(all="ignore"):
+            y[idx] *= s[:, None, None]
+
+
+def _lapack_solve_scaled(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
     with np.errstate(all="ignore"):
         if _gufunc_solve is not None:
             _gufunc_solve(a, b, signature=_SIGNATURES[a.dtype][0] * 2 + "->" + _SIGNATURES[a.dtype][0],
