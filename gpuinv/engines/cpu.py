@@ -521,16 +521,16 @@ def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray
 def _lapack_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
     # Matrices of tiny entries are scaled by a power of two first (exact):
     # OpenBLAS's getrf loses all accuracy on subnormals (see
-    # _tiny_matrix_scales); a x = b is (s a) (x / s) = b. One pass of |a|.
+    # _tiny_matrix_scales); a x = b is (s a) x = s b. One pass of |a|.
     scales = _tiny_matrix_scales(a)
     if scales is not None:
         idx, s = scales
         a = a.copy()
-        a[idx] *= s[:, None, None]
-    _lapack_solve_scaled(a, b, y, info)
-    if scales is not None:
+        b = b.copy()
         with np.errstate(all="ignore"):
-            y[idx] *= s[:, None, None]
+            a[idx] *= s[:, None, None]
+            b[idx] *= s[:, None, None]
+    _lapack_solve_scaled(a, b, y, info)
 
 
 def _lapack_solve_scaled(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
