@@ -442,3 +442,29 @@ def test_structured_inputs_left_unchanged(rng):
         gpuinv.inv_ex(a, assume_a=s, rcond=True, device="cpu")
         gpuinv.solve_ex(a, np.ones((5, 2)), assume_a=s, rcond=True, device="cpu")
     np.testing.assert_array_equal(a, before)
+
+
+def test_docstring_examples_of_solve():
+    import doctest
+
+    import gpuinv._solve
+
+    result = doctest.testmod(gpuinv._solve, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+def test_readme_conditioning_example():
+    # The README's "Conditioning" example, run as written there.
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Conditioning"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert list(namespace["suspect"]) == [12, 345]
+    with pytest.warns(gpuinv.LinAlgWarning) as rec:
+        gpuinv.inv(namespace["a"], device="cpu")
+    assert rec[0].message.indices == [(12,), (345,)]
