@@ -2,8 +2,9 @@
 
 Three tables, all on the CPU engine (``device="cpu"``), float64, stacks of
 about ``--mib`` MiB, each time the median of ``--repeats`` runs after a
-warm-up run (the machine this was written on is a shared 2-core VM: medians
-of several runs, and honest ratios rather than absolute numbers):
+warm-up run, the contenders interleaved round by round (the machine this
+was written on is a shared 2-core VM under other load: ratios are of the
+minima over the rounds, and the medians are recorded in the JSON too):
 
 1. ``rcond``: ``inv_ex(a)`` against ``inv_ex(a, rcond=True)``, and
    ``inv(a, check_cond=False)`` against ``inv(a)`` (the default check).
@@ -37,14 +38,23 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import gpuinv  # noqa: E402
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up: thread pool, page faults, caches
-    times = []
+def compare(fns: dict, repeats: int) -> dict:
+    """Seconds per call of each function: the minimum and the median over
+    ``repeats`` rounds, the functions interleaved within each round.
+
+    On a shared machine the load changes from second to second; interleaving
+    exposes every contender to the same load, and the minimum is the best
+    estimate of the cost without contention. Ratios are taken of minima.
+    """
+    for fn in fns.values():
+        fn()  # warm-up: thread pool, page faults, caches
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"min": min(t), "median": statistics.median(t)} for name, t in times.items()}
 
 
 def stack(n: int, mib: float, rng: np.random.Generator, spd: bool = False) -> np.ndarray:
@@ -68,7 +78,7 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mib", type=float, default=32.0, help="stack size in MiB (default 32)")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--rcond-n", type=int, nargs="+", default=[1, 2, 3, 4, 8, 16, 64])
     p.add_argument("--pos-n", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 128])
@@ -83,44 +93,55 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"mib": args.mib, "repeats": r, "dtype": "float64", "device": "cpu"},
         "rcond": [], "pos": [], "solve": [],
     }
-    print(f"bench_numerics: float64, ~{args.mib:g} MiB stacks, median of {r}, "
-          f"{cpu_name()}, {os.cpu_count()} CPUs, device=cpu")
+    print(f"bench_numerics: float64, ~{args.mib:g} MiB stacks, {r} interleaved rounds "
+          f"(ratios of minima), {cpu_name()}, {os.cpu_count()} CPUs, device=cpu")
 
-    print("\n1. rcond overhead (seconds per stack; overhead = with / without - 1)")
-    print(f"{'n':>4} {'batch':>8} {'inv_ex':>10} {'+rcond':>10} {'overhead':>9} "
-          f"{'inv(off)':>10} {'inv(on)':>10} {'overhead':>9}")
+    print("\n1. rcond overhead (ms per stack, minimum; overhead = with / without - 1)")
+    print(f"{'n':>4} {'batch':>8} {'inv_ex':>9} {'+rcond':>9} {'overhead':>9} "
+          f"{'inv(off)':>9} {'inv(on)':>9} {'overhead':>9}")
     for n in args.rcond_n:
         a = stack(n, args.mib, rng)
-        t0 = timed(lambda: gpuinv.inv_ex(a, device="cpu"), r)
-        t1 = timed(lambda: gpuinv.inv_ex(a, rcond=True, device="cpu"), r)
-        t2 = timed(lambda: gpuinv.inv(a, check_cond=False, device="cpu"), r)
-        t3 = timed(lambda: gpuinv.inv(a, device="cpu"), r)
-        row = {"n": n, "batch": len(a), "inv_ex": t0, "inv_ex_rcond": t1,
-               "rcond_overhead": t1 / t0 - 1, "inv_check_off": t2, "inv_check_on": t3,
-               "check_overhead": t3 / t2 - 1}
+        t = compare({
+            "inv_ex": lambda: gpuinv.inv_ex(a, device="cpu"),
+            "inv_ex_rcond": lambda: gpuinv.inv_ex(a, rcond=True, device="cpu"),
+            "inv_check_off": lambda: gpuinv.inv(a, check_cond=False, device="cpu"),
+            "inv_check_on": lambda: gpuinv.inv(a, device="cpu"),
+        }, r)
+        m = {k: v["min"] for k, v in t.items()}
+        row = {"n": n, "batch": len(a), "seconds": t,
+               "rcond_overhead": m["inv_ex_rcond"] / m["inv_ex"] - 1,
+               "check_overhead": m["inv_check_on"] / m["inv_check_off"] - 1}
         results["rcond"].append(row)
-        print(f"{n:>4} {len(a):>8} {t0:>10.4f} {t1:>10.4f} {row['rcond_overhead']:>8.1%} "
-              f"{t2:>10.4f} {t3:>10.4f} {row['check_overhead']:>8.1%}")
+        print(f"{n:>4} {len(a):>8} {1e3 * m['inv_ex']:>9.2f} {1e3 * m['inv_ex_rcond']:>9.2f} "
+              f"{row['rcond_overhead']:>8.1%} {1e3 * m['inv_check_off']:>9.2f} "
+              f"{1e3 * m['inv_check_on']:>9.2f} {row['check_overhead']:>8.1%}")
 
-    print("\n2. positive definite (Cholesky) against general (LU), same SPD stack")
-    print(f"{'n':>4} {'batch':>8} {'general':>10} {'pos':>10} {'speedup':>8}")
+    print("\n2. positive definite (Cholesky) against general (LU), same SPD stack (ms, minimum)")
+    print(f"{'n':>4} {'batch':>8} {'general':>9} {'pos':>9} {'speedup':>8}")
     for n in args.pos_n:
         a = stack(n, args.mib, rng, spd=True)
-        tg = timed(lambda: gpuinv.inv_ex(a, device="cpu"), r)
-        tp = timed(lambda: gpuinv.inv_ex(a, assume_a="positive definite", device="cpu"), r)
-        row = {"n": n, "batch": len(a), "general": tg, "pos": tp, "speedup": tg / tp}
+        t = compare({
+            "general": lambda: gpuinv.inv_ex(a, device="cpu"),
+            "pos": lambda: gpuinv.inv_ex(a, assume_a="positive definite", device="cpu"),
+        }, r)
+        tg, tp = t["general"]["min"], t["pos"]["min"]
+        row = {"n": n, "batch": len(a), "seconds": t, "speedup": tg / tp}
         results["pos"].append(row)
-        print(f"{n:>4} {len(a):>8} {tg:>10.4f} {tp:>10.4f} {tg / tp:>7.2f}x")
+        print(f"{n:>4} {len(a):>8} {1e3 * tg:>9.2f} {1e3 * tp:>9.2f} {tg / tp:>7.2f}x")
 
-    print("\n3. solve, k = 1: solve(a, b) against inv(a) @ b and numpy.linalg.solve")
-    print(f"{'n':>4} {'batch':>8} {'solve':>10} {'inv@b':>10} {'np.solve':>10} "
+    print("\n3. solve, k = 1: solve(a, b) against inv(a) @ b and numpy.linalg.solve (ms, minimum;"
+          " bwd: median backward error)")
+    print(f"{'n':>4} {'batch':>8} {'solve':>9} {'inv@b':>9} {'np.solve':>9} "
           f"{'vs inv@b':>9} {'vs numpy':>9} {'bwd solve':>10} {'bwd inv@b':>10}")
     for n in args.solve_n:
         a = stack(n, args.mib, rng)
         b = rng.standard_normal((len(a), n, 1))
-        ts = timed(lambda: gpuinv.solve(a, b, device="cpu"), r)
-        ti = timed(lambda: gpuinv.inv(a, check_cond=False, device="cpu") @ b, r)
-        tn = timed(lambda: np.linalg.solve(a, b), r)
+        t = compare({
+            "solve": lambda: gpuinv.solve(a, b, device="cpu"),
+            "inv_matmul": lambda: gpuinv.inv(a, check_cond=False, device="cpu") @ b,
+            "numpy_solve": lambda: np.linalg.solve(a, b),
+        }, r)
+        ts, ti, tn = (t[k]["min"] for k in ("solve", "inv_matmul", "numpy_solve"))
         # Accuracy on the same stack: the median normwise backward error
         # |a x - b| / (|a| |x| + |b|) (infinity norms), per matrix.
         x = gpuinv.solve(a, b, device="cpu")
@@ -131,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             scale = np.abs(a).sum(axis=2).max(axis=1) * np.abs(z).max(axis=(1, 2))
             return float(np.median(res / (scale + np.abs(b).max(axis=(1, 2)))))
 
-        row = {"n": n, "batch": len(a), "solve": ts, "inv_matmul": ti, "numpy_solve": tn,
+        row = {"n": n, "batch": len(a), "seconds": t,
                "speedup_vs_inv_matmul": ti / ts, "speedup_vs_numpy": tn / ts,
                "backward_error_solve": backward(x), "backward_error_inv_matmul": backward(y)}
         results["solve"].append(row)
-        print(f"{n:>4} {len(a):>8} {ts:>10.4f} {ti:>10.4f} {tn:>10.4f} {ti / ts:>8.2f}x "
-              f"{tn / ts:>8.2f}x {row['backward_error_solve']:>10.2e} "
+        print(f"{n:>4} {len(a):>8} {1e3 * ts:>9.2f} {1e3 * ti:>9.2f} {1e3 * tn:>9.2f} "
+              f"{ti / ts:>8.2f}x {tn / ts:>8.2f}x {row['backward_error_solve']:>10.2e} "
               f"{row['backward_error_inv_matmul']:>10.2e}")
 
     if args.json:
