@@ -468,3 +468,14 @@ def test_readme_conditioning_example():
     with pytest.warns(gpuinv.LinAlgWarning) as rec:
         gpuinv.inv(namespace["a"], device="cpu")
     assert rec[0].message.indices == [(12,), (345,)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_small_potrf_info_agrees_with_the_general_one(rng, dtype, n):
+    a = spd(rng, (300,), n, dtype)
+    k = rng.integers(1, n + 1, size=300)
+    for i in range(300):
+        if i % 3:
+            a[i, k[i] - 1, k[i] - 1] -= 1e3
+    np.testing.assert_array_equal(_structured.small_potrf_info(a), _structured.potrf_info(a))

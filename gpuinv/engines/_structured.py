@@ -14,15 +14,17 @@ inverse (or solution) and the info codes of the m matrices.
   then ``inv(A) = inv(L)^H inv(L)`` (as ``potri``) with the triangular inverse
   above; the result is mirrored from its lower triangle, so it is exactly
   symmetric (Hermitian). For n <= 4 the closed forms invert the matrix
-  instead (the Cholesky factor still decides whether it is positive
-  definite). info follows ``potrf``: k > 0 when the leading minor of order k
-  is not positive definite; :func:`potrf_info` finds k for the matrices the
-  gufunc rejected.
+  instead (a Cholesky over the batch, :func:`small_potrf_info`, still
+  decides whether it is positive definite). info
+  follows ``potrf``: k > 0 when the leading minor of order k is not positive
+  definite; :func:`potrf_info` finds k for the matrices the gufunc rejected.
 
 NumPy alone suffices: SciPy is not used at run time. Its batched
-``scipy.linalg.inv(assume_a="pos")`` measured slower than this route
-(benchmarks/bench_numerics.py), and a per-matrix loop over
-``scipy.linalg.lapack.dpotri`` costs a Python call per matrix.
+``scipy.linalg.inv(assume_a="pos")`` measured slower than NumPy's general
+inverse at n = 4..64 (it also runs gecon per slice), and a Python loop over
+``scipy.linalg.lapack.dpotrf``/``dpotri`` costs more per matrix than NumPy's
+general inverse below n = 32 (both measured on the 2-core machine that
+benchmarks/results/*-numerics ran on).
 """
 
 from __future__ import annotations
@@ -177,6 +179,33 @@ def potrf_info(x: np.ndarray) -> np.ndarray:
     return info
 
 
+def small_potrf_info(x: np.ndarray) -> np.ndarray:
+    """potrf's info for Hermitian matrices of order n <= 4 (m, n, n), finite.
+
+    The same right-looking Cholesky as :func:`potrf_info`, but with one
+    matrix entry per contiguous vector over the batch: a few dozen vector
+    operations instead of one LAPACK call per matrix.
+    """
+    m, n, _ = x.shape
+    c = x.transpose(1, 2, 0).copy()  # c[i, j] is entry (i, j) of every matrix
+    info = np.zeros(m, dtype=np.int32)
+    with np.errstate(all="ignore"):
+        for k in range(n):
+            d = c[k, k].real.copy()
+            fail = ~(d > 0)
+            if fail.any():
+                info[(info == 0) & fail] = k + 1
+                d[fail] = 1
+            root = np.sqrt(d)
+            for i in range(k + 1, n):
+                c[i, k] /= root
+            for j in range(k + 1, n):
+                cj = np.conj(c[j, k]) if c.dtype.kind == "c" else c[j, k]
+                for i in range(j, n):
+                    c[i, j] -= c[i, k] * cj
+    return info
+
+
 def cholesky_factor(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lower Cholesky factors of ``x`` (m, n, n) and potrf info codes.
 
@@ -217,7 +246,12 @@ def positive_definite_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray,
     conditioned).
     """
     n = x.shape[-1]
-    factor, info[...] = cholesky_factor(x)
+    if n <= 4:
+        # The closed forms invert; only the verdict is needed from Cholesky.
+        factor = None
+        info[...] = small_potrf_info(x)
+    else:
+        factor, info[...] = cholesky_factor(x)
     ok = np.flatnonzero(info == 0)
     out[info != 0] = np.nan
     if ok.size == 0:
@@ -233,6 +267,7 @@ def positive_definite_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray,
             general(np.ascontiguousarray(sub[idx]), again, np.zeros(idx.size, dtype=np.int32))
             sub_out[idx] = again
     else:
+        assert factor is not None
         with np.errstate(all="ignore"):
             lf = factor if every else factor[ok]
             linv = lower_triangular_inverse(lf)
