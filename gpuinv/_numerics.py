@@ -145,6 +145,10 @@ def structured_matrix(x: Any, structure: str, lower: bool) -> Any:
 
 def one_norm(x: Any) -> Any:
     """``||x||_1`` of every matrix of ``x`` (..., n, n): the largest column sum of ``|x|``."""
+    if isinstance(x, np.ndarray) and type(x).__module__ == "numpy":
+        # NumPy's sum over the middle axis of a stack runs short inner loops;
+        # einsum's summation is 1.3-2x faster for n = 3..64 (bench_numerics).
+        return np.einsum("...ij->...j", np.abs(x)).max(axis=-1)
     return abs(x).sum(axis=-2).max(axis=-1)
 
 

@@ -479,3 +479,16 @@ def test_small_potrf_info_agrees_with_the_general_one(rng, dtype, n):
         if i % 3:
             a[i, k[i] - 1, k[i] - 1] -= 1e3
     np.testing.assert_array_equal(_structured.small_potrf_info(a), _structured.potrf_info(a))
+
+
+def test_dask_input_refuses_the_new_keywords_clearly():
+    da = pytest.importorskip("dask.array")
+    a = da.from_array(np.tile(np.eye(3), (4, 1, 1)), chunks=(2, 3, 3))
+    with pytest.raises(NotImplementedError, match="dask"):
+        gpuinv.inv_ex(a, rcond=True)
+    with pytest.raises(NotImplementedError, match="dask"):
+        gpuinv.inv(a, assume_a="pos")
+    with pytest.raises(NotImplementedError, match="dask"):
+        gpuinv.solve(a, np.ones(3))
+    # The plain calls still work lazily (and inv does not check conditioning).
+    np.testing.assert_array_equal(gpuinv.inv(a).compute(), np.tile(np.eye(3), (4, 1, 1)))

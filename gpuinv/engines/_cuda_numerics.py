@@ -96,16 +96,35 @@ def _upload(op: Operand) -> Operand:
     return Operand(cupy.asarray(op.array), "cupy", op.batch_shape, op.n, op.dtype)
 
 
+def _host_rcond(op: Operand, inverse: np.ndarray, info: np.ndarray) -> np.ndarray:
+    """rcond on the host for a NumPy stack the GPU inverted, chunk by chunk
+    (the norms' temporaries stay at a chunk, whatever the stack's size)."""
+    from .._chunks import plan_chunks
+    from .._config import config
+
+    rc = np.empty(op.batch_shape, dtype=_real(op.dtype))
+    if op.empty:
+        rc[...] = 1
+        return rc
+    n = op.n
+    per_chunk = max(1, config.cpu_chunk_bytes // (n * n * op.dtype.itemsize))
+    flat_rc = rc.reshape(-1)
+    flat_x = inverse.reshape(-1, n, n)
+    flat_info = info.reshape(-1)
+    for chunk in plan_chunks(op.batch_shape, per_chunk):
+        block = np.asarray(op.array[chunk.index], dtype=op.dtype).reshape(-1, n, n)
+        part = slice(chunk.start, chunk.stop)
+        flat_rc[part] = rcond_from_inverse(block, flat_x[part], flat_info[part])
+    return rc
+
+
 def cuda_invert_ex(engine: Any, op: Operand, *, structure: str, lower: bool,
                    rcond: bool) -> tuple[Any, Any, Any]:
     """``(inverse, info, rcond or None)`` on the CUDA engine; see the module docstring."""
     if op.backend == "numpy":
         if structure == "general":
             inverse, info = engine.invert(op)
-            rc = None
-            if rcond:
-                a = np.asarray(op.array, dtype=op.dtype)
-                rc = rcond_from_inverse(a, inverse, info)
+            rc = _host_rcond(op, inverse, info) if rcond else None
             return inverse, info, rc
         import cupy
 
