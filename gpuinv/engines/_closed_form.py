@@ -173,15 +173,19 @@ def closed_form_solve(x: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarr
             det = a00 * a11 - a01 * a10
             # x = inv(a) b = adj(s a) (s b) / det(s a); s b is exact unless it
             # overflows, and then the check below hands the matrix back.
-            r = (1 / det)[:, None]
-            b0 = b[:, 0, :] * s[:, None]
-            b1 = b[:, 1, :] * s[:, None]
-            out[:, 0, :] = (a11[:, None] * b0 - a01[:, None] * b1) * r
-            out[:, 1, :] = (a00[:, None] * b1 - a10[:, None] * b0) * r
-            ok = np.isfinite(r[:, 0]) & (np.abs(det) > (NEAR_SINGULAR * 2 * np.finfo(big.dtype).eps)
-                                         * big * big)
+            r = 1 / det
+            # x = adj(s a) (s b) / det(s a); s b is exact unless it overflows
+            # (then the check below hands the matrix back). (2, k, m):
+            # contiguous over the batch.
+            sb = b.transpose(1, 2, 0) * s
+            y = np.empty_like(sb)
+            np.multiply(a11 * sb[0] - a01 * sb[1], r, out=y[0])
+            np.multiply(a00 * sb[1] - a10 * sb[0], r, out=y[1])
+            out[...] = y.transpose(2, 0, 1)
+            ok = np.isfinite(r) & (np.abs(det) > (NEAR_SINGULAR * 2 * np.finfo(big.dtype).eps)
+                                   * big * big)
             # An overflow on the way (not NaN or Inf in b itself) goes to LAPACK.
-            ok &= np.isfinite(out).all(axis=(1, 2)) | ~np.isfinite(b).all(axis=(1, 2))
+            ok &= np.isfinite(y).all(axis=(0, 1)) | ~np.isfinite(b).all(axis=(1, 2))
         else:
             raise ValueError(f"closed-form solve covers n <= {SOLVE_MAX_N}, got {n}")
     if ok.all():
