@@ -492,3 +492,17 @@ def test_dask_input_refuses_the_new_keywords_clearly():
         gpuinv.solve(a, np.ones(3))
     # The plain calls still work lazily (and inv does not check conditioning).
     np.testing.assert_array_equal(gpuinv.inv(a).compute(), np.tile(np.eye(3), (4, 1, 1)))
+
+
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_entries_whose_sum_overflows_are_finite(n):
+    # The quick finiteness test sums the block; an overflowing sum of finite
+    # entries must take the exact test and be inverted normally.
+    a = np.stack([np.eye(n) * 1e308, np.eye(n) * 1e308])
+    res = gpuinv.inv_ex(a, rcond=True, device="cpu")
+    assert (res.info == 0).all()
+    np.testing.assert_allclose(res.rcond, 1.0)
+    x = gpuinv.solve(a, np.ones((2, n, 1)) * 1e308, device="cpu")
+    np.testing.assert_allclose(x, 1.0)
+    for s in ("pos", "diagonal", "upper triangular", "sym"):
+        assert (gpuinv.inv_ex(a, assume_a=s, device="cpu").info == 0).all()

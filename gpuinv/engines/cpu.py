@@ -404,6 +404,8 @@ def _split_nonfinite(a: np.ndarray, out: np.ndarray, info: np.ndarray) -> np.nda
         if np.isfinite(a.sum()):
             return None
     finite = np.isfinite(a).all(axis=(1, 2))
+    if finite.all():  # the sum overflowed, the entries are finite
+        return None
     info[~finite] = INFO_NONFINITE
     out[~finite] = np.nan
     return np.flatnonzero(finite)
