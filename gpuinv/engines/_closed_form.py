@@ -185,7 +185,9 @@ def closed_form_solve(x: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarr
             ok = np.isfinite(r) & (np.abs(det) > (NEAR_SINGULAR * 2 * np.finfo(big.dtype).eps)
                                    * big * big)
             # An overflow on the way (not NaN or Inf in b itself) goes to LAPACK.
-            ok &= np.isfinite(y).all(axis=(0, 1)) | ~np.isfinite(b).all(axis=(1, 2))
+            finite = np.isfinite(y).all(axis=(0, 1))
+            if not finite.all():
+                ok &= finite | ~np.isfinite(sb).all(axis=(0, 1))
         else:
             raise ValueError(f"closed-form solve covers n <= {SOLVE_MAX_N}, got {n}")
     if ok.all():
