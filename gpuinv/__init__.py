@@ -9,10 +9,12 @@ Importing gpuinv imports NumPy only: CuPy is loaded when a CuPy array
 arrives or a GPU is asked for.
 """
 
-from ._api import InvResult, inv, inv_ex
+from ._api import InvRcondResult, InvResult, inv, inv_ex
 from ._config import config
 from ._device import CudaUnavailableError
 from ._errors import INFO_NONFINITE, INFO_OK, SingularMatrixError
+from ._numerics import LinAlgWarning
+from ._solve import SolveRcondResult, SolveResult, solve, solve_ex
 
 __version__ = "0.1.0"
 
@@ -20,6 +22,12 @@ __all__ = [
     "inv",
     "inv_ex",
     "InvResult",
+    "InvRcondResult",
+    "solve",
+    "solve_ex",
+    "SolveResult",
+    "SolveRcondResult",
+    "LinAlgWarning",
     "SingularMatrixError",
     "CudaUnavailableError",
     "INFO_OK",

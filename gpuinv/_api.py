@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ._adapters import foreign_library
 from ._device import DeviceLike, parse_device
 from ._dispatch import select_engine
 from ._normalize import Operand, normalize, wrap_like_input
+from ._numerics import parse_structure, warn_ill_conditioned
 from ._policy import apply_policy, check_policy
 
-__all__ = ["inv", "inv_ex", "InvResult"]
+__all__ = ["inv", "inv_ex", "InvResult", "InvRcondResult"]
 
 
 class InvResult(NamedTuple):
@@ -32,6 +35,52 @@ class InvResult(NamedTuple):
     info: Any
 
 
+class InvRcondResult(NamedTuple):
+    """What :func:`inv_ex` returns with ``rcond=True``: :class:`InvResult` plus ``rcond``.
+
+    Attributes
+    ----------
+    inverse, info
+        As in :class:`InvResult`.
+    rcond : array, shape (...)
+        Per matrix, ``1 / (||A||_1 ||X||_1)`` in the real dtype of the
+        inverse: exact for the computed inverse X, not an estimate. 0 for
+        info > 0 (and for an inverse that overflowed), NaN for info -1.
+    """
+
+    inverse: Any
+    info: Any
+    rcond: Any
+
+
+def _run_ex(a: Any, device: DeviceLike, assume_a: str | None, lower: bool,
+            rcond: bool) -> tuple[Operand, Any, Any, Any]:
+    """Like :func:`_run`, with structure and rcond: ``(op, inverse, info, rcond or None)``."""
+    request = parse_device(device)
+    op = normalize(a)
+    structure = parse_structure(assume_a, op.dtype)
+    engine = select_engine(op, request)
+    if engine.name == "cpu":
+        if op.backend == "cupy":
+            import cupy
+
+            with op.array.device:
+                host = Operand(cupy.asnumpy(op.array), "numpy", op.batch_shape, op.n, op.dtype)
+                inverse, info, rc = engine.invert_ex(host, structure=structure, lower=lower,
+                                                     rcond=rcond)
+                return op, cupy.asarray(inverse), cupy.asarray(info), (
+                    None if rc is None else cupy.asarray(rc))
+        return (op, *engine.invert_ex(op, structure=structure, lower=lower, rcond=rcond))
+    from .engines._cuda_numerics import cuda_invert_ex
+
+    return (op, *cuda_invert_ex(engine, op, structure=structure, lower=lower, rcond=rcond))
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def _run(a: Any, device: DeviceLike) -> tuple[Operand, Any, Any]:
     request = parse_device(device)
     op = normalize(a)
@@ -47,7 +96,15 @@ def _run(a: Any, device: DeviceLike) -> tuple[Operand, Any, Any]:
     return op, inverse, info
 
 
-def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
+def inv_ex(
+    a: Any,
+    /,
+    *,
+    assume_a: str | None = "general",
+    lower: bool = False,
+    rcond: bool = False,
+    device: DeviceLike = "auto",
+) -> InvResult | InvRcondResult:
     """Invert every matrix of a stack and report each one's status; never raises for singular input.
 
     Parameters
@@ -55,6 +112,20 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
     a : (..., n, n) array_like
         NumPy or CuPy array, torch tensor, JAX array, dask array, or anything
         ``numpy.asarray`` accepts.
+    assume_a : str, optional
+        The structure of the matrices, with SciPy 1.17's names:
+        ``"general"`` (``"gen"``, default; also ``None``), ``"diagonal"``,
+        ``"upper triangular"``, ``"lower triangular"``, ``"positive
+        definite"`` (``"pos"``), ``"symmetric"`` (``"sym"``) and
+        ``"hermitian"`` (``"her"``). Only the entries the structure needs
+        are read (see Notes). Not supported for dask input yet.
+    lower : bool, optional
+        For ``"positive definite"``, ``"symmetric"`` and ``"hermitian"``:
+        read the lower triangle instead of the upper one (SciPy's default).
+    rcond : bool, optional
+        Also return the reciprocal condition number of every matrix (see
+        Returns). Default False: the result then unpacks as two values,
+        as it always has.
     device : {"auto", "cpu", "cuda", "cuda:N"} or int, optional
         Where to compute. ``"auto"`` (default) runs CuPy input on the GPU
         that holds it, and NumPy input on the GPU when one is usable and the
@@ -62,13 +133,18 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
 
     Returns
     -------
-    InvResult
-        ``(inverse, info)``, both the same kind of array as ``a``, on the
-        same device; for an ndarray subclass the inverse is that subclass
-        (as :func:`numpy.linalg.inv` returns it) and ``info`` a plain
-        ndarray. For CuPy input (and CUDA tensors) nothing is
-        synchronized with the host: ``info`` stays on the device. For dask
-        input both are lazy dask arrays.
+    InvResult or InvRcondResult
+        ``(inverse, info)``, or with ``rcond=True`` ``(inverse, info,
+        rcond)``, all the same kind of array as ``a``, on the same device; for an
+        ndarray subclass the inverse is that subclass (as
+        :func:`numpy.linalg.inv` returns it) and ``info`` and ``rcond``
+        plain ndarrays.
+        ``rcond`` is ``1 / (||A||_1 ||X||_1)`` per matrix, exact for the
+        computed inverse X (``1 / numpy.linalg.cond(a, 1)`` up to rounding),
+        in the real dtype of the inverse; 0 where info > 0 or the inverse
+        overflowed, NaN where info is -1. For CuPy input (and CUDA tensors)
+        nothing is synchronized with the host: ``info`` and ``rcond`` stay
+        on the device. For dask input both are lazy dask arrays.
 
     Raises
     ------
@@ -76,6 +152,30 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
         If ``a`` is not a stack of square matrices.
     TypeError
         If the dtype has no inverse (object, string, datetime, ...).
+    ValueError
+        If ``assume_a`` is not a known structure.
+
+    Notes
+    -----
+    Why a separate result type for ``rcond``: ``inverse, info =
+    gpuinv.inv_ex(a)`` is how existing code (and ``torch.linalg.inv_ex``)
+    unpacks the result, and a named tuple with a third field would break
+    it. ``rcond=True`` returns :class:`InvRcondResult`, which unpacks as
+    three values and also has ``.inverse`` and ``.info``.
+
+    The info codes depend on ``assume_a``:
+
+    * general, symmetric, Hermitian: LU's (k > 0: zero pivot at step k);
+      symmetric and Hermitian matrices are mirrored from the triangle read
+      and inverted by LU, and the inverse is mirrored to be exactly
+      symmetric (Hermitian);
+    * positive definite: LAPACK ``potrf``'s, a different meaning: k > 0 when
+      the leading minor of order k is not positive definite (the matrix may
+      well be invertible, e.g. ``[[0, 1], [1, 0]]`` has info 1); the inverse
+      comes from the Cholesky factor and is exactly symmetric (Hermitian);
+    * diagonal, triangular: k > 0 when the k-th diagonal entry is the first
+      zero (LAPACK ``trtri``'s);
+    * -1 everywhere for NaN or Inf among the entries read.
 
     Examples
     --------
@@ -87,15 +187,36 @@ def inv_ex(a: Any, /, *, device: DeviceLike = "auto") -> InvResult:
     >>> res.inverse[0]
     array([[0.5 , 0.  ],
            [0.  , 0.25]])
+    >>> gpuinv.inv_ex(a, rcond=True, device="cpu").rcond
+    array([0.5, 0. ])
     """
+    _check_flag("lower", lower)
+    _check_flag("rcond", rcond)
+    plain = rcond is False and assume_a in ("general", "gen", None) and not lower
     library = foreign_library(a)
     if library is not None:
-        return _foreign(a, library, device, None)
-    _, inverse, info = _run(a, device)
+        if plain:
+            return _foreign(a, library, device, None)
+        return _foreign_ex(a, library, device, assume_a, lower, rcond)
+    if plain:
+        _, inverse, info = _run(a, device)
+        return InvResult(wrap_like_input(a, inverse), info)
+    _, inverse, info, rc = _run_ex(a, device, assume_a, lower, rcond)
+    if rcond:
+        return InvRcondResult(wrap_like_input(a, inverse), info, rc)
     return InvResult(wrap_like_input(a, inverse), info)
 
 
-def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -> Any:
+def inv(
+    a: Any,
+    /,
+    *,
+    on_singular: str = "raise",
+    assume_a: str | None = "general",
+    lower: bool = False,
+    check_cond: bool = True,
+    device: DeviceLike = "auto",
+) -> Any:
     """Compute the inverse of every matrix in a stack.
 
     Parameters
@@ -111,6 +232,22 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
         :class:`SingularMatrixError` naming their batch indices; ``"nan"``
         fills exactly those inverses with NaN; ``"ignore"`` returns what the
         computation produced.
+    assume_a : str, optional
+        The structure of the matrices; see :func:`inv_ex` (SciPy 1.17's
+        names; ``"positive definite"`` uses Cholesky and its info codes).
+    lower : bool, optional
+        Read the lower triangle for the positive definite, symmetric and
+        Hermitian structures; see :func:`inv_ex`.
+    check_cond : bool, optional
+        Warn :class:`LinAlgWarning` when some inverted matrix has a
+        reciprocal condition number below the epsilon of the compute dtype
+        (default True, as SciPy does: a nearly singular matrix returns a
+        finite inverse with no correct digits, and nothing else says so).
+        The check costs two 1-norms per matrix (O(n^2) against the inverse's
+        O(n^3); benchmarks/bench_numerics.py measures it) and, for CuPy
+        input, one read of a boolean from the device. ``False`` makes ``inv``
+        cost exactly what it did before the check existed. Dask input is
+        not checked.
     device : {"auto", "cpu", "cuda", "cuda:N"} or int, optional
         Where to compute; see :func:`inv_ex`.
 
@@ -134,12 +271,18 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
     TypeError
         If the dtype has no inverse.
 
+    Warns
+    -----
+    LinAlgWarning
+        With ``check_cond=True``, naming how many matrices are
+        ill-conditioned and the batch indices of the first ones.
+
     Notes
     -----
     For CuPy input, ``inv`` synchronizes with the device once, to read
-    whether any matrix failed; ``inv_ex`` never does. For dask input the
-    error is raised when the failing block is computed, and names global
-    batch indices.
+    whether any matrix failed (or is ill-conditioned); ``inv_ex`` never does.
+    For dask input the error is raised when the failing block is computed,
+    and names global batch indices.
 
     Examples
     --------
@@ -153,11 +296,42 @@ def inv(a: Any, /, *, on_singular: str = "raise", device: DeviceLike = "auto") -
             [ 0. ,  0.5]]])
     """
     check_policy(on_singular)
+    _check_flag("lower", lower)
+    _check_flag("check_cond", check_cond)
+    general = assume_a in ("general", "gen", None) and not lower
     library = foreign_library(a)
     if library is not None:
-        return _foreign(a, library, device, on_singular)
-    _, inverse, info = _run(a, device)
-    return wrap_like_input(a, apply_policy(inverse, info, on_singular))
+        if library == "dask" and general:
+            return _foreign(a, library, device, on_singular)
+        if library == "dask":
+            raise NotImplementedError("assume_a and lower are not supported for dask arrays yet")
+        from ._adapters import import_array
+
+        imported = import_array(a, library)
+        with _cuda_device(imported.device_id):
+            return imported.export(inv(imported.array, on_singular=on_singular, assume_a=assume_a,
+                                       lower=lower, check_cond=check_cond, device=device))
+    if general and not check_cond:
+        _, inverse, info = _run(a, device)
+        return wrap_like_input(a, apply_policy(inverse, info, on_singular))
+    op, inverse, info, rc = _run_ex(a, device, assume_a, lower, check_cond)
+    inverse = apply_policy(inverse, info, on_singular)
+    if check_cond:
+        warn_ill_conditioned(rc, info, op.dtype, stacklevel=2)
+    return wrap_like_input(a, inverse)
+
+
+def _foreign_ex(a: Any, library: str, device: DeviceLike, assume_a: str | None, lower: bool,
+                rcond: bool) -> Any:
+    """``inv_ex`` with structure or rcond on a torch tensor or JAX array."""
+    if library == "dask":
+        raise NotImplementedError("assume_a, lower and rcond are not supported for dask arrays yet")
+    from ._adapters import import_array
+
+    imported = import_array(a, library)
+    with _cuda_device(imported.device_id):
+        result = inv_ex(imported.array, assume_a=assume_a, lower=lower, rcond=rcond, device=device)
+        return type(result)(*(imported.export(x) for x in result))
 
 
 def _foreign(a: Any, library: str, device: DeviceLike, on_singular: str | None) -> Any:

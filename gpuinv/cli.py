@@ -1,4 +1,4 @@
-"""The ``gpuinv`` command: ``info``, ``invert`` and ``bench``.
+"""The ``gpuinv`` command: ``info``, ``invert``, ``solve`` and ``bench``.
 
 Exit codes (also in ``docs/cli.md``):
 
@@ -261,6 +261,33 @@ def info_path_for(out: Path) -> Path:
     return out.with_name(out.name[: -len(".npy")] + ".info.npy")
 
 
+def rcond_path_for(out: Path) -> Path:
+    """``result.npy`` -> ``result.rcond.npy``."""
+    return out.with_name(out.name[: -len(".npy")] + ".rcond.npy")
+
+
+class _IllConditioned:
+    """Count and first batch indices of matrices with info 0 and rcond < eps."""
+
+    def __init__(self, batch_shape: tuple[int, ...], eps: float) -> None:
+        self.failures = _Failures(batch_shape)
+        self.eps = eps
+
+    def add(self, info: np.ndarray, rcond: np.ndarray, start: int) -> None:
+        bad = ((info == 0) & (rcond < self.eps)).astype(np.int32)
+        self.failures.add(bad, start)  # counted as "singular" (code > 0)
+
+    def line(self) -> str:
+        c = self.failures.count["singular"]
+        head = f"ill-conditioned (rcond < eps = {self.eps:.3g}): {c}"
+        if c == 0:
+            return head
+        first = self.failures.first["singular"]
+        listed = ", ".join(str(i) for i in first)
+        more = ", ..." if c > len(first) else ""
+        return f"{head}, {'first at' if more else 'at'} batch indices [{listed}{more}]"
+
+
 class _Progress:
     """Progress of ``total`` matrices; subclasses draw it."""
 
@@ -348,8 +375,9 @@ def make_progress(total: int, quiet: bool, stream: TextIO) -> _Progress:
 class _Failures:
     """Counts and first batch indices of singular and non-finite matrices."""
 
-    def __init__(self, batch_shape: tuple[int, ...]) -> None:
+    def __init__(self, batch_shape: tuple[int, ...], singular: str = "singular") -> None:
         self.batch_shape = batch_shape
+        self.singular = singular  # how codes > 0 read: "not positive definite" for Cholesky
         self.count = {"singular": 0, "non-finite": 0}
         self.first: dict[str, list[Any]] = {"singular": [], "non-finite": []}
 
@@ -377,13 +405,14 @@ class _Failures:
         out = []
         for kind in ("singular", "non-finite"):
             c = self.count[kind]
+            name = self.singular if kind == "singular" else kind
             if c == 0:
-                out.append(f"{kind}: 0")
+                out.append(f"{name}: 0")
                 continue
             listed = ", ".join(str(i) for i in self.first[kind])
             more = ", ..." if c > len(self.first[kind]) else ""
             first = "first at" if c > len(self.first[kind]) else "at"
-            out.append(f"{kind}: {c}, {first} batch indices [{listed}{more}]")
+            out.append(f"{name}: {c}, {first} batch indices [{listed}{more}]")
         return out
 
 
@@ -404,9 +433,14 @@ def cmd_invert(args: argparse.Namespace, out: TextIO) -> int:
     if target.suffix != ".npy":
         target = target.with_name(target.name + ".npy")  # as numpy.save names it
     info_target = info_path_for(target)
+    rcond_target = rcond_path_for(target) if args.rcond else None
     source = Path(args.input).resolve()
-    if source in (target.resolve(), info_target.resolve()):
+    outputs = [target.resolve(), info_target.resolve()]
+    if rcond_target is not None:
+        outputs.append(rcond_target.resolve())
+    if source in outputs:
         raise CliError(f"the output {target} would overwrite the input {args.input}")
+    assume_a = _check_assume_a(args.assume_a, dtype)
 
     batch_shape, n = tuple(a.shape[:-2]), a.shape[-1]
     total = math.prod(batch_shape)
@@ -414,18 +448,26 @@ def cmd_invert(args: argparse.Namespace, out: TextIO) -> int:
     # Written under temporary names and renamed at the end, so an interrupted
     # run never leaves a complete-looking result behind.
     tmp, info_tmp = (p.with_name(p.name + ".partial") for p in (target, info_target))
+    rcond_tmp = rcond_target.with_name(rcond_target.name + ".partial") if rcond_target else None
+    real = np.dtype(dtype).type(0).real.dtype
     try:
         result = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=a.shape)
         info_out = np.lib.format.open_memmap(info_tmp, mode="w+", dtype=np.int32, shape=batch_shape)
+        rcond_out = (np.lib.format.open_memmap(rcond_tmp, mode="w+", dtype=real, shape=batch_shape)
+                     if rcond_tmp is not None else None)
     except OSError as exc:
+        _discard(*(p for p in (tmp, info_tmp, rcond_tmp) if p is not None))
         raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
 
-    failures = _Failures(batch_shape)
+    failures = _Failures(batch_shape, _singular_name(assume_a))
+    ill = _IllConditioned(batch_shape, float(np.finfo(real).eps))
     progress = make_progress(total, args.quiet, sys.stderr)
     start = time.perf_counter()
+    temporaries = [p for p in (tmp, info_tmp, rcond_tmp) if p is not None]
     try:
         for chunk in plan_chunks(batch_shape, per_chunk):
-            res = inv_ex(a[chunk.index], device=args.device)
+            res = inv_ex(a[chunk.index], assume_a=assume_a, lower=args.lower,
+                         rcond=rcond_out is not None, device=args.device)
             info = np.asarray(res.info)
             if args.on_singular != "ignore" and info.size and (info != 0).any():
                 # Under "raise" too: a file never carries a garbage inverse
@@ -433,24 +475,32 @@ def cmd_invert(args: argparse.Namespace, out: TextIO) -> int:
                 res.inverse[info != 0] = np.nan
             result[chunk.index] = res.inverse
             info_out[chunk.index] = info
+            if rcond_out is not None:
+                rc = np.asarray(res.rcond)
+                rcond_out[chunk.index] = rc
+                ill.add(info, rc, chunk.start)
             failures.add(info, chunk.start)
             progress.update(chunk.count)
         result.flush()
         info_out.flush()
+        if rcond_out is not None:
+            rcond_out.flush()
     except CudaUnavailableError as exc:
-        _discard(tmp, info_tmp)
+        _discard(*temporaries)
         raise CliError(str(exc)) from None
     except OSError as exc:
-        _discard(tmp, info_tmp)
+        _discard(*temporaries)
         raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
     except BaseException:
-        _discard(tmp, info_tmp)
+        _discard(*temporaries)
         raise
     finally:
         progress.close()
-    del result, info_out
+    del result, info_out, rcond_out
     os.replace(tmp, target)
     os.replace(info_tmp, info_target)
+    if rcond_tmp is not None and rcond_target is not None:
+        os.replace(rcond_tmp, rcond_target)
     elapsed = time.perf_counter() - start
 
     if not args.quiet:
@@ -463,13 +513,155 @@ def cmd_invert(args: argparse.Namespace, out: TextIO) -> int:
         )
         for line in failures.lines():
             print(line, file=out)
-        print(f"wrote {target} and {info_target}", file=out)
+        if rcond_target is not None:
+            print(ill.line(), file=out)
+            print(f"wrote {target}, {info_target} and {rcond_target}", file=out)
+        else:
+            print(f"wrote {target} and {info_target}", file=out)
     if failures.total and args.on_singular == "raise":
         print(
             f"gpuinv invert: error: {failures.total} of {total} matrices could not be inverted "
             f"(their inverses are NaN in {target}; codes in {info_target})",
             file=sys.stderr,
         )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _check_assume_a(assume_a: str, dtype: np.dtype) -> str:
+    from ._numerics import parse_structure
+
+    try:
+        parse_structure(assume_a, dtype)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return assume_a
+
+
+def _singular_name(assume_a: str) -> str:
+    from ._numerics import STRUCTURES
+
+    return "not positive definite" if STRUCTURES.get(assume_a) == "positive definite" else "singular"
+
+
+# -------------------------------------------------------------------- solve
+
+
+def cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
+    """``gpuinv solve A B -o X``: a @ x = b for every matrix, chunk by chunk."""
+    from . import solve_ex
+    from ._chunks import plan_chunks
+    from ._device import CudaUnavailableError, parse_device
+    from ._dtypes import result_dtype
+
+    try:
+        parse_device(args.device)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    if args.chunk is not None and args.chunk < 1:
+        raise CliError(f"--chunk must be at least 1, got {args.chunk}")
+    a = open_input(args.a, args.key_a)
+    b = open_input(args.b, args.key_b)
+    _check_stack(a, args.a)
+    if b.ndim == 0:
+        raise CliError(f"{args.b} holds a scalar; b must be (n,) or (..., n, k)")
+    try:
+        dtype = result_dtype(np.result_type(a.dtype, b.dtype))
+    except TypeError as exc:
+        raise CliError(_one_line(exc)) from None
+    assume_a = _check_assume_a(args.assume_a, dtype)
+    n = a.shape[-1]
+    vector = b.ndim == 1
+    b2 = b[:, None] if vector else b
+    if b2.shape[-2] != n:
+        raise CliError(f"{args.b} has {b2.shape[-2]} rows but the matrices of {args.a} are {n}x{n}")
+    try:
+        batch = np.broadcast_shapes(a.shape[:-2], b2.shape[:-2])
+    except ValueError:
+        raise CliError(f"the batch shapes {a.shape[:-2]} of {args.a} and {b2.shape[:-2]} of "
+                       f"{args.b} do not broadcast") from None
+    k = b2.shape[-1]
+    a_b = np.broadcast_to(a, batch + (n, n))
+    b_b = np.broadcast_to(b2, batch + (n, k))
+    target = Path(args.output)
+    if target.suffix != ".npy":
+        target = target.with_name(target.name + ".npy")
+    info_target = info_path_for(target)
+    rcond_target = rcond_path_for(target) if args.rcond else None
+    outputs = {p.resolve() for p in (target, info_target, rcond_target) if p is not None}
+    for given in (args.a, args.b):
+        if Path(given).resolve() in outputs:
+            raise CliError(f"the output {target} would overwrite the input {given}")
+    total = math.prod(batch)
+    per_chunk = args.chunk or max(1, DEFAULT_CHUNK_BYTES // max(1, (n * n + n * k)
+                                                                * dtype.itemsize))
+    shape = batch + ((n,) if vector else (n, k))
+    real = np.dtype(dtype).type(0).real.dtype
+    temporaries = [p.with_name(p.name + ".partial")
+                   for p in (target, info_target, rcond_target) if p is not None]
+    try:
+        x_out = np.lib.format.open_memmap(temporaries[0], mode="w+", dtype=dtype, shape=shape)
+        info_out = np.lib.format.open_memmap(temporaries[1], mode="w+", dtype=np.int32,
+                                             shape=batch)
+        rcond_out = (np.lib.format.open_memmap(temporaries[2], mode="w+", dtype=real, shape=batch)
+                     if rcond_target is not None else None)
+    except OSError as exc:
+        _discard(*temporaries)
+        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+    failures = _Failures(batch, _singular_name(assume_a))
+    ill = _IllConditioned(batch, float(np.finfo(real).eps))
+    progress = make_progress(total, args.quiet, sys.stderr)
+    start = time.perf_counter()
+    try:
+        for chunk in plan_chunks(batch, per_chunk):
+            res = solve_ex(a_b[chunk.index], b_b[chunk.index], assume_a=assume_a,
+                           lower=args.lower, rcond=rcond_out is not None, device=args.device)
+            info = np.asarray(res.info)
+            x = np.asarray(res.solution)
+            if args.on_singular != "ignore" and info.size and (info != 0).any():
+                x[info != 0] = np.nan
+            x_out[chunk.index] = x[..., 0] if vector else x
+            info_out[chunk.index] = info
+            if rcond_out is not None:
+                rc = np.asarray(res.rcond)
+                rcond_out[chunk.index] = rc
+                ill.add(info, rc, chunk.start)
+            failures.add(info, chunk.start)
+            progress.update(chunk.count)
+        x_out.flush()
+        info_out.flush()
+        if rcond_out is not None:
+            rcond_out.flush()
+    except CudaUnavailableError as exc:
+        _discard(*temporaries)
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        _discard(*temporaries)
+        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+    except BaseException:
+        _discard(*temporaries)
+        raise
+    finally:
+        progress.close()
+    del x_out, info_out, rcond_out
+    finals = [p for p in (target, info_target, rcond_target) if p is not None]
+    for tmp, final in zip(temporaries, finals):
+        os.replace(tmp, final)
+    elapsed = time.perf_counter() - start
+    if not args.quiet:
+        ok = total - failures.total
+        rate = f", {total / elapsed:.3g} systems/s" if elapsed > 0 and total else ""
+        print(f"solved {ok} of {total} systems ({n}x{n}, {k} right-hand side"
+              f"{'' if k == 1 else 's'}, {dtype}) in {elapsed:.2f} s{rate}, device {args.device}",
+              file=out)
+        for line in failures.lines():
+            print(line, file=out)
+        if rcond_target is not None:
+            print(ill.line(), file=out)
+        print("wrote " + ", ".join(str(p) for p in finals), file=out)
+    if failures.total and args.on_singular == "raise":
+        print(f"gpuinv solve: error: {failures.total} of {total} systems could not be solved "
+              f"(their solutions are NaN in {target}; codes in {info_target})", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -630,6 +822,19 @@ def plot_rows(rows: list[Any], meta: dict[str, Any], path: str) -> None:
 # --------------------------------------------------------------------- main
 
 
+def _numerics_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rcond", action="store_true",
+                   help="also write each matrix's reciprocal condition number (1-norm) to OUT's "
+                   "stem + .rcond.npy and count the ill-conditioned ones (rcond < eps)")
+    p.add_argument("--assume-a", default="general", metavar="STRUCTURE",
+                   help="matrix structure, SciPy's names: general (default), diagonal, "
+                   "'upper triangular', 'lower triangular', 'positive definite' (pos), "
+                   "symmetric (sym), hermitian (her)")
+    p.add_argument("--lower", action="store_true",
+                   help="read the lower triangle for positive definite, symmetric and "
+                   "hermitian matrices (default: the upper one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpuinv",
@@ -637,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 success; 1 matrices failed under --on-singular raise; "
         "2 usage or input error",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{info,invert,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{info,invert,solve,bench}")
 
     p = sub.add_parser("info", help="versions, CUDA devices, and the engine auto picks")
     p.set_defaults(func=cmd_info)
@@ -662,8 +867,36 @@ def build_parser() -> argparse.ArgumentParser:
         "ignore: keep what the computation produced, exit 0",
     )
     p.add_argument("--chunk", type=int, metavar="N", help="matrices per chunk (default: ~64 MiB)")
+    _numerics_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser(
+        "solve",
+        help="solve a @ x = b for every matrix of two .npy/.npz files",
+        description="Solve a @ x = b for a stack A (..., n, n) and right-hand sides B ((n,) or "
+        "(..., n, k), batch axes broadcast as in numpy.linalg.solve) into OUT (.npy), chunk by "
+        "chunk, and write the info codes to OUT's stem + .info.npy.",
+        epilog="exit codes: 0 success; 1 systems failed under --on-singular raise (the whole "
+        "file is still written, failed solutions as NaN); 2 usage or input error",
+    )
+    p.add_argument("a", metavar="A", help="a .npy or .npz file holding the (..., n, n) matrices")
+    p.add_argument("b", metavar="B", help="a .npy or .npz file holding (n,) or (..., n, k)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the .npy file to write")
+    p.add_argument("--key-a", help="which array of A if it is a .npz file")
+    p.add_argument("--key-b", help="which array of B if it is a .npz file")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--on-singular",
+        choices=("raise", "nan", "ignore"),
+        default="raise",
+        help="raise (default): exit 1 if any system failed, its solution NaN; nan: NaN, exit 0; "
+        "ignore: keep what the computation produced, exit 0",
+    )
+    p.add_argument("--chunk", type=int, metavar="N", help="systems per chunk (default: ~64 MiB)")
+    _numerics_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+    p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser(
         "bench",

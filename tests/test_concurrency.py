@@ -147,7 +147,8 @@ def test_changing_cpu_threads_while_other_calls_run(small_chunks):
 
 
 class Faulty:
-    """Wraps invert_block: counts calls and running tasks, fails on call k."""
+    """Wraps a per-chunk function (invert_block, invert_block_ex): counts calls
+    and running tasks, fails on call k."""
 
     def __init__(self, real, fail_at, exc):
         self.real = real
@@ -157,7 +158,7 @@ class Faulty:
         self.running = 0
         self.lock = threading.Lock()
 
-    def __call__(self, x, out, info):
+    def __call__(self, *args):
         with self.lock:
             self.calls += 1
             call = self.calls
@@ -168,7 +169,7 @@ class Faulty:
                     _thread.interrupt_main()  # a Ctrl-C arriving in the caller's thread
                 else:
                     raise self.exc
-            self.real(x, out, info)
+            self.real(*args)
         finally:
             with self.lock:
                 self.running -= 1
@@ -179,35 +180,44 @@ def _stack():
     return rng.standard_normal((20000, 3, 3)) + 6 * np.eye(3)
 
 
+# The per-chunk function each kind of call runs: plain inv (check_cond=False)
+# runs invert_block; inv with its default conditioning check runs
+# invert_block_ex (issue 10).
+ROUTES = [("invert_block", {"check_cond": False}), ("invert_block_ex", {})]
+
+
+@pytest.mark.parametrize("route,kwargs", ROUTES, ids=[r[0] for r in ROUTES])
 @pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize(
     "exc",
     [RuntimeError("chunk failed"), MemoryError("no memory"), KeyboardInterrupt()],
     ids=["RuntimeError", "MemoryError", "KeyboardInterrupt-in-worker"],
 )
-def test_exception_mid_batch_leaves_engine_usable(monkeypatch, threads, exc):
+def test_exception_mid_batch_leaves_engine_usable(monkeypatch, threads, exc, route, kwargs):
     monkeypatch.setattr(gpuinv.config, "cpu_chunk_bytes", 2048)
     monkeypatch.setattr(gpuinv.config, "cpu_threads", threads)
     a = _stack()
     before = a.copy()
-    expected = gpuinv.inv(a, device="cpu")
-    faulty = Faulty(cpu_module.invert_block, fail_at=7, exc=exc)
-    monkeypatch.setattr(cpu_module, "invert_block", faulty)
+    expected = gpuinv.inv(a, device="cpu", **kwargs)
+    faulty = Faulty(getattr(cpu_module, route), fail_at=7, exc=exc)
+    monkeypatch.setattr(cpu_module, route, faulty)
     with pytest.raises(type(exc)):
-        gpuinv.inv(a, device="cpu")
+        gpuinv.inv(a, device="cpu", **kwargs)
     # Nothing is still running once the call has raised, and submission
     # stopped: far fewer chunks ran than the batch has.
     assert faulty.running == 0
     assert faulty.calls < 20000 * 72 // 2048
     np.testing.assert_array_equal(a, before)
     # The next call works, through the same engine and pool.
-    monkeypatch.setattr(cpu_module, "invert_block", faulty.real)
-    np.testing.assert_array_equal(gpuinv.inv(a, device="cpu"), expected)
-    np.testing.assert_array_equal(gpuinv.inv(a[:5], device="cpu"), expected[:5])
+    monkeypatch.setattr(cpu_module, route, faulty.real)
+    np.testing.assert_array_equal(gpuinv.inv(a, device="cpu", **kwargs), expected)
+    np.testing.assert_array_equal(gpuinv.inv(a[:5], device="cpu", **kwargs), expected[:5])
 
 
+@pytest.mark.parametrize("route,kwargs", ROUTES, ids=[r[0] for r in ROUTES])
 @pytest.mark.parametrize("threads", [1, 4])
-def test_keyboard_interrupt_in_main_thread_leaves_engine_usable(monkeypatch, threads):
+def test_keyboard_interrupt_in_main_thread_leaves_engine_usable(monkeypatch, threads, route,
+                                                                 kwargs):
     # _thread.interrupt_main raises KeyboardInterrupt in the main thread,
     # wherever it is: inside CpuEngine._run's wait, or in a task it runs inline.
     if threading.current_thread() is not threading.main_thread():  # pragma: no cover
@@ -215,17 +225,17 @@ def test_keyboard_interrupt_in_main_thread_leaves_engine_usable(monkeypatch, thr
     monkeypatch.setattr(gpuinv.config, "cpu_chunk_bytes", 2048)
     monkeypatch.setattr(gpuinv.config, "cpu_threads", threads)
     a = _stack()
-    expected = gpuinv.inv(a, device="cpu")
-    faulty = Faulty(cpu_module.invert_block, fail_at=5, exc=_thread.interrupt_main)
-    monkeypatch.setattr(cpu_module, "invert_block", faulty)
+    expected = gpuinv.inv(a, device="cpu", **kwargs)
+    faulty = Faulty(getattr(cpu_module, route), fail_at=5, exc=_thread.interrupt_main)
+    monkeypatch.setattr(cpu_module, route, faulty)
     with pytest.raises(KeyboardInterrupt):
-        gpuinv.inv(a, device="cpu")
+        gpuinv.inv(a, device="cpu", **kwargs)
         # The interrupt may land just after the last chunk: wait for it here.
         for _ in range(10**6):
             pass
     assert faulty.running == 0
-    monkeypatch.setattr(cpu_module, "invert_block", faulty.real)
-    np.testing.assert_array_equal(gpuinv.inv(a, device="cpu"), expected)
+    monkeypatch.setattr(cpu_module, route, faulty.real)
+    np.testing.assert_array_equal(gpuinv.inv(a, device="cpu", **kwargs), expected)
 
 
 def test_engine_run_directly_after_interrupt(monkeypatch):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_N", "closed_form_inverse"]
+__all__ = ["MAX_N", "SOLVE_MAX_N", "closed_form_inverse", "closed_form_solve"]
 
 MAX_N = 4
 
@@ -60,12 +60,18 @@ def _entry_max(rows: np.ndarray) -> np.ndarray:
     return np.abs(rows).max(axis=0)
 
 
-def closed_form_inverse(x: np.ndarray, out: np.ndarray) -> np.ndarray | None:
+def closed_form_inverse(x: np.ndarray, out: np.ndarray,
+                        rcond: np.ndarray | None = None) -> np.ndarray | None:
     """Invert every matrix of ``x`` (m, n, n) with n <= 4 into ``out``.
 
     ``x`` is read only. Returns None when every matrix was handled, else a
     boolean mask of the matrices whose entries in ``out`` are not valid and
     must be recomputed by a pivoting route.
+
+    With ``rcond`` (m,), also writes ``1 / (||a||_1 ||inv(a)||_1)`` for the
+    matrices handled, as ``|det t| / (||t||_1 ||adj t||_1)`` on the scaled
+    copy t (the power-of-two scale cancels): contiguous vector operations
+    on data already in cache, instead of a second pass over both stacks.
     """
     m, n, _ = x.shape
     if n > MAX_N:
@@ -114,6 +120,11 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray) -> np.ndarray | None:
             # pivot rounds to exactly zero is the factorization's call, so
             # such matrices get LAPACK's verdict and info code, not ours.
             ok &= np.abs(det) > (NEAR_SINGULAR * n * np.finfo(big.dtype).eps) * big**n
+        if rcond is not None:
+            if n == 1:  # |a| * |1 / a| is 1 (to within an ulp)
+                rcond[...] = 1
+            else:
+                rcond[...] = np.abs(det) / (_one_norm_soa(t) * _one_norm_soa(o))
         o *= r
         if two_step is not None and two_step.size:
             o[..., two_step] *= s[two_step]
@@ -124,6 +135,69 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray) -> np.ndarray | None:
     if ok.all():
         return None
     return ~ok
+
+
+#: The orders that :func:`closed_form_solve` covers. For n <= 2 the solution
+#: costs fewer operations than the inverse; at n = 3 and 4 Cramer's rule
+#: costs about as much as the inverse and LAPACK's gesv (pivoted, backward
+#: stable) is used instead (benchmarks/bench_numerics.py, solve table).
+SOLVE_MAX_N = 2
+
+
+def closed_form_solve(x: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray | None:
+    """Solve ``x @ y = b`` for x (m, n, n) with n <= 2 and b (m, n, k) into ``out``.
+
+    n = 1: ``b / a``, correctly rounded. n = 2: Cramer's rule on the matrix
+    scaled by a power of two (as :func:`closed_form_inverse`), which for 2x2
+    systems is as accurate as elimination (each entry is one 2x2
+    determinant of input entries). Returns None, or the mask of matrices
+    that must go to a pivoting route (numerically singular, or an
+    unrepresentable intermediate).
+    """
+    m, n, _ = x.shape
+    with np.errstate(all="ignore"):
+        if n == 1:
+            a = x[:, 0, 0]
+            np.divide(b, a[:, None, None], out=out)
+            ok = (a != 0) & np.isfinite(1 / a)
+        elif n == 2:
+            t = x.transpose(1, 2, 0).copy()
+            big = _entry_max(t.reshape(4, m))
+            _, exponent = np.frexp(big)
+            limit = np.finfo(big.dtype).maxexp - 4
+            np.clip(exponent, -limit, limit, out=exponent)
+            s = np.ldexp(np.ones(m, dtype=big.dtype), -exponent)
+            t *= s
+            big *= s
+            (a00, a01), (a10, a11) = t
+            det = a00 * a11 - a01 * a10
+            # x = inv(a) b = adj(s a) (s b) / det(s a); s b is exact unless it
+            # overflows, and then the check below hands the matrix back.
+            r = 1 / det
+            # x = adj(s a) (s b) / det(s a); s b is exact unless it overflows
+            # (then the check below hands the matrix back). (2, k, m):
+            # contiguous over the batch.
+            sb = b.transpose(1, 2, 0) * s
+            y = np.empty_like(sb)
+            np.multiply(a11 * sb[0] - a01 * sb[1], r, out=y[0])
+            np.multiply(a00 * sb[1] - a10 * sb[0], r, out=y[1])
+            out[...] = y.transpose(2, 0, 1)
+            ok = np.isfinite(r) & (np.abs(det) > (NEAR_SINGULAR * 2 * np.finfo(big.dtype).eps)
+                                   * big * big)
+            # An overflow on the way (not NaN or Inf in b itself) goes to LAPACK.
+            finite = np.isfinite(y).all(axis=(0, 1))
+            if not finite.all():
+                ok &= finite | ~np.isfinite(sb).all(axis=(0, 1))
+        else:
+            raise ValueError(f"closed-form solve covers n <= {SOLVE_MAX_N}, got {n}")
+    if ok.all():
+        return None
+    return ~ok
+
+
+def _one_norm_soa(t: np.ndarray) -> np.ndarray:
+    """||.||_1 of every matrix of a structure-of-arrays block t (n, n, m)."""
+    return np.abs(t).sum(axis=0).max(axis=0)
 
 
 def _adj2(t: np.ndarray, o: np.ndarray) -> np.ndarray:

@@ -31,18 +31,30 @@ import numpy as np
 from .._chunks import Chunk, plan_chunks
 from .._config import config
 from .._dispatch import cpu_route
+from .._dtypes import real_dtype
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
-from ._closed_form import closed_form_inverse
+from .._numerics import rcond_from_inverse, structured_matrix
+from ._closed_form import SOLVE_MAX_N, closed_form_inverse, closed_form_solve
+from ._structured import (
+    diagonal_inverse,
+    mirror_lower,
+    positive_definite_inverse,
+    positive_definite_solve,
+    triangular_inverse,
+    triangular_solve,
+)
 
 try:  # NumPy's batched inverse gufunc without the raise-on-first-failure wrapper
     from numpy.linalg import _umath_linalg
 
     _gufunc_inv: Any = _umath_linalg.inv
+    _gufunc_solve: Any = _umath_linalg.solve
 except (ImportError, AttributeError):  # pragma: no cover - future NumPy layouts
     _gufunc_inv = None
+    _gufunc_solve = None
 
-__all__ = ["CpuEngine", "lu_pivot_info"]
+__all__ = ["CpuEngine", "invert_block_ex", "lu_pivot_info", "solve_block"]
 
 _SIGNATURES = {
     np.dtype(np.float32): "f->f",
@@ -93,6 +105,69 @@ class CpuEngine:
 
         self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
         return out, info
+
+    def invert_ex(self, op: Operand, *, structure: str = "general", lower: bool = False,
+                  rcond: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(inverse, info, rcond)`` for a validated NumPy operand.
+
+        ``structure`` is a canonical name of :data:`gpuinv._numerics.STRUCTURES`;
+        ``rcond`` is None unless asked for. Chunked and threaded like
+        :meth:`invert`; rcond is computed per chunk while the chunk is hot.
+        """
+        n, dtype = op.n, op.dtype
+        out = np.empty(op.batch_shape + (n, n), dtype=dtype)
+        info = np.zeros(op.batch_shape, dtype=np.int32)
+        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if rcond else None
+        if op.empty:
+            return out, info, rc
+        a = op.array
+        out3 = out.reshape(-1, n, n)
+        info1 = info.reshape(-1)
+        rc1 = rc.reshape(-1) if rc is not None else None
+
+        def task(chunk: Chunk) -> None:
+            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+            part = rc1[chunk.start : chunk.stop] if rc1 is not None else None
+            invert_block_ex(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop],
+                            part, structure, lower)
+
+        per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        return out, info, rc
+
+    def solve_ex(self, op: Operand, b: np.ndarray, *, structure: str = "general",
+                 lower: bool = False, rcond: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(x, info, rcond)`` with ``a @ x = b`` for every matrix.
+
+        ``op.array`` and ``b`` (batch + (n, k)) are already broadcast to the
+        same batch shape (``op.batch_shape``); broadcast views are read chunk
+        by chunk, never materialized.
+        """
+        n, dtype = op.n, op.dtype
+        k = b.shape[-1]
+        x = np.empty(op.batch_shape + (n, k), dtype=dtype)
+        info = np.zeros(op.batch_shape, dtype=np.int32)
+        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if rcond else None
+        if op.empty or k == 0:
+            if rcond and not op.empty:
+                _, info, rc = self.invert_ex(op, structure=structure, lower=lower, rcond=True)
+            return x, info, rc
+        a = op.array
+        x3 = x.reshape(-1, n, k)
+        info1 = info.reshape(-1)
+        rc1 = rc.reshape(-1) if rc is not None else None
+
+        def task(chunk: Chunk) -> None:
+            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+            rhs = np.ascontiguousarray(b[chunk.index], dtype=dtype).reshape(-1, n, k)
+            part = rc1[chunk.start : chunk.stop] if rc1 is not None else None
+            solve_block(block, rhs, x3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop],
+                        part, structure, lower)
+
+        per_chunk = max(1, config.cpu_chunk_bytes // ((n * n + n * k) * dtype.itemsize))
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        return x, info, rc
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         with self._lock:
@@ -310,3 +385,237 @@ def lu_pivot_info(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 mult = a[:, k + 1 :, k] / np.where(zero, 1, pivot)[:, None]
                 a[:, k + 1 :, k + 1 :] -= mult[:, :, None] * a[:, k, None, k + 1 :]
     return zero_step, smallest_step
+
+
+# --- structure, rcond and solve (issue 10) ------------------------------------
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(x.sum()))  # cheap; an overflow just takes the exact check
+
+
+def _split_nonfinite(a: np.ndarray, out: np.ndarray, info: np.ndarray) -> np.ndarray | None:
+    """Mark matrices of ``a`` holding NaN or Inf (info -1, ``out`` NaN).
+
+    Returns None when every matrix is finite, else the indices of the finite ones.
+    """
+    with np.errstate(all="ignore"):
+        if np.isfinite(a.sum()):
+            return None
+    finite = np.isfinite(a).all(axis=(1, 2))
+    if finite.all():  # the sum overflowed, the entries are finite
+        return None
+    info[~finite] = INFO_NONFINITE
+    out[~finite] = np.nan
+    return np.flatnonzero(finite)
+
+
+def _on_finite(a: np.ndarray, out: np.ndarray, info: np.ndarray,
+               work: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> None:
+    """Run ``work(a, out, info)`` on the finite matrices of ``a`` only."""
+    keep = _split_nonfinite(a, out, info)
+    if keep is None:
+        work(a, out, info)
+        return
+    if keep.size == 0:
+        return
+    sub_out = np.empty((keep.size,) + out.shape[1:], dtype=out.dtype)
+    sub_info = np.zeros(keep.size, dtype=np.int32)
+    work(a[keep], sub_out, sub_info)
+    out[keep] = sub_out
+    info[keep] = sub_info
+
+
+def _invert_structured(a: np.ndarray, out: np.ndarray, info: np.ndarray, structure: str) -> None:
+    def work(x: np.ndarray, o: np.ndarray, i: np.ndarray) -> None:
+        if structure in ("symmetric", "hermitian"):
+            # LU of the mirrored matrix (SciPy uses Bunch-Kaufman sytrf here;
+            # NumPy has no batched one): info is the LU code of that matrix,
+            # and the inverse is mirrored so that it is exactly symmetric.
+            _invert_finite(x, o, i)
+            mirror_lower(o, conjugate=structure == "hermitian")
+        elif structure == "diagonal":
+            diagonal_inverse(x, o, i)
+        elif structure in ("upper triangular", "lower triangular"):
+            triangular_inverse(x, o, i, lower=structure == "lower triangular")
+        elif structure == "positive definite":
+            positive_definite_inverse(x, o, i, general=_invert_finite)
+        else:
+            raise ValueError(f"unknown structure {structure!r}")
+
+    _on_finite(a, out, info, work)
+
+
+def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
+                    structure: str, lower: bool) -> None:
+    """Invert a contiguous block ``x`` (m, n, n) as ``structure`` reads it; rcond into ``rc``."""
+    if structure == "general" and rc is not None and cpu_route(x.shape[-1]) == "closed_form":
+        _invert_closed_form_rcond(x, out, info, rc)
+        return
+    if structure == "general":
+        a = x
+        invert_block(x, out, info)
+    elif structure == "positive definite" and rc is None and x.shape[-1] > 4 and _all_finite(x):
+        # The common case, without building the full matrix: the Cholesky
+        # gufunc reads only the lower triangle, and above n = 4 nothing else
+        # reads the input. The upper triangle is the lower one of x^H.
+        source = x if lower else x.swapaxes(1, 2)
+        if not lower and x.dtype.kind == "c":
+            source = source.conj()
+        positive_definite_inverse(source, out, info, general=_invert_finite)
+    else:
+        a = structured_matrix(x, structure, lower)
+        _invert_structured(a, out, info, structure)
+    if rc is not None:
+        rc[...] = rcond_from_inverse(a, out, info)
+
+
+def _invert_closed_form_rcond(x: np.ndarray, out: np.ndarray, info: np.ndarray,
+                              rc: np.ndarray) -> None:
+    """invert_block for n <= 4 with rcond computed inside the closed forms."""
+    keep = _split_nonfinite(x, out, info)
+    if keep is not None:
+        rc[...] = np.where(info == INFO_NONFINITE, np.nan, 0)
+        if keep.size == 0:
+            return
+        sub_out = np.empty((keep.size,) + out.shape[1:], dtype=out.dtype)
+        sub_info = np.zeros(keep.size, dtype=np.int32)
+        sub_rc = np.empty(keep.size, dtype=rc.dtype)
+        _invert_closed_form_rcond(x[keep], sub_out, sub_info, sub_rc)
+        out[keep] = sub_out
+        info[keep] = sub_info
+        rc[keep] = sub_rc
+        return
+    redo = closed_form_inverse(x, out, rcond=rc)
+    if redo is None:
+        return
+    idx = np.flatnonzero(redo)
+    sub = np.ascontiguousarray(x[idx])
+    sub_out = np.empty_like(sub)
+    sub_info = np.zeros(idx.size, dtype=np.int32)
+    _lapack_inverse(sub, sub_out, sub_info)
+    out[idx] = sub_out
+    info[idx] = sub_info
+    rc[idx] = rcond_from_inverse(sub, sub_out, sub_info)
+
+
+def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
+    """LAPACK gesv per matrix (NumPy's gufunc), with LU info codes for the failures.
+
+    n <= SOLVE_MAX_N takes the closed forms first; the matrices they hand
+    back (numerically singular or badly scaled) take gesv.
+    """
+    if a.shape[-1] <= SOLVE_MAX_N:
+        redo = closed_form_solve(a, b, y)
+        if redo is None:
+            return
+        idx = np.flatnonzero(redo)
+        sub_y = np.empty((idx.size,) + y.shape[1:], dtype=y.dtype)
+        sub_info = np.zeros(idx.size, dtype=np.int32)
+        _lapack_solve(np.ascontiguousarray(a[idx]), np.ascontiguousarray(b[idx]), sub_y, sub_info)
+        y[idx] = sub_y
+        info[idx] = sub_info
+        return
+    _lapack_solve(a, b, y, info)
+
+
+def _has_tiny_entries(x: np.ndarray) -> bool:
+    real = x.view(x.real.dtype) if x.dtype.kind == "c" else x
+    size = np.abs(real)
+    threshold = np.ldexp(1.0, -(np.finfo(real.dtype).maxexp // 2))
+    return bool(((size < threshold) & (size > 0)).any())
+
+
+def _lapack_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
+    # Matrices of tiny entries are scaled by a power of two first (exact):
+    # OpenBLAS's getrf loses all accuracy on subnormals (see
+    # _tiny_matrix_scales); a x = b is (s a) x = s b. An invertible matrix
+    # of tiny entries has a first row with an entry in (0, 2**-(maxexp/2)),
+    # so that row alone is tested first: 1/n of the data (the per-matrix
+    # maxima of every entry cost 25% of gesv at n = 8).
+    scales = _tiny_matrix_scales(a) if _has_tiny_entries(a[:, 0, :]) else None
+    if scales is not None:
+        idx, s = scales
+        a = a.copy()
+        b = b.copy()
+        with np.errstate(all="ignore"):
+            a[idx] *= s[:, None, None]
+            b[idx] *= s[:, None, None]
+    _lapack_solve_scaled(a, b, y, info)
+
+
+def _lapack_solve_scaled(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
+    with np.errstate(all="ignore"):
+        if _gufunc_solve is not None:
+            _gufunc_solve(a, b, signature=_SIGNATURES[a.dtype][0] * 2 + "->" + _SIGNATURES[a.dtype][0],
+                          out=y)
+        else:  # pragma: no cover - only if NumPy moves its gufunc
+            for i in range(len(a)):
+                try:
+                    y[i] = np.linalg.solve(a[i], b[i])
+                except np.linalg.LinAlgError:
+                    y[i] = np.nan
+        if np.isfinite(y.sum()):
+            return
+    bad = np.flatnonzero(~np.isfinite(y).all(axis=(1, 2)))
+    zero_step, smallest_step = lu_pivot_info(a[bad])
+    # gesv fills a solution with NaN when getrf met a zero pivot; NaN in b
+    # alone gives NaN too, so only a finite b makes an all-NaN y a failure.
+    lapack_failed = np.isnan(y[bad]).all(axis=(1, 2)) & np.isfinite(b[bad]).all(axis=(1, 2))
+    code = np.where(zero_step > 0, zero_step, np.where(lapack_failed, smallest_step, 0))
+    info[bad] = code
+    y[bad[code > 0]] = np.nan
+
+
+def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
+                rc: np.ndarray | None, structure: str, lower: bool) -> None:
+    """Solve ``a @ y = b`` for a contiguous block (m, n, n), b (m, n, k).
+
+    Only ``a`` decides ``info`` (NaN or Inf in ``b`` just propagates into y).
+    ``rc`` (when given) needs the inverse as well, which costs an extra
+    inversion: exact rcond is defined from it.
+    """
+    original = a
+    if structure != "general":
+        a = structured_matrix(a, structure, lower)
+
+    def work(x: np.ndarray, o: np.ndarray, i: np.ndarray) -> None:
+        rows = b if len(x) == len(b) else b[keep_rows[0]]
+        if structure in ("general", "symmetric", "hermitian"):
+            _general_solve(x, rows, o, i)
+        elif structure == "diagonal":
+            d = np.diagonal(x, axis1=1, axis2=2)
+            i[...] = np.where((d == 0).any(axis=1), (d == 0).argmax(axis=1) + 1, 0)
+            with np.errstate(all="ignore"):
+                o[...] = rows / d[:, :, None]
+            o[i > 0] = np.nan
+        elif structure in ("upper triangular", "lower triangular"):
+            d = np.diagonal(x, axis1=1, axis2=2)
+            i[...] = np.where((d == 0).any(axis=1), (d == 0).argmax(axis=1) + 1, 0)
+            o[...] = triangular_solve(x, rows, lower=structure == "lower triangular")
+            o[i > 0] = np.nan
+        elif structure == "positive definite":
+            o[...], i[...] = positive_definite_solve(x, rows)
+        else:
+            raise ValueError(f"unknown structure {structure!r}")
+
+    keep_rows: list[Any] = [slice(None)]
+    keep = _split_nonfinite(a, y, info)
+    if keep is None:
+        work(a, y, info)
+    elif keep.size:
+        keep_rows[0] = keep
+        sub_y = np.empty((keep.size,) + y.shape[1:], dtype=y.dtype)
+        sub_info = np.zeros(keep.size, dtype=np.int32)
+        work(a[keep], sub_y, sub_info)
+        y[keep] = sub_y
+        info[keep] = sub_info
+    if rc is not None:
+        # The same code as inv_ex(rcond=True), so that both give the same rcond.
+        inverse = np.empty_like(a)
+        inv_info = np.zeros(len(a), dtype=np.int32)
+        invert_block_ex(original, inverse, inv_info, rc, structure, lower)
+        # A matrix solve found singular (or inv did, by a different rounding)
+        # gets rcond 0, as info says.
+        rc[(info > 0) | (inv_info > 0)] = 0
