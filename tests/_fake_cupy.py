@@ -20,7 +20,9 @@ What it models, so that the engine's mistakes show up on a CPU:
   planning bound is exercised end to end, and out-of-memory happens exactly
   where a route allocates. ``state.fail_above`` / ``state.fail_after`` inject
   it by size or by count. Zero-byte allocations have a NULL pointer, as in
-  CuPy.
+  CuPy. What NumPy operations on device arrays return (arithmetic, astype,
+  copy) is device memory of the current device in the pool's accounting, as
+  CuPy's results are (not in ``state.allocations``, and never failed).
 * Copies: ``memcpyAsync`` checks that its kind matches where the pointers
   live (pinned host, device) and logs the kind and stream of each enqueue in
   ``state.log``, as do the cuBLAS/cuSOLVER calls (with the stream set on the
