@@ -20,7 +20,9 @@ What it models, so that the engine's mistakes show up on a CPU:
   planning bound is exercised end to end, and out-of-memory happens exactly
   where a route allocates. ``state.fail_above`` / ``state.fail_after`` inject
   it by size or by count. Zero-byte allocations have a NULL pointer, as in
-  CuPy.
+  CuPy. What NumPy operations on device arrays return (arithmetic, astype,
+  copy) is device memory of the current device in the pool's accounting, as
+  CuPy's results are (not in ``state.allocations``, and never failed).
 * Copies: ``memcpyAsync`` checks that its kind matches where the pointers
   live (pinned host, device) and logs the kind and stream of each enqueue in
   ``state.log``, as do the cuBLAS/cuSOLVER calls (with the stream set on the
@@ -156,7 +158,8 @@ class ndarray(np.ndarray):
         lo = sum(min(0, s * (d - 1)) for s, d in zip(strides, shape))
         hi = sum(max(0, s * (d - 1)) for s, d in zip(strides, shape)) + dtype.itemsize
         buf = (ctypes.c_char * (hi - lo)).from_address(memptr.ptr + lo)
-        arr = np.ndarray(shape, dtype, buffer=buf, offset=-lo, strides=strides).view(cls)
+        with _wrapping():
+            arr = np.ndarray(shape, dtype, buffer=buf, offset=-lo, strides=strides).view(cls)
         arr._device_id = memptr.device_id
         arr._owner = memptr.owner  # keeps the memory alive
         return arr
@@ -165,6 +168,13 @@ class ndarray(np.ndarray):
         self._device_id = getattr(obj, "_device_id", _current_device())
         self._null = getattr(obj, "_null", False)
         self._owner = getattr(obj, "_owner", None)
+        if _new_memory(self):
+            # NumPy made this array's memory (arithmetic, astype, copy): CuPy
+            # would have allocated it on the current device.
+            self._device_id = _current_device()
+            self._null = False
+            self._owner = None
+            _register_result(self if self.base is None else self.base)
 
     @property
     def data(self):  # type: ignore[override]
@@ -189,6 +199,48 @@ ndarray.__module__ = "cupy"
 # --- device memory ------------------------------------------------------------------
 
 _ALIGN = 256  # CuPy's allocations are 256-byte aligned
+
+
+@contextmanager
+def _wrapping():
+    """While _empty and ndarray() view memory they have accounted for already."""
+    _local.wrapping = True
+    try:
+        yield
+    finally:
+        _local.wrapping = False
+
+
+def _new_memory(arr: ndarray) -> bool:
+    """Whether NumPy just allocated ``arr``'s memory, as the result of an operation.
+
+    astype and copy give an array that owns its memory; a ufunc gives a view
+    of a plain array that does. A view of a device array has that array (or
+    what it views) as its base.
+    """
+    if getattr(_local, "wrapping", False):
+        return False
+    base = arr.base
+    return base is None or (type(base) is np.ndarray and base.base is None)
+
+
+def _register_result(owner: np.ndarray) -> None:
+    """Make the memory of ``owner`` device memory of the current device, in the pool's accounting.
+
+    CuPy allocates the results of its operations from the current device's
+    pool. They are not in ``state.allocations`` and the injected failures do
+    not apply: those stand for the allocations a route makes itself.
+    """
+    nbytes = owner.nbytes
+    if not nbytes:
+        return
+    device = _current_device()
+    rounded = -(-nbytes // 512) * 512
+    ptr = owner.ctypes.data
+    state.used[device] = state.used.get(device, 0) + rounded
+    state.peak[device] = max(state.peak.get(device, 0), state.used[device])
+    state.device_ranges[ptr] = (nbytes, device)
+    weakref.finalize(owner, _release, ptr, rounded, device, state.generation)
 
 
 def _release(ptr: int, nbytes: int, device: int, generation: int) -> None:
@@ -220,7 +272,8 @@ def _empty(shape, dtype) -> ndarray:
     # Pool memory is never fresh: another call's leftovers (finite, large).
     raw = np.full(nbytes + _ALIGN, 0x7F, dtype=np.uint8)
     off = (-raw.ctypes.data) % _ALIGN
-    arr = raw[off : off + nbytes].view(dtype).reshape(shape).view(ndarray)
+    with _wrapping():
+        arr = raw[off : off + nbytes].view(dtype).reshape(shape).view(ndarray)
     arr._owner = raw
     arr._device_id = device
     arr._null = nbytes == 0

@@ -16,6 +16,7 @@ tests/test_cupy_signatures.py.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import sys
 from pathlib import Path
@@ -649,3 +650,25 @@ def test_the_fake_rejects_memory_of_another_device(fake, rng):
     handle = fake.cuda.device.get_cublas_handle()  # device 0's
     with pytest.raises(_fake_cupy.FakeCudaError, match="device 1 used on device 0"):
         cublas.dgetrfBatched(handle, 3, ptrs.data.ptr, 3, piv.data.ptr, info.data.ptr, 2)
+
+
+def test_results_of_operations_are_device_memory_of_the_current_device(fake):
+    # CuPy allocates what arithmetic, astype and copy return from the current
+    # device's pool; library calls on them must pass the device-memory checks.
+    used0 = fake.state.used.get(0, 0)
+    with fake.cuda.Device(1):
+        a = fake.zeros((2, 3, 3))
+        used = fake.state.used.get(1, 0)
+        results = [a + 1, 2 * a, a.astype(np.float32), a.copy(), a + fake.eye(3)]
+        for r in results:
+            assert fake._where_memory(r.data.ptr, r.nbytes) == ("device", 1)
+            assert r.device.id == 1
+        grown = fake.state.used[1]
+        assert grown >= used + sum(r.nbytes for r in results)
+        views = [results[0][1], results[1].reshape(-1), results[2].transpose(0, 2, 1)]
+        assert fake.state.used[1] == grown  # views are not new memory
+        assert fake._where_memory(views[0].data.ptr, views[0].nbytes) == ("device", 1)
+    assert fake.state.used.get(0, 0) == used0
+    del results, views, r
+    gc.collect()
+    assert fake.state.used[1] == used

@@ -351,6 +351,7 @@ def fake(monkeypatch, kernel_cache):
     monkeypatch.setitem(sys.modules, "gpuinv_tests_fake_cupy_check", module)
     spec.loader.exec_module(module)
     from gpuinv import kernels
+    from gpuinv.engines import cuda_engine
     from gpuinv.kernels import _nvrtc
 
     pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="the kernels compile with CuPy's NVRTC")
@@ -361,8 +362,13 @@ def fake(monkeypatch, kernel_cache):
     monkeypatch.setenv("GPUINV_KERNEL_CACHE_DIR", str(kernel_cache))
     monkeypatch.setattr(kernels, "_launch", numpy_launch)
     kernels._kernel.cache_clear()  # modules loaded on the stand-in stay there
+    # gpuinv caches one CUDA engine per device, with its pinned staging and
+    # streams: each test loads a fresh stand-in, which knows none of an
+    # earlier one's streams or memory, so none may reach the next test.
+    cuda_engine.cache_clear()
     with module.installed(monkeypatch):
         yield module
+    cuda_engine.cache_clear()
     kernels._kernel.cache_clear()
 
 
