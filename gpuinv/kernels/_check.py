@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from . import NVRTC_OPTIONS, KernelSpec, instantiations, kernel_source
+from ._nvrtc import load_nvrtc as _load_nvrtc
 from ._sass import kernel_code
 
 __all__ = [
@@ -100,20 +101,6 @@ def parse_ptxas_report(log: str) -> dict[str, dict[str, int]]:
 
 class NvrtcCompileError(RuntimeError):
     """NVRTC rejected the kernel source; the message holds its log."""
-
-
-def _load_nvrtc():
-    """CuPy's NVRTC binding, or ImportError saying why it cannot be used."""
-    from cupy.cuda import nvrtc  # noqa: PLC0415 - optional dependency
-
-    try:
-        nvrtc.getVersion()  # loads libnvrtc
-    except Exception as exc:  # CuPy reports a missing library in several ways
-        raise ImportError(
-            f"libnvrtc cannot be loaded ({exc}); pip install nvidia-cuda-nvrtc-cu12 "
-            "(or nvidia-cuda-nvrtc for CUDA 13)"
-        ) from exc
-    return nvrtc
 
 
 def nvrtc_version() -> str:
