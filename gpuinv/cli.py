@@ -14,6 +14,7 @@ Exit codes (also in ``docs/cli.md``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
 import numpy as np
 
@@ -419,7 +420,7 @@ class _Failures:
 def cmd_invert(args: argparse.Namespace, out: TextIO) -> int:
     from . import inv_ex
     from ._chunks import plan_chunks
-    from ._device import CudaUnavailableError, parse_device
+    from ._device import parse_device
 
     try:
         parse_device(args.device)
@@ -464,7 +465,7 @@ def cmd_invert(args: argparse.Namespace, out: TextIO) -> int:
     progress = make_progress(total, args.quiet, sys.stderr)
     start = time.perf_counter()
     temporaries = [p for p in (tmp, info_tmp, rcond_tmp) if p is not None]
-    try:
+    with _writing(target, temporaries, progress):
         for chunk in plan_chunks(batch_shape, per_chunk):
             res = inv_ex(a[chunk.index], assume_a=assume_a, lower=args.lower,
                          rcond=rcond_out is not None, device=args.device)
@@ -485,17 +486,6 @@ def cmd_invert(args: argparse.Namespace, out: TextIO) -> int:
         info_out.flush()
         if rcond_out is not None:
             rcond_out.flush()
-    except CudaUnavailableError as exc:
-        _discard(*temporaries)
-        raise CliError(str(exc)) from None
-    except OSError as exc:
-        _discard(*temporaries)
-        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
-    except BaseException:
-        _discard(*temporaries)
-        raise
-    finally:
-        progress.close()
     del result, info_out, rcond_out
     os.replace(tmp, target)
     os.replace(info_tmp, info_target)
@@ -551,7 +541,7 @@ def cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
     """``gpuinv solve A B -o X``: a @ x = b for every matrix, chunk by chunk."""
     from . import solve_ex
     from ._chunks import plan_chunks
-    from ._device import CudaUnavailableError, parse_device
+    from ._device import parse_device
     from ._dtypes import result_dtype
 
     try:
@@ -612,7 +602,7 @@ def cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
     ill = _IllConditioned(batch, float(np.finfo(real).eps))
     progress = make_progress(total, args.quiet, sys.stderr)
     start = time.perf_counter()
-    try:
+    with _writing(target, temporaries, progress):
         for chunk in plan_chunks(batch, per_chunk):
             res = solve_ex(a_b[chunk.index], b_b[chunk.index], assume_a=assume_a,
                            lower=args.lower, rcond=rcond_out is not None, device=args.device)
@@ -632,17 +622,6 @@ def cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         info_out.flush()
         if rcond_out is not None:
             rcond_out.flush()
-    except CudaUnavailableError as exc:
-        _discard(*temporaries)
-        raise CliError(str(exc)) from None
-    except OSError as exc:
-        _discard(*temporaries)
-        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
-    except BaseException:
-        _discard(*temporaries)
-        raise
-    finally:
-        progress.close()
     del x_out, info_out, rcond_out
     finals = [p for p in (target, info_target, rcond_target) if p is not None]
     for tmp, final in zip(temporaries, finals):
@@ -664,6 +643,26 @@ def cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
               f"(their solutions are NaN in {target}; codes in {info_target})", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _writing(target: Path, temporaries: list[Path], progress: Any) -> Iterator[None]:
+    """Stream results into ``temporaries``: on any error they are removed, and the progress bar closes."""
+    from ._device import CudaUnavailableError
+
+    try:
+        yield
+    except CudaUnavailableError as exc:
+        _discard(*temporaries)
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        _discard(*temporaries)
+        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+    except BaseException:
+        _discard(*temporaries)
+        raise
+    finally:
+        progress.close()
 
 
 def _discard(*paths: Path) -> None:
