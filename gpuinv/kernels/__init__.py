@@ -138,10 +138,16 @@ class KernelSpec:
         item = self.dtype.itemsize
         if self.shape == "thread":
             return self.n * self.n * (self.block + 1) * item
-        return self.per_block * self.n * (self.n + 1) * item
+        return self.per_block * self.n * group_ld(self.n, self.dtype) * item
 
     def label(self) -> str:
         return f"{self.dtype.name:<10} n={self.n:<2} {self.shape:<6} block={self.block:<3}"
+
+
+def group_ld(n: int, dtype: Any) -> int:
+    """The lane-group kernel's stage row stride: n + 1 rounded up to 16 bytes (inverse.cuh's group_stage)."""
+    per_16 = 16 // np.dtype(dtype).itemsize
+    return -(-(n + 1) // per_16) * per_16
 
 
 def _check_dtype(dtype: Any) -> np.dtype:
@@ -175,7 +181,7 @@ def kernel_spec(n: int, dtype: Any) -> KernelSpec:
     group = 1 << (n - 1).bit_length()
     per_warp = 32 // group
     for warps in (4, 2, 1):
-        if warps * per_warp * n * (n + 1) * item <= _SMEM_LIMIT:
+        if warps * per_warp * n * group_ld(n, dt) * item <= _SMEM_LIMIT:
             return KernelSpec(dt, n, "group", 32 * warps, warps * per_warp, group)
     raise AssertionError("unreachable: one warp's stage of a 32x32 complex128 is 16.5 KiB")
 

@@ -137,6 +137,11 @@ def staging_trips(spec: KernelSpec) -> tuple[int, int]:
     return -(-total // 32), total // 32
 
 
+def compute_trips(spec: KernelSpec) -> int | None:
+    """Trips of the rolled loops without global accesses: the group kernel's k loop runs N times."""
+    return spec.n if spec.shape == "group" else None
+
+
 def matrices_per_warp(spec: KernelSpec) -> int:
     return 32 if spec.shape == "thread" else 32 // spec.group
 
@@ -153,7 +158,7 @@ def _bound(rate_per_s: float, per_matrix: float) -> float | None:
 def model_kernel(report: KernelReport, sass: str) -> dict:
     """The model's record for one compiled kernel (the JSON's keys; docs/kernels.md)."""
     spec = report.spec
-    path = count_main_path(parse_sass(sass), *staging_trips(spec))
+    path = count_main_path(parse_sass(sass), *staging_trips(spec), compute_trips=compute_trips(spec))
     mpw = matrices_per_warp(spec)
     per_trip = path.weighted()
     wipm = per_trip / mpw

@@ -387,7 +387,9 @@ def _peel(main: list[Instr], loop_start: int, kind: str) -> tuple[int, list[int]
     return best
 
 
-def count_main_path(instrs: list[Instr], staging_trips: int, staging_trips_min: int | None = None) -> MainPath:
+def count_main_path(
+    instrs: list[Instr], staging_trips: int, staging_trips_min: int | None = None, compute_trips: int | None = None
+) -> MainPath:
     """Weight every instruction of the main path by its executions in one tile trip.
 
     Parameters
@@ -401,6 +403,11 @@ def count_main_path(instrs: list[Instr], staging_trips: int, staging_trips_min: 
     staging_trips_min : int, optional
         The same in the lane that runs the fewest (default: all lanes run
         ``staging_trips``).
+    compute_trips : int, optional
+        Trips of every rolled loop without global accesses (the lane-group
+        kernel's elimination loop runs N times). Without it, such a loop is
+        counted once and reported in ``unknown_loops``. These loops must not
+        nest.
 
     The widest backward branch whose body holds both global loads and
     stores is the tile loop (weight 1: one trip is what is counted). Every other backward branch closes a loop that stayed rolled;
@@ -452,8 +459,16 @@ def count_main_path(instrs: list[Instr], staging_trips: int, staging_trips_min: 
         body = [i for i in main if start <= i.addr <= stop]
         unroll = sum(1 for i in body if i.base in ("LDG", "STG"))
         if unroll == 0:
-            unknown += 1
-            loops.append(Loop(start, stop, 0, 0, len(body)))
+            if compute_trips is None:
+                unknown += 1
+                loops.append(Loop(start, stop, 0, 0, len(body)))
+                continue
+            for other in loops:
+                if other.unroll == 0 and not (other.end < start or stop < other.start):
+                    raise SassError(f"nested compute loops at {start:#x} and {other.start:#x}: trips unknown")
+            loops.append(Loop(start, stop, 0, compute_trips, len(body)))
+            for i in body:
+                weights[i.addr] *= compute_trips
             continue
         trips = staging_trips // unroll
         loops.append(Loop(start, stop, unroll, trips, len(body)))

@@ -23,9 +23,15 @@
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define GPUINV_HD __host__ __device__ __forceinline__
 #define GPUINV_UNROLL _Pragma("unroll")
+#define GPUINV_ROLLED _Pragma("unroll 1")
+#define GPUINV_FMA(a, b, c) fma((a), (b), (c))
+#define GPUINV_FMAF(a, b, c) fmaf((a), (b), (c))
 #else
 #define GPUINV_HD inline
 #define GPUINV_UNROLL
+#define GPUINV_ROLLED
+#define GPUINV_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#define GPUINV_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
 #endif
 
 namespace gpuinv {
@@ -60,9 +66,10 @@ GPUINV_HD bool is_finite(float x) { return finite_real(x); }
 GPUINV_HD bool is_finite(double x) { return finite_real(x); }
 GPUINV_HD float mul(float a, float b) { return a * b; }
 GPUINV_HD double mul(double a, double b) { return a * b; }
-// a - b * c: the GPU contracts it to one FMA.
-GPUINV_HD float fms(float a, float b, float c) { return a - b * c; }
-GPUINV_HD double fms(double a, double b, double c) { return a - b * c; }
+// a - b * c as one fused multiply-add, written out so that the host build
+// (compiled with -ffp-contract=off) rounds exactly as the GPU does.
+GPUINV_HD float fms(float a, float b, float c) { return GPUINV_FMAF(-b, c, a); }
+GPUINV_HD double fms(double a, double b, double c) { return GPUINV_FMA(-b, c, a); }
 GPUINV_HD float neg(float a) { return -a; }
 GPUINV_HD double neg(double a) { return -a; }
 GPUINV_HD float recip(float a) { return 1.0f / a; }
@@ -90,10 +97,13 @@ template <class R> GPUINV_HD cplx<R> mul(cplx<R> a, cplx<R> b) {
     r.im = a.re * b.im + a.im * b.re;
     return r;
 }
+// a - b * c in four fused multiply-adds, (a.re - b.re c.re) + b.im c.im and
+// (a.im - b.re c.im) - b.im c.re: two roundings per part, as the real
+// elimination has per product, and four instructions instead of six.
 template <class R> GPUINV_HD cplx<R> fms(cplx<R> a, cplx<R> b, cplx<R> c) {
     cplx<R> r;
-    r.re = a.re - (b.re * c.re - b.im * c.im);
-    r.im = a.im - (b.re * c.im + b.im * c.re);
+    r.re = fms(fms(a.re, b.re, c.re), -b.im, c.im);
+    r.im = fms(fms(a.im, b.re, c.im), b.im, c.re);
     return r;
 }
 template <class R> GPUINV_HD cplx<R> neg(cplx<R> a) {
@@ -150,6 +160,32 @@ template <> GPUINV_HD cplx<double> make_zero<cplx<double> >() {
     r.re = r.im = 0.0;
     return r;
 }
+
+// A small integer stored in an element slot and read back (the lane-group
+// kernel passes the column permutation through shared memory this way).
+template <class T> GPUINV_HD T from_index(int i) {
+    T v = make_zero<T>();
+    return v + T(i);
+}
+template <class R> GPUINV_HD cplx<R> from_index_c(int i) {
+    cplx<R> v;
+    v.re = R(i);
+    v.im = R(0);
+    return v;
+}
+template <> GPUINV_HD cplx<float> from_index<cplx<float> >(int i) { return from_index_c<float>(i); }
+template <> GPUINV_HD cplx<double> from_index<cplx<double> >(int i) { return from_index_c<double>(i); }
+GPUINV_HD int to_index(float v) { return (int)v; }
+GPUINV_HD int to_index(double v) { return (int)v; }
+template <class R> GPUINV_HD int to_index(cplx<R> v) { return (int)v.re; }
+
+// The leading dimension of the lane-group kernel's shared stage: n + 1
+// rounded up to 16 bytes, so that every row starts 16-byte aligned and the
+// pivot row is stored and read with 128-bit accesses.
+template <class T, int N> struct group_stage {
+    static constexpr int per_16 = 16 / (int)sizeof(T);
+    static constexpr int ld = (N + 1 + per_16 - 1) / per_16 * per_16;
+};
 
 // --- the steps of the inversion, shared by every kernel shape -----------------
 
@@ -315,6 +351,22 @@ GPUINV_HD void back_substitute_column(const T* lu, int ld, int c, T (&x)[N]) {
     GPUINV_UNROLL
     for (int k = N - 1; k >= 0; --k)
         x[k] = back_substitute<T, N>(x[k], k, lu[k * ld + k], [&](int j) { return lu[k * ld + j]; },
+                                     [&](int j) { return x[j]; });
+}
+
+// The same column of X = U^-1 Y from phase 1's rows stored rotated, as the
+// lane-group kernel stores them: row k's slot s at lu[k * ld + (s - k) mod n],
+// so that its diagonal (1 / u_kk) comes first, then u_k,k+1 ... u_k,n-1,
+// then y_k0 ... y_k,k-1. The offsets of U are compile-time constants; only
+// Y's depend on the column. The arithmetic is back_substitute_column's, in
+// the same order, so it gives the same bits.
+template <class T, int N>
+GPUINV_HD void back_substitute_column_rotated(const T* lu, int ld, int c, T (&x)[N]) {
+    GPUINV_UNROLL
+    for (int k = 0; k < N; ++k) x[k] = k < c ? make_zero<T>() : (k == c ? make_one<T>() : lu[k * ld + c - k + N]);
+    GPUINV_UNROLL
+    for (int k = N - 1; k >= 0; --k)
+        x[k] = back_substitute<T, N>(x[k], k, lu[k * ld], [&](int j) { return lu[k * ld + j - k]; },
                                      [&](int j) { return x[j]; });
 }
 

@@ -89,29 +89,45 @@ __device__ __forceinline__ R shfl_xor(R v, int mask, int width) {
 
 // A group of G lanes (G a power of two, N <= G <= 32) per matrix, 32 / G
 // matrices per warp, W warps per block. Each warp stages its matrices
-// through its own slice of shared memory (rows padded to N + 1), so global
-// loads and stores are coalesced and only __syncwarp is needed.
+// through its own slice of shared memory (rows LD = N + 1 rounded up to 16
+// bytes apart), so global loads and stores are coalesced and only
+// __syncwarp is needed.
 //
-// Phase 1 (LU and L^-1 P): one row per lane. Rows never move between lanes:
-// an interchange only swaps the two lanes' `pos` (the row's position in the
-// pivoted order). The pivot search is a butterfly arg-max over the group on
-// (pivot_key, pos); the pivot row is broadcast one element at a time by
-// shuffles, so only one element of it is live in registers; each lane
-// updates its own row with lu_row_step, as the one-thread kernel does.
-// Phase 2 (X = U^-1 Y): the lanes write their rows back to the slice in
-// pivoted order and then each lane solves one column with
-// back_substitute_column, reading U from shared memory (a broadcast: all
-// lanes read the same element). Lanes past N only take part in the
-// shuffles.
+// Phase 1 (LU and L^-1 P): one row per lane, in registers, never moving
+// between lanes: an interchange only swaps the two lanes' `pos` (the row's
+// position in the pivoted order). The k loop stays rolled (its body is the
+// same for every k, so the code is O(N), not O(N^2)), which a register
+// array allows only if no element is indexed by k: so each row is kept
+// rotated, r[0] holding slot k at step k, and every step shifts it by one
+// as it updates it (r[j - 1] = r[j] - l p_j; r[N - 1] = -l), which costs no
+// moves. The pivot search is a butterfly arg-max over the group on
+// (pivot_key, pos). The pivot lane stores its row, with 1 / pivot in place
+// of the pivot, straight to its final place in the slice (row k, rotated:
+// slot k first), and every lane reads it back from there: a 16-byte access
+// moves 4, 2 or 1 elements, where a shuffle moves 4 bytes. Every lane then
+// applies the same update without a select: rows below the pivot get
+// exactly lu_row_step's arithmetic, and the other rows (the pivot row and
+// rows above it, already stored) get values nobody reads. That is exact for
+// every matrix with info == 0; after an exactly zero pivot (info > 0) the
+// rows below it are updated with l = a_ik (which is +-0 unless NaN) where
+// the one-thread kernel leaves them, and only the signs of zeros or the
+// propagation of an overflow can differ, in an inverse that is
+// meaningless anyway.
+// Phase 2 (X = U^-1 Y): each lane solves one column with
+// back_substitute_column_rotated, reading U and Y from the slice (all lanes
+// of a group read the same U element at once: a broadcast). Lanes past N
+// only take part in the collectives.
 template <class T, int N, int G, int W>
 __global__ void __launch_bounds__(32 * W, 1)
     inv_group(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, long long m) {
     typedef typename real_of<T>::type R;
     constexpr int NN = N * N;
     constexpr int MPW = 32 / G;  // matrices per warp
-    constexpr int LD = N + 1;
+    constexpr int LD = group_stage<T, N>::ld;
     constexpr int SLICE = MPW * N * LD;
-    __shared__ T stage[W * SLICE];
+    // Declared as 16-byte elements so that the stage is 16-byte aligned.
+    __shared__ cplx<double> stage16[W * SLICE * sizeof(T) / 16];
+    T* stage = reinterpret_cast<T*>(stage16);
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     const int grp = lane / G;
@@ -126,13 +142,12 @@ __global__ void __launch_bounds__(32 * W, 1)
         const long long first = chunk * MPW;
         const int count = (m - first) < MPW ? (int)(m - first) : MPW;
         const long long base = first * NN;
+        // Element g of the chunk is element (g % N) of its row g / N (counted
+        // over all the chunk's matrices), which the slice keeps LD apart.
         for (int g = lane; g < MPW * NN; g += 32) {
-            int mat = g / NN;
-            int e = g - mat * NN;
-            int i = e / N;
             // Matrices past m are zeros: they run through the elimination
             // (every lane must) but are never written back.
-            s[mat * N * LD + i * LD + (e - i * N)] = mat < count ? a[base + g] : make_zero<T>();
+            s[g + (g / N) * (LD - N)] = g < count * NN ? a[base + g] : make_zero<T>();
         }
         __syncwarp();
         T r[N];
@@ -140,67 +155,66 @@ __global__ void __launch_bounds__(32 * W, 1)
         for (int j = 0; j < N; ++j) r[j] = has_row ? mine[row * LD + j] : make_zero<T>();
         const bool bad = has_row && !row_is_finite(r);
         const bool nonfinite = (__ballot_sync(0xffffffffu, bad) & gmask) != 0u;
+        __syncwarp();  // every lane has read its row: phase 1 overwrites the slice
         int pos = row;  // lanes past N keep pos >= N: never a candidate, never matched
         int code = 0;
-        GPUINV_UNROLL
+        GPUINV_ROLLED
         for (int k = 0; k < N; ++k) {
             // Rows already used as pivots, and lanes without a row, rank below
-            // every candidate (whose key is >= -0.5).
-            R best = (has_row && pos >= k) ? pivot_key(r[k]) : R(-1);
-            int best_pos = pos;
-            int best_row = row;
+            // every candidate (whose key is >= -0.5). Positions are distinct
+            // and below 32, so (pos, row) packs into one word that orders as
+            // pos does.
+            R best = (has_row && pos >= k) ? pivot_key(r[0]) : R(-1);
+            int best_at = pos * 32 + row;
             GPUINV_UNROLL
             for (int off = G / 2; off > 0; off /= 2) {
                 R other = shfl_xor(best, off, G);
-                int other_pos = shfl_xor(best_pos, off, G);
-                int other_row = shfl_xor(best_row, off, G);
-                if (pivot_beats(other, other_pos, best, best_pos)) {
+                int other_at = shfl_xor(best_at, off, G);
+                if (pivot_beats(other, other_at, best, best_at)) {
                     best = other;
-                    best_pos = other_pos;
-                    best_row = other_row;
+                    best_at = other_at;
                 }
             }
+            const int best_row = best_at % 32;
             const bool is_pivot = row == best_row;
+            // The pivot's key is cabs1(pivot), or -0.5 for NaN: nonzero
+            // exactly when lu_row_step's `active` is true.
+            const bool active = best != R(0);
+            if (!active && code == 0) code = k + 1;
             // Interchange: the pivot row takes position k, the row that held
             // position k takes the pivot's old position.
-            pos = is_pivot ? k : (pos == k ? best_pos : pos);
-            const T piv = shfl(r[k], best_row, G);
-            const bool active = cabs1(piv) != R(0);
-            if (!active && code == 0) code = k + 1;
-            const T inv = active ? recip(piv) : make_one<T>();
-            lu_row_step<T, N>(r, k, has_row && pos > k, is_pivot, active, inv,
-                              [&](int j) { return shfl(r[j], best_row, G); });
-        }
-        // The original index of the row now at position `row`: phase 2's
-        // column `row` of U^-1 Y is column col_of_mine of the inverse.
-        int col_of_mine = 0;
-        GPUINV_UNROLL
-        for (int c = 0; c < N; ++c) {
-            unsigned at_c = __ballot_sync(0xffffffffu, has_row && pos == c) & gmask;
-            if (row == c) col_of_mine = __ffs(at_c) - 1 - grp * G;
-        }
-        __syncwarp();  // every lane has read its input row from the slice
-        if (has_row) {
+            pos = is_pivot ? k : (pos == k ? best_at / 32 : pos);
+            const T inv = recip((is_pivot && active) ? r[0] : make_one<T>());
+            T* prow = mine + k * LD;
+            if (is_pivot) {
+                prow[0] = inv;
+                GPUINV_UNROLL
+                for (int j = 1; j < N; ++j) prow[j] = r[j];
+            }
+            __syncwarp();
+            const T l = mul(r[0], prow[0]);
             GPUINV_UNROLL
-            for (int j = 0; j < N; ++j) mine[pos * LD + j] = r[j];
+            for (int j = 1; j < N; ++j) r[j - 1] = fms(r[j], l, prow[j]);
+            r[N - 1] = neg(l);
         }
+        // Column `row` of U^-1 Y is column col_of_mine of the inverse: the
+        // original index of the row now at position `row`, passed through
+        // the slice's padding column.
+        if (has_row) mine[pos * LD + N] = from_index<T>(row);
         __syncwarp();
+        const int col_of_mine = has_row ? to_index(mine[row * LD + N]) : 0;
         T x[N];
-        back_substitute_column<T, N>(mine, LD, row, x);  // lanes past N: a harmless dummy column
-        __syncwarp();  // every lane has read U before the slice takes X
-        if (has_row) {
+        back_substitute_column_rotated<T, N>(mine, LD, row, x);  // lanes past N: a harmless dummy column
+        // X goes straight to global memory: the group's lanes hold the N
+        // columns of X, so each store writes one whole row of the inverse
+        // (permuted among the lanes), as coalesced as a staged store.
+        if (has_row && grp < count) {
+            T* dst = out + base + grp * NN + col_of_mine;
             GPUINV_UNROLL
-            for (int i = 0; i < N; ++i) mine[i * LD + col_of_mine] = nonfinite ? make_nan<T>() : x[i];
+            for (int i = 0; i < N; ++i) dst[i * N] = nonfinite ? make_nan<T>() : x[i];
+            if (row == 0) info[first + grp] = nonfinite ? -1 : code;
         }
-        if (row == 0 && grp < count) info[first + grp] = nonfinite ? -1 : code;
-        __syncwarp();
-        for (int g = lane; g < count * NN; g += 32) {
-            int mat = g / NN;
-            int e = g - mat * NN;
-            int i = e / N;
-            out[base + g] = s[mat * N * LD + i * LD + (e - i * N)];
-        }
-        __syncwarp();  // the next chunk's loads overwrite the slice
+        __syncwarp();  // every lane has read U before the next chunk's loads overwrite the slice
     }
 }
 
