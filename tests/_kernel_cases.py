@@ -186,9 +186,10 @@ def exact_singular(rng, m, n, dtype):
 def getf2_zero_step(x: np.ndarray) -> np.ndarray:
     """First exactly zero pivot (1-based step, 0 if none) of LAPACK getf2's LU.
 
-    Vectorized over the batch, with getf2's arithmetic: the reciprocal of the
-    pivot, multipliers l = a_ik * (1 / pivot), then a_ij - l * a_kj, each
-    rounded on its own (the host build has FMA contraction off).
+    Vectorized over the batch, with getf2's arithmetic as the kernels do it:
+    the reciprocal of the pivot, multipliers l = a_ik * (1 / pivot), then
+    a_ij - l * a_kj as one fused multiply-add (inverse.cuh's fms; complex:
+    two per part, as there).
     """
     a = np.array(x, copy=True)
     m, n, _ = a.shape
@@ -206,5 +207,26 @@ def getf2_zero_step(x: np.ndarray) -> np.ndarray:
             zero_step[(zero_step == 0) & zero] = k + 1
             inv = 1 / np.where(zero, 1, pivot)
             mult = a[:, k + 1 :, k] * inv[:, None]
-            a[:, k + 1 :, k + 1 :] -= mult[:, :, None] * a[:, k, None, k + 1 :]
+            a[:, k + 1 :, k + 1 :] = _fms(a[:, k + 1 :, k + 1 :], mult[:, :, None], a[:, k, None, k + 1 :])
     return zero_step
+
+
+def _fused(a, b, c):
+    """a - b * c for real arrays, rounded once to a's dtype, as an FMA does.
+
+    The product and the difference are formed in a wider type (float64 for
+    float32, long double for float64): exact for float32, and for float64
+    exact wherever long double has 64 or more significand bits and the
+    operands' product fits, which is all these tests need to decide whether
+    a pivot is exactly zero.
+    """
+    wide = np.float64 if a.dtype == np.float32 else np.longdouble
+    return (a.astype(wide) - b.astype(wide) * c.astype(wide)).astype(a.dtype)
+
+
+def _fms(a, b, c):
+    if a.dtype.kind != "c":
+        return _fused(a, b, c)
+    re = _fused(_fused(a.real, b.real, c.real), -b.imag, c.imag)
+    im = _fused(_fused(a.imag, b.real, c.imag), b.imag, c.real)
+    return re + 1j * im if a.dtype == np.complex128 else (re + np.complex64(1j) * im).astype(a.dtype)

@@ -355,6 +355,48 @@ def test_counts_on_a_compiled_kernel_do_not_depend_on_unrolling(tools, arch, unr
     assert all(path.weights[a] == 0 for a in path.rare)
 
 
+COMPUTE_SOURCE = r"""
+extern "C" __global__ void compute(const float* __restrict__ a, float* __restrict__ b, long long m) {
+    __shared__ float s[32 * 8];
+    for (long long c = blockIdx.x; c < m; c += gridDim.x) {
+        #pragma unroll
+        for (int g = threadIdx.x; g < 32 * 8; g += 32) s[g] = a[c * 256 + g];
+        __syncwarp();
+        float v = 0.0f;
+        #pragma unroll 1
+        for (int k = 0; k < 8; ++k) v = fmaf(v, v, s[k * 32 + threadIdx.x]);
+        b[c * 32 + threadIdx.x] = v;
+        __syncwarp();
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("arch", _check.ARCHS)
+def test_a_rolled_compute_loop_counts_its_trips(tools, arch):
+    # A loop without global accesses has no trip count the SASS shows: the
+    # caller gives it (the group kernel's k loop runs n times), else it is
+    # counted once and reported as unknown.
+    nvrtc = tools
+    prog = nvrtc.createProgram(COMPUTE_SOURCE, "compute.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, [f"-arch={arch}"])
+        code = sass.kernel_code(nvrtc.getCUBIN(prog), "compute")
+    finally:
+        nvrtc.destroyProgram(prog)
+    instrs = sass.parse_sass(sass.disassemble(code, arch))
+    once = sass.count_main_path(instrs, staging_trips=8)
+    counted = sass.count_main_path(instrs, staging_trips=8, compute_trips=8)
+    assert once.unknown_loops == 1 and counted.unknown_loops == 0
+    (loop,) = [lp for lp in counted.loops if lp.unroll == 0]
+    assert loop.trips == 8
+    # Exactly the loop body is weighted 8 times instead of once: 8 shared
+    # loads and 8 FMAs a trip of the chunk loop.
+    assert counted.weighted() - once.weighted() == 7 * loop.body_instructions
+    assert counted.mix()["shared"] == 8 + 8
+    assert sum(1 for i in counted.instructions if i.base == "FFMA" and loop.start <= i.addr <= loop.end) == 1
+
+
 def test_model_of_real_instantiations(tools):
     specs = [kernels.kernel_spec(2, np.float32), kernels.kernel_spec(9, np.float32)]
     reports = _check.compile_report(specs, "sm_90", set(specs), keep_code=True)
@@ -364,6 +406,10 @@ def test_model_of_real_instantiations(tools):
         assert r["main_path_bytes"] <= r["kernel_bytes"]
         assert r["unknown_loops"] == 0 and r["spill_bytes"] == 0
         assert r["staging_loops"] and all(lp["unroll"] > 0 for lp in r["staging_loops"])
+        # The lane-group kernel's k loop stays rolled and runs n times; the
+        # one-thread kernel unrolls everything but its staging loops.
+        expect = [r["n"]] if r["shape"] == "group" else []
+        assert [lp["trips"] for lp in r["compute_loops"]] == expect
         assert sum(r["mix"].values()) == pytest.approx(r["warp_instructions_per_matrix"], abs=0.05)  # each rounded
         assert set(r["bounds"]) == {"H200", "H100"}
         assert r["limiter"] in r["bounds"]["H200"]

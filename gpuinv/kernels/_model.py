@@ -217,6 +217,12 @@ def model_kernel(report: KernelReport, sass: str) -> dict:
         "staging_loops": [
             {"unroll": lp.unroll, "body_trips": lp.trips, "body_instructions": lp.body_instructions}
             for lp in path.loops
+            if lp.unroll > 0
+        ],
+        "compute_loops": [
+            {"trips": lp.trips, "body_instructions": lp.body_instructions}
+            for lp in path.loops
+            if lp.unroll == 0 and lp.trips > 0
         ],
         "unknown_loops": path.unknown_loops,
         "slow_path_call_instructions": len(path.rare),
