@@ -360,7 +360,7 @@ def _solve_compute(structure: str, lower: bool, route: str,
         a, _ = _aligned(ins[0], owned)
         b, _ = _aligned(ins[1], owned)
         out, info = outs[0], outs[1]
-        m, n, k = out.shape
+        m, n, _ = out.shape
         dtype = out.dtype
         if structure == "general":
             full = a  # _lu_solve gathers it
