@@ -57,6 +57,11 @@ single matrix does not fit, :class:`MemoryError` names the bytes it needs.
 Every scratch buffer is a CuPy array owned by the call, so nothing stays
 allocated after an error.
 
+All of this is one piece of machinery, :meth:`CudaEngine.run_chunks`, which
+runs a :class:`ChunkWork` (inputs, results, and the math of one chunk): the
+inverse here and the structure, rcond and solve routes of
+:mod:`gpuinv.engines._cuda_numerics` alike.
+
 NumPy input goes through the host<->device pipeline of :mod:`gpuinv._pipeline`:
 each chunk is copied (and cast) by host threads into a pinned buffer, uploaded,
 inverted and downloaded on its slot's own stream, so that the upload of one
