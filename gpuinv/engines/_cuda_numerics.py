@@ -161,13 +161,13 @@ def _nan_where_failed(out: Any, info: Any) -> None:
     cupy.copyto(out, out.dtype.type(np.nan), where=(info != 0)[:, None, None])
 
 
-def _aligned(view: Any, owned: bool) -> tuple[Any, bool]:
+def _aligned(view: Any) -> Any:
     """``view``, or an aligned copy where it starts off its element size (see
     :func:`gpuinv.engines.cuda._realigned`): CuPy's own kernels, which read
     it here before the engine's chunk inverse would, fault on such loads."""
     if _cuda._is_aligned(view):
-        return view, owned
-    return _cuda._realigned(view), True
+        return view
+    return _cuda._realigned(view)
 
 
 def _as_stack(x: Any, dtype: np.dtype, m: int) -> Any:
@@ -185,21 +185,25 @@ def _write_rcond(full: Any, inverse: Any, info: Any, rc: Any) -> None:
 # --- inverses -----------------------------------------------------------------------
 
 
-def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool, route: str,
-                   owned: bool) -> Any:
+def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool,
+                   route: str) -> Any:
     """Write one chunk's inverses ``out`` (m, n, n) and ``info`` (m,); return the
-    matrices as read (the chunk's batch shape + (n, n)), for rcond."""
+    matrices as read (the chunk's batch shape + (n, n)), for rcond.
+
+    The engine's chunk inverse is never told that it owns its input, even
+    where it does: rcond reads the matrices afterwards.
+    """
     import cupy
 
     m, n = out.shape[0], out.shape[-1]
     dtype = out.dtype
-    view, owned = _aligned(view, owned)
+    view = _aligned(view)
     if structure == "general":
-        _cuda._invert_chunk(view, out, info, route, owned=owned)
+        _cuda._invert_chunk(view, out, info, route)
         return view
     full = structured_matrix(view.astype(dtype, copy=False), structure, lower).reshape(m, n, n)
     if structure in ("symmetric", "hermitian"):
-        _cuda._invert_chunk(full, out, info, route, owned=True)  # NaN for failed matrices
+        _cuda._invert_chunk(full, out, info, route)  # NaN for failed matrices
         cupy.copyto(out, _mirror_lower(out, conjugate=structure == "hermitian"))
     elif structure == "diagonal":
         _diagonal_inverse(full, out, info)
@@ -215,7 +219,7 @@ def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool, 
 def _inverse_compute(structure: str, lower: bool, route: str,
                      rcond: bool) -> Callable[[list[Any], list[Any], bool], None]:
     def compute(ins: list[Any], outs: list[Any], owned: bool) -> None:
-        full = _inverse_chunk(ins[0], outs[0], outs[1], structure, lower, route, owned)
+        full = _inverse_chunk(ins[0], outs[0], outs[1], structure, lower, route)
         if rcond:
             _write_rcond(full, outs[0], outs[1], outs[2])
 
@@ -276,7 +280,7 @@ def _triangular_inverse(full: Any, out: Any, info: Any, lower: bool, route: str)
     upper = full.swapaxes(-1, -2) if lower else full
     x = cupy.empty((m, n, n), dtype=out.dtype)
     lu_info = cupy.empty(m, dtype=np.int32)
-    _cuda._invert_chunk(upper, x, lu_info, route, owned=True)
+    _cuda._invert_chunk(upper, x, lu_info, route)
     if lower:
         x = x.swapaxes(-1, -2)
     rows = cupy.arange(n)[:, None]
@@ -357,8 +361,7 @@ def _solve_compute(structure: str, lower: bool, route: str,
     def compute(ins: list[Any], outs: list[Any], owned: bool) -> None:
         import cupy
 
-        a, _ = _aligned(ins[0], owned)
-        b, _ = _aligned(ins[1], owned)
+        a, b = _aligned(ins[0]), _aligned(ins[1])  # read only: rcond reads a afterwards
         out, info = outs[0], outs[1]
         m, n, _ = out.shape
         dtype = out.dtype
@@ -392,7 +395,7 @@ def _solve_compute(structure: str, lower: bool, route: str,
         if rcond:  # the condition of a: its inverse, on the same route as inv_ex's
             inverse = cupy.empty((m, n, n), dtype=dtype)
             inverse_info = cupy.empty(m, dtype=np.int32)
-            read = _inverse_chunk(full, inverse, inverse_info, structure, lower, route, True)
+            read = _inverse_chunk(full, inverse, inverse_info, structure, lower, route)
             _write_rcond(read, inverse, info, outs[2])
 
     return compute
