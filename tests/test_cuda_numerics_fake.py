@@ -36,6 +36,7 @@ def _load(name, file):
 
 _fake_cupy = _load("gpuinv_tests_fake_cupy", "_fake_cupy.py")
 _extra = _load("gpuinv_tests_fake_cupy_numerics", "_fake_cupy_numerics.py")
+_spy = _load("gpuinv_tests_chunk_spy", "_chunk_spy.py")
 
 
 @pytest.fixture
@@ -248,25 +249,7 @@ STRUCTURED = sorted(set(STRUCTURES.values()))
 
 
 def _spy_chunks(monkeypatch, fail_first=None):
-    """Record the matrices of every chunk the numerics routes compute; with
-    ``fail_first`` (an exception class), the first chunk raises it instead."""
-    sizes: list[int] = []
-    for name in ("_inverse_compute", "_solve_compute"):
-        real = getattr(numerics, name)
-
-        def factory(*args, real=real, **kw):
-            compute = real(*args, **kw)
-
-            def spy(ins, outs, owned):
-                sizes.append(outs[0].shape[0])
-                if fail_first is not None and len(sizes) == 1:
-                    raise fail_first(0, 0)
-                compute(ins, outs, owned)
-
-            return spy
-
-        monkeypatch.setattr(numerics, name, factory)
-    return sizes
+    return _spy.spy_chunks(monkeypatch, numerics, fail_first)
 
 
 def _chunk_matrices(monkeypatch, backend, count, elements):

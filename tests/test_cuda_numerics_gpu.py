@@ -8,6 +8,10 @@ check against its stand-in.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -114,25 +118,19 @@ def _no_pool_limit():
 
 
 def _spy_chunks(monkeypatch, fail_first=False):
-    """Record the matrices of each chunk the numerics routes compute; with
-    ``fail_first``, the first chunk raises CuPy's OutOfMemoryError instead."""
-    sizes = []
-    for name in ("_inverse_compute", "_solve_compute"):
-        real = getattr(numerics, name)
+    oom = cupy.cuda.memory.OutOfMemoryError if fail_first else None
+    return _load_spy().spy_chunks(monkeypatch, numerics, oom)
 
-        def factory(*args, real=real, **kw):
-            compute = real(*args, **kw)
 
-            def spy(ins, outs, owned):
-                sizes.append(outs[0].shape[0])
-                if fail_first and len(sizes) == 1:
-                    raise cupy.cuda.memory.OutOfMemoryError(1 << 40, 0)
-                compute(ins, outs, owned)
-
-            return spy
-
-        monkeypatch.setattr(numerics, name, factory)
-    return sizes
+def _load_spy():
+    # By path, so the tests folder needs no __init__.py.
+    name = "gpuinv_tests_chunk_spy"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_chunk_spy.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def _chunk_matrices(monkeypatch, count, elements, itemsize=8):
