@@ -21,6 +21,8 @@ import pytest
 
 import gpuinv
 from gpuinv._numerics import STRUCTURES
+from gpuinv.engines import _cuda_numerics as numerics
+from gpuinv.engines import cuda as cuda_mod
 
 
 def _load(name, file):
@@ -34,22 +36,28 @@ def _load(name, file):
 
 _fake_cupy = _load("gpuinv_tests_fake_cupy", "_fake_cupy.py")
 _extra = _load("gpuinv_tests_fake_cupy_numerics", "_fake_cupy_numerics.py")
+_spy = _load("gpuinv_tests_chunk_spy", "_chunk_spy.py")
 
 
 @pytest.fixture
 def fake(monkeypatch):
     from gpuinv import _dispatch
     from gpuinv.engines import cuda as cuda_module
+    from gpuinv.engines import cuda_engine
 
     def without_kernels(n, dtype):  # the stand-in has no NVRTC (see test_cuda_fake.py)
         return "cusolver" if n >= _dispatch.CUDA_CUSOLVER_MIN_N else "cublas"
 
     monkeypatch.setattr(cuda_module, "cuda_route", without_kernels)
+    # The public API's engines cache pinned staging per device: none may
+    # carry one fake's memory into the next test.
+    cuda_engine.cache_clear()
     with _fake_cupy.installed(monkeypatch) as module:
         calls: list = []
         _extra.install(module, monkeypatch, calls)
         module.extra_calls = calls
         yield module
+    cuda_engine.cache_clear()
 
 
 @contextmanager
@@ -233,3 +241,327 @@ def test_empty_stacks(fake):
     assert host(res.rcond).shape == (0,)
     sol = gpuinv.solve_ex(dev(fake, np.eye(3)[None]), dev(fake, np.zeros((1, 3, 0))))
     assert host(sol.solution).shape == (1, 3, 0)
+
+
+# --- chunks, out-of-memory retry and the pipeline (the engine's machinery) ---------------
+
+STRUCTURED = sorted(set(STRUCTURES.values()))
+
+
+def _spy_chunks(monkeypatch, fail_first=None):
+    return _spy.spy_chunks(monkeypatch, numerics, fail_first)
+
+
+def _chunk_matrices(monkeypatch, backend, count, elements):
+    """Chunks of at most ``count`` float64 matrices of ``elements`` input elements each."""
+    if backend == "cupy":
+        monkeypatch.setattr(gpuinv.config, "cuda_chunk_bytes", count * elements * 8)
+    else:
+        monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", count * elements * 8)
+
+
+def _inp(fake, backend, x):
+    return dev(fake, x) if backend == "cupy" else x
+
+
+def _same(got, want):
+    got, want = host(got), host(want)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-13, atol=0)
+
+
+def _hostile_stack(rng, batch, n, dtype=np.float64):
+    """Positive definite matrices with failures of every kind, at flat indices
+    1, 4, 5, 9, 10 (across the seams of chunks of 2, 3 and 4)."""
+    a = spd(rng, batch, n, dtype)
+    flat = a.reshape(-1, n, n)
+    flat[1, n - 1, n - 1] = 0  # singular for diagonal/triangular
+    flat[4, 0, 0] = -5  # not positive definite at step 1
+    flat[5, :, :] = 0  # singular for every structure
+    flat[9, n - 1, 0] = np.nan  # lower triangle only
+    flat[10, 0, n - 1] = np.inf  # upper triangle only
+    return a
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numpy"])
+@pytest.mark.parametrize("structure", STRUCTURED)
+def test_chunked_inverse_equals_unchunked(fake, monkeypatch, rng, backend, structure):
+    n = 4
+    a = _hostile_stack(rng, (3, 5), n)
+    a_before = a.copy()
+    inp = _inp(fake, backend, a)
+    want = gpuinv.inv_ex(inp, assume_a=structure, rcond=True, device="cuda")
+    sizes = _spy_chunks(monkeypatch)
+    for per_chunk in (1, 2, 4, 7):
+        sizes.clear()
+        _chunk_matrices(monkeypatch, backend, per_chunk, n * n)
+        if backend == "cupy":
+            with no_host_sync(fake, monkeypatch):
+                got = gpuinv.inv_ex(inp, assume_a=structure, rcond=True)
+        else:
+            got = gpuinv.inv_ex(inp, assume_a=structure, rcond=True, device="cuda")
+        # Chunks split the batch (3, 5) within its rows: several, none too large.
+        assert max(sizes) <= per_chunk and len(sizes) >= 3 and sum(sizes) == 15, sizes
+        np.testing.assert_array_equal(host(got.info), host(want.info))
+        _same(got.inverse, want.inverse)
+        _same(got.rcond, want.rcond)
+    np.testing.assert_array_equal(host(inp), a_before)  # the input is never written
+    cpu = gpuinv.inv_ex(a, assume_a=structure, rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(want.info), cpu.info)
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numpy"])
+@pytest.mark.parametrize("structure", STRUCTURED)
+def test_chunked_solve_equals_unchunked(fake, monkeypatch, rng, backend, structure):
+    n, k = 4, 3
+    a = _hostile_stack(rng, (12,), n)
+    b = rng.standard_normal((12, n, k))
+    a_before, b_before = a.copy(), b.copy()
+    ia, ib = _inp(fake, backend, a), _inp(fake, backend, b)
+    want = gpuinv.solve_ex(ia, ib, assume_a=structure, rcond=True, device="cuda")
+    sizes = _spy_chunks(monkeypatch)
+    for per_chunk in (1, 3, 5):
+        sizes.clear()
+        _chunk_matrices(monkeypatch, backend, per_chunk, n * n + n * k)
+        if backend == "cupy":
+            with no_host_sync(fake, monkeypatch):
+                got = gpuinv.solve_ex(ia, ib, assume_a=structure, rcond=True)
+        else:
+            got = gpuinv.solve_ex(ia, ib, assume_a=structure, rcond=True, device="cuda")
+        assert sizes == [per_chunk] * (12 // per_chunk) + ([12 % per_chunk] if 12 % per_chunk
+                                                            else []), sizes
+        np.testing.assert_array_equal(host(got.info), host(want.info))
+        _same(got.solution, want.solution)
+        _same(got.rcond, want.rcond)
+    np.testing.assert_array_equal(host(ia), a_before)
+    np.testing.assert_array_equal(host(ib), b_before)
+    cpu = gpuinv.solve_ex(a, b, assume_a=structure, rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(want.info), cpu.info)
+    close(want.solution, cpu.solution, np.float64)
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numpy"])
+@pytest.mark.parametrize("vector", [False, True])
+@pytest.mark.parametrize("structure", ["general", "positive definite", "diagonal"])
+def test_broadcast_b_across_chunk_seams(fake, monkeypatch, rng, backend, vector, structure):
+    # a (3, 1, n, n) and b (4, n, k): the batch (3, 4) is split inside its
+    # last axis and across its first; every chunk of b must be the
+    # right-hand sides of the same chunk of a.
+    n, k = 3, 2
+    a = spd(rng, (3, 1), n)
+    a[1, 0, 0, 0] = -4  # fails: the whole row (1, :) of the batch
+    b = rng.standard_normal((n,) if vector else (4, n, k))
+    ia, ib = _inp(fake, backend, a), _inp(fake, backend, b)
+    want = gpuinv.solve_ex(a, b, assume_a=structure, device="cpu")
+    sizes = _spy_chunks(monkeypatch)
+    for per_chunk in (1, 3, 5, 12):
+        sizes.clear()
+        _chunk_matrices(monkeypatch, backend, per_chunk, n * n + n * (1 if vector else k))
+        got = gpuinv.solve_ex(ia, ib, assume_a=structure, device="cuda")
+        assert max(sizes) <= per_chunk and sum(sizes) == (3 if vector else 12), sizes
+        assert host(got.solution).shape == want.solution.shape
+        np.testing.assert_array_equal(host(got.info), want.info)
+        close(got.solution, want.solution, np.float64)
+    np.testing.assert_array_equal(host(ia), a)
+    np.testing.assert_array_equal(host(ib), b)
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numpy"])
+@pytest.mark.parametrize("solve", [False, True])
+@pytest.mark.parametrize("structure", ["general", "positive definite", "lower triangular"])
+def test_singular_report_names_global_indices_across_seams(fake, monkeypatch, rng, backend,
+                                                           solve, structure):
+    n = 3
+    a = spd(rng, (4, 5), n)
+    failing = [(0, 4), (1, 0), (2, 2), (3, 4)]  # the last of a chunk, the first of the next, ...
+    for i in failing:
+        a[i][:, :] = 0
+    b = rng.standard_normal((4, 5, n, 1))
+    inp, ib = _inp(fake, backend, a), _inp(fake, backend, b)
+    _chunk_matrices(monkeypatch, backend, 3, n * n + (n if solve else 0))
+    sizes = _spy_chunks(monkeypatch)
+    with pytest.raises(gpuinv.SingularMatrixError) as err:
+        if solve:
+            gpuinv.solve(inp, ib, assume_a=structure, device="cuda")
+        else:
+            gpuinv.inv(inp, assume_a=structure, device="cuda")
+    assert len(sizes) > 4  # many chunks
+    assert err.value.indices == failing
+    ex = (gpuinv.solve_ex(inp, ib, assume_a=structure, device="cuda") if solve
+          else gpuinv.inv_ex(inp, assume_a=structure, rcond=True, device="cuda"))
+    assert [tuple(int(j) for j in i) for i in np.argwhere(host(ex.info) != 0)] == failing
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numpy"])
+@pytest.mark.parametrize("solve", [False, True])
+@pytest.mark.parametrize("structure", STRUCTURED)
+def test_out_of_memory_at_the_first_try_retries_smaller(fake, monkeypatch, rng, backend, solve,
+                                                        structure):
+    n = 4
+    a = _hostile_stack(rng, (16,), n)
+    b = rng.standard_normal((16, n, 2))
+    ia, ib = _inp(fake, backend, a), _inp(fake, backend, b)
+
+    def call():
+        if solve:
+            res = gpuinv.solve_ex(ia, ib, assume_a=structure, rcond=True, device="cuda")
+            return res.solution, res.info, res.rcond
+        res = gpuinv.inv_ex(ia, assume_a=structure, rcond=True, device="cuda")
+        return res.inverse, res.info, res.rcond
+
+    want = call()
+    sizes = _spy_chunks(monkeypatch, fail_first=fake.cuda.memory.OutOfMemoryError)
+    got = call()
+    assert sizes == [16, 8, 8], sizes  # the whole batch, then half at a time
+    for g, w in zip(got, want):
+        _same(g, w)
+    np.testing.assert_array_equal(host(ia), a)
+    np.testing.assert_array_equal(host(ib), b)
+
+
+def _plentiful_planner(monkeypatch):
+    # The planner believes memory is plentiful; the pool's limit says otherwise.
+    monkeypatch.setattr(cuda_mod, "_available_bytes", lambda: 1 << 40)
+
+
+@pytest.mark.parametrize("solve", [False, True])
+@pytest.mark.parametrize("structure", ["general", "symmetric", "positive definite",
+                                       "upper triangular"])
+def test_out_of_memory_under_a_pool_limit(fake, monkeypatch, rng, solve, structure):
+    # A pool limit that holds the inputs and the results but not the scratch
+    # of the whole batch: the routes run out of memory where they really
+    # allocate, halve their chunks and keep the chunks already finished.
+    n, k, m = 4, 2, 64
+    a = _hostile_stack(rng, (m,), n)
+    b = rng.standard_normal((m, n, k))
+    ia, ib = dev(fake, a), dev(fake, b)
+    want = (gpuinv.solve_ex(ia, ib, assume_a=structure, rcond=True) if solve
+            else gpuinv.inv_ex(ia, assume_a=structure, rcond=True))
+    sizes = _spy_chunks(monkeypatch)
+    _plentiful_planner(monkeypatch)
+    route = cuda_mod.cuda_route(n, np.dtype(np.float64))
+    per = numerics.scratch_bytes(n, k, 8, structure, route, rcond=True, solve=solve)
+    result = m * (8 * n * (k if solve else n) + 4 + 8)
+    fake.get_default_memory_pool().set_limit(size=fake.state.used[0] + result + per * m // 8)
+    got = (gpuinv.solve_ex(ia, ib, assume_a=structure, rcond=True) if solve
+           else gpuinv.inv_ex(ia, assume_a=structure, rcond=True))
+    assert sizes[0] == m and min(sizes) < m and fake.state.oom_count > 0, sizes
+    assert sum(sizes[sizes.index(min(sizes)):]) <= m  # finished chunks are not redone
+    for g, w in zip(got, want):
+        _same(g, w)
+    np.testing.assert_array_equal(host(ia), a)
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numpy"])
+@pytest.mark.parametrize("solve", [False, True])
+def test_planner_splits_to_fit_device_memory(fake, monkeypatch, rng, backend, solve):
+    # memGetInfo feeds the planner through the real _available_bytes: a
+    # device with room for about 20 matrices' scratch gets several chunks
+    # and never runs out of memory.
+    n, k, m = 5, 2, 100
+    a = spd(rng, (m,), n)
+    b = rng.standard_normal((m, n, k))
+    ia, ib = _inp(fake, backend, a), _inp(fake, backend, b)
+    structure = "positive definite"
+    want = (gpuinv.solve_ex(a, b, assume_a=structure, rcond=True, device="cpu") if solve
+            else gpuinv.inv_ex(a, assume_a=structure, rcond=True, device="cpu"))
+    sizes = _spy_chunks(monkeypatch)
+    per = numerics.scratch_bytes(n, k, 8, structure, "cublas", rcond=True, solve=solve)
+    used = fake.state.used.get(0, 0)
+    if backend == "cupy":
+        room = m * (8 * n * (k if solve else n) + 12) + 20 * per
+    else:
+        room = 3 * 20 * (per + 8 * (n * n + (n * k if solve else 0))
+                         + 8 * n * (k if solve else n) + 12)
+    fake.state.device_bytes = used + room + 64 * 512
+    got = (gpuinv.solve_ex(ia, ib, assume_a=structure, rcond=True, device="cuda") if solve
+           else gpuinv.inv_ex(ia, assume_a=structure, rcond=True, device="cuda"))
+    assert fake.state.oom_count == 0 and len(sizes) > 2 and max(sizes) < m, sizes
+    np.testing.assert_array_equal(host(got.info), want.info)
+    close(got[0], want[0], np.float64)
+    close(got.rcond, want.rcond, np.float64)
+
+
+def test_one_matrix_that_does_not_fit_names_the_work(fake, monkeypatch, rng):
+    a, b = dev(fake, spd(rng, (4,), 6)), dev(fake, np.ones((4, 6, 1)))
+    sizes = _spy_chunks(monkeypatch)
+    fake.state.fail_after = len(fake.state.allocations) + 3  # the three results only
+    with pytest.raises(MemoryError, match=r"solving one 6x6 float64 system with 1 right-hand "
+                                          r"sides \(assume_a='positive definite'\) needs \d+ bytes"):
+        gpuinv.solve_ex(a, b, assume_a="pos", rcond=True)
+    assert sizes == [4, 2, 1]  # halved down to one matrix, then gave up
+    fake.state.fail_after = None
+    fake.state.fail_above = 10
+    with pytest.raises(MemoryError, match=f"the result needs {4 * (6 * 8 + 4 + 8)} bytes"):
+        gpuinv.solve_ex(a, b, assume_a="pos", rcond=True)
+
+
+def test_host_input_streams_through_the_pipeline(fake, monkeypatch, rng):
+    # NumPy input: per chunk, a and b are uploaded, the solve and rcond run
+    # and x, info and rcond are downloaded, all on the slot's own stream.
+    n, k = 3, 2
+    a = spd(rng, (11,), n)
+    b = rng.standard_normal((11, n, k))
+    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 2 * (n * n + n * k) * 8)  # 2 a chunk
+    res = gpuinv.solve_ex(a, b, assume_a="pos", rcond=True, device="cuda")
+    assert type(res.solution) is np.ndarray and type(res.rcond) is np.ndarray
+    want = gpuinv.solve_ex(a, b, assume_a="pos", rcond=True, device="cpu")
+    close(res.solution, want.solution, np.float64)
+    close(res.rcond, want.rcond, np.float64)
+    log = fake.state.log
+    per_chunk = []
+    for entry in log:
+        if entry[0] == "memcpyAsync" and entry[3] == fake.memcpyHostToDevice and (
+                not per_chunk or per_chunk[-1][-1][0] == "record"):
+            per_chunk.append([entry])
+        elif per_chunk:
+            per_chunk[-1].append(entry)
+    assert len(per_chunk) == 6  # 11 matrices, 2 a chunk
+    factored = [c[1] for c in fake.extra_calls if c[0] == "potrfBatched"]
+    assert max(factored) <= 2 and sum(factored) >= 11  # per chunk, on the device
+    for entries in per_chunk:
+        names = [e[0] if e[0] != "memcpyAsync" else ("up" if e[3] == 1 else "down")
+                 for e in entries]
+        assert names == ["up", "up", "down", "down", "down", "record"], names
+        assert len({e[1] for e in entries}) == 1 and entries[0][1] != 0  # the slot's stream
+    # The pinned set the solve cached (two inputs, three results) serves an
+    # inverse after it, and nothing is freed through cudaFreeHost.
+    engine = gpuinv.engines.cuda_engine(None)
+    staging = engine._staging[0]
+    gpuinv.inv_ex(a, assume_a="pos", rcond=True, device="cuda")
+    assert engine._staging[0] is staging and fake.state.host_frees == []
+
+
+@pytest.mark.parametrize("structure", STRUCTURED)
+def test_misaligned_input_is_realigned_before_any_operation(fake, monkeypatch, rng, structure):
+    # A complex128 view 8 bytes into an allocation: CuPy's own kernels (the
+    # structured copy, the casts, the norms) would fault on it on a GPU, so
+    # every operation of the routes must see an aligned copy.
+    n = 3
+    a = spd(rng, (5,), n, np.complex128)
+    raw = fake.zeros(a.nbytes + 16, dtype=np.uint8)
+    raw[8 : 8 + a.nbytes] = a.reshape(-1).view(np.uint8)
+    view = raw[8 : 8 + a.nbytes].view(np.complex128).reshape(a.shape)
+    assert view.data.ptr % 16 == 8
+    seen = []
+    for name in ("structured_matrix", "rcond_from_inverse", "_lu_solve", "_cholesky_prepare"):
+        real = getattr(numerics, name)
+
+        def spy(x, *args, real=real, **kw):
+            seen.append(x.data.ptr % x.itemsize)
+            return real(x, *args, **kw)
+
+        monkeypatch.setattr(numerics, name, spy)
+    b = dev(fake, rng.standard_normal((5, n, 2)).astype(np.complex128))
+    with no_host_sync(fake, monkeypatch):
+        res = gpuinv.inv_ex(view, assume_a=structure, rcond=True)
+        sol = gpuinv.solve_ex(view, b, assume_a=structure, rcond=True)
+    assert seen and not any(seen), seen
+    want = gpuinv.inv_ex(a, assume_a=structure, rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(res.info), want.info)
+    close(res.inverse, want.inverse, np.complex128)
+    close(res.rcond, want.rcond, np.complex128)
+    want = gpuinv.solve_ex(a, host(b), assume_a=structure, device="cpu")
+    close(sol.solution, want.solution, np.complex128)

@@ -1,19 +1,33 @@
-"""Structure, rcond and solve on the CUDA engine (issue 10), with CuPy array operations.
+"""Structure, rcond and solve on the CUDA engine (issue 10).
 
-Nothing here waits for the device: every step is a CuPy array operation or a
-cuBLAS/cuSOLVER call enqueued on the current stream, and ``info`` and
-``rcond`` stay on the device. The routes, and why:
+Every route here is a :class:`gpuinv.engines.cuda.ChunkWork` run by
+:meth:`CudaEngine.run_chunks`, the machinery of the engine's own inverse:
+the stack is walked in chunks (views of the caller's arrays, ``a`` and
+``b`` with the same chunk index, so a broadcast ``b`` follows ``a``'s
+batch), each chunk sized against the device's free memory, a chunk that
+runs out of memory is retried with half as many matrices, and NumPy input
+streams through the pinned host<->device pipeline (three slots, each on its
+own stream). Results, ``info`` and ``rcond`` are written into each chunk's
+slice of the whole batch, so the batch indices of a singular report are
+global. Within a chunk nothing waits for the device: every step is a CuPy
+array operation or a cuBLAS/cuSOLVER call enqueued on the current stream,
+and ``info`` and ``rcond`` stay on the device (CuPy input never syncs; NumPy
+input waits for each chunk's download, as the inverse does).
+
+The routes, per chunk, and why:
 
 * rcond: the two 1-norms of :func:`gpuinv._numerics.rcond_from_inverse` as
-  CuPy reductions over the input (cast to the compute dtype) and the
+  CuPy reductions over the chunk of input (cast to the compute dtype) and its
   inverse. Our kernels could produce it for free while they hold A and X;
   that is left to the kernels' owner (a kernel change needs the CPU
   emulation harness first).
-* general inverse: the existing engine routes (:meth:`CudaEngine.invert`).
-* symmetric / Hermitian: the general route on the matrix mirrored from the
-  triangle read, the inverse mirrored back so it is exactly symmetric.
+* general inverse: the engine's own chunk inverse
+  (:func:`gpuinv.engines.cuda._invert_chunk`, the route of
+  :func:`gpuinv._dispatch.cuda_route`); without rcond, :meth:`CudaEngine.invert`.
+* symmetric / Hermitian: the general chunk inverse of the matrix mirrored
+  from the triangle read, the inverse mirrored back so it is exactly symmetric.
 * diagonal: elementwise ``1 / d``; info from the diagonal.
-* triangular: the general LU route on the triangle read (for an upper
+* triangular: the general chunk inverse of the triangle read (for an upper
   triangular matrix getrf exchanges no rows; a lower one is inverted as the
   transpose of its upper transpose), masked back to the triangle. info is
   the first zero on the diagonal, computed on the device from the diagonal
@@ -23,25 +37,26 @@ cuBLAS/cuSOLVER call enqueued on the current stream, and ``info`` and
   info is potrf's; then ``<t>potrsBatched`` against the identity. CuPy 14's
   ``potrsBatched`` takes ``nrhs`` but cuSOLVER accepts only ``nrhs = 1``,
   so the identity is solved one column at a time: n calls, each over the
-  whole batch. Cholesky halves the factorization's work against LU and the
+  whole chunk. Cholesky halves the factorization's work against LU and the
   result is mirrored to be exactly Hermitian.
-* solve, general: cuBLAS ``<t>getrfBatched`` + ``<t>getrsBatched`` (CuPy 14:
-  ``getrsBatched(handle, trans, n, nrhs, Aarray, lda, devIpiv, Barray, ldb,
-  info, batchSize)``, where ``info`` is a *host* pointer that reports
-  argument errors only). All n use this route for now: per-matrix cuSOLVER
-  ``getrs`` with nrhs = k for large n is not wired up yet.
+* solve, general (and symmetric, Hermitian, triangular): cuBLAS
+  ``<t>getrfBatched`` + ``<t>getrsBatched`` (CuPy 14: ``getrsBatched(handle,
+  trans, n, nrhs, Aarray, lda, devIpiv, Barray, ldb, info, batchSize)``, where
+  ``info`` is a *host* pointer that reports argument errors only, written
+  when the call is made: reading it is no device sync). All n use this route
+  for now: per-matrix cuSOLVER ``getrs`` with nrhs = k for large n is not
+  wired up yet.
 * solve, positive definite: potrfBatched + potrsBatched, one call per
   right-hand side column.
 
-NumPy input on the CUDA engine: the general inverse goes through the engine's
-host<->device pipeline (rcond is then computed on the host from the result);
-everything else uploads the whole stack, computes, and downloads. These
-routes work on one chunk (the whole stack): they do not have the general
-route's out-of-memory retry.
+Device scratch per matrix of a chunk is estimated by :func:`scratch_bytes`
+from the temporaries the code below allocates; the estimate sizes the first
+chunk, and the out-of-memory retry covers what it misses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,16 +64,65 @@ import numpy as np
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
-from .cuda import _TYPE_LETTER, CUBLAS_MAX_BATCH, _pointer_array, batch_calls
+from . import cuda as _cuda
+from .cuda import _TYPE_LETTER, CUBLAS_MAX_BATCH, ChunkWork, _pointer_array, batch_calls
 
-__all__ = ["cuda_invert_ex", "cuda_solve_ex", "first_zero_step"]
+__all__ = ["cuda_invert_ex", "cuda_solve_ex", "first_zero_step", "scratch_bytes"]
 
 # cuSOLVER / cuBLAS fill modes
 _LOWER = 0  # CUBLAS_FILL_MODE_LOWER
 
+_INT32 = np.dtype(np.int32)
+
+#: Matrix-sized (``s n^2``) device temporaries per matrix of a chunk, counted
+#: from the code below (see :func:`scratch_bytes`).
+#: structured_matrix: the cast, the (conjugated) transpose and two wheres.
+_STRUCTURED_TEMPS = 4
+#: Per structure, the inverse's own temporaries beyond the engine's chunk
+#: inverse: mirrors (a conjugate and two wheres), diagonal's wheres, the
+#: triangular route's LU output and mask, Cholesky's copy, identity and mirror.
+_INVERSE_TEMPS = {"general": 0, "symmetric": 3, "hermitian": 3, "diagonal": 3,
+                  "upper triangular": 2, "lower triangular": 2, "positive definite": 5}
+#: rcond: the input chunk cast and reshaped, and |A|, |X| for the norms.
+_RCOND_TEMPS = 3
+#: Right-hand-side-sized (``s n k``) temporaries of a solve: the cast, the
+#: column-major copy the library writes, its conjugate, and the NaN mask's result.
+_SOLVE_RHS_TEMPS = 4
+
 
 def _real(dtype: np.dtype) -> np.dtype:
     return np.dtype(dtype).type(0).real.dtype
+
+
+def _uses_lu_inverse(structure: str) -> bool:
+    return structure in ("general", "symmetric", "hermitian", "upper triangular",
+                         "lower triangular")
+
+
+def scratch_bytes(n: int, k: int, itemsize: int, structure: str, route: str, *,
+                  rcond: bool, solve: bool) -> int:
+    """Estimated device scratch bytes per matrix of one chunk.
+
+    ``k`` is the number of right-hand sides of a solve (ignored otherwise),
+    ``route`` the engine's route for the LU inverses
+    (:func:`gpuinv._dispatch.cuda_route`). Counted from the temporaries the
+    routes allocate: see the module's constants.
+    """
+    matrix = itemsize * n * n
+    structured = 0 if structure == "general" else _STRUCTURED_TEMPS * matrix
+
+    def inverse() -> int:
+        lu = _cuda.scratch_bytes_per_matrix(n, itemsize, route) if _uses_lu_inverse(structure) else 0
+        small = n * n + 4 * n + 64  # masks, pivots, pointers, info
+        return structured + _INVERSE_TEMPS[structure] * matrix + lu + small
+
+    if not solve:
+        return inverse() + (_RCOND_TEMPS * matrix if rcond else 0)
+    # The factor's copy, the NaN mask, pivots, pointers and info, and b's temporaries.
+    total = structured + matrix + n * n + 4 * n + 64 + _SOLVE_RHS_TEMPS * itemsize * n * k
+    if rcond:  # the inverse of the chunk, its info, and the norms
+        total += matrix + 4 + inverse() + _RCOND_TEMPS * matrix
+    return total
 
 
 def first_zero_step(x: Any) -> Any:
@@ -90,116 +154,147 @@ def _nonfinite(x: Any) -> Any:
     return ~cupy.isfinite(x).all(axis=(-2, -1))
 
 
-def _upload(op: Operand) -> Operand:
+def _nan_where_failed(out: Any, info: Any) -> None:
+    """NaN in every matrix of ``out`` (m, ...) whose info is not 0 (a mask, no host sync)."""
     import cupy
 
-    return Operand(cupy.asarray(op.array), "cupy", op.batch_shape, op.n, op.dtype)
+    cupy.copyto(out, out.dtype.type(np.nan), where=(info != 0)[:, None, None])
 
 
-def _host_rcond(op: Operand, inverse: np.ndarray, info: np.ndarray) -> np.ndarray:
-    """rcond on the host for a NumPy stack the GPU inverted, chunk by chunk
-    (the norms' temporaries stay at a chunk, whatever the stack's size)."""
-    from .._chunks import plan_chunks
-    from .._config import config
+def _aligned(view: Any) -> Any:
+    """``view``, or an aligned copy where it starts off its element size (see
+    :func:`gpuinv.engines.cuda._realigned`): CuPy's own kernels, which read
+    it here before the engine's chunk inverse would, fault on such loads."""
+    if _cuda._is_aligned(view):
+        return view
+    return _cuda._realigned(view)
 
-    rc = np.empty(op.batch_shape, dtype=_real(op.dtype))
-    if op.empty:
-        rc[...] = 1
-        return rc
-    n = op.n
-    per_chunk = max(1, config.cpu_chunk_bytes // (n * n * op.dtype.itemsize))
-    flat_rc = rc.reshape(-1)
-    flat_x = inverse.reshape(-1, n, n)
-    flat_info = info.reshape(-1)
-    for chunk in plan_chunks(op.batch_shape, per_chunk):
-        block = np.asarray(op.array[chunk.index], dtype=op.dtype).reshape(-1, n, n)
-        part = slice(chunk.start, chunk.stop)
-        flat_rc[part] = rcond_from_inverse(block, flat_x[part], flat_info[part])
-    return rc
+
+def _as_stack(x: Any, dtype: np.dtype, m: int) -> Any:
+    """``x`` (batch..., r, c) as an (m, r, c) stack of ``dtype`` (a copy only where needed)."""
+    return x.astype(dtype, copy=False).reshape((m,) + tuple(x.shape[-2:]))
+
+
+def _write_rcond(full: Any, inverse: Any, info: Any, rc: Any) -> None:
+    import cupy
+
+    a = _as_stack(full, inverse.dtype, inverse.shape[0])
+    cupy.copyto(rc, rcond_from_inverse(a, inverse, info))
+
+
+# --- inverses -----------------------------------------------------------------------
+
+
+def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool,
+                   route: str) -> Any:
+    """Write one chunk's inverses ``out`` (m, n, n) and ``info`` (m,); return the
+    matrices as read (the chunk's batch shape + (n, n)), for rcond.
+
+    The engine's chunk inverse is never told that it owns its input, even
+    where it does: rcond reads the matrices afterwards.
+    """
+    import cupy
+
+    m, n = out.shape[0], out.shape[-1]
+    dtype = out.dtype
+    view = _aligned(view)
+    if structure == "general":
+        _cuda._invert_chunk(view, out, info, route)
+        return view
+    full = structured_matrix(view.astype(dtype, copy=False), structure, lower).reshape(m, n, n)
+    if structure in ("symmetric", "hermitian"):
+        _cuda._invert_chunk(full, out, info, route)  # NaN for failed matrices
+        cupy.copyto(out, _mirror_lower(out, conjugate=structure == "hermitian"))
+    elif structure == "diagonal":
+        _diagonal_inverse(full, out, info)
+    elif structure in ("upper triangular", "lower triangular"):
+        _triangular_inverse(full, out, info, structure == "lower triangular", route)
+    elif structure == "positive definite":
+        _cholesky_inverse(full, out, info)
+    else:
+        raise ValueError(f"unknown structure {structure!r}")
+    return full
+
+
+def _inverse_compute(structure: str, lower: bool, route: str,
+                     rcond: bool) -> Callable[[list[Any], list[Any], bool], None]:
+    def compute(ins: list[Any], outs: list[Any], owned: bool) -> None:
+        full = _inverse_chunk(ins[0], outs[0], outs[1], structure, lower, route)
+        if rcond:
+            _write_rcond(full, outs[0], outs[1], outs[2])
+
+    return compute
+
+
+def _outputs(tail: tuple[int, ...], dtype: np.dtype,
+             rcond: bool) -> tuple[tuple[tuple[int, ...], np.dtype], ...]:
+    outputs = ((tail, dtype), ((), _INT32))
+    return outputs + (((), _real(dtype)),) if rcond else outputs
 
 
 def cuda_invert_ex(engine: Any, op: Operand, *, structure: str, lower: bool,
                    rcond: bool) -> tuple[Any, Any, Any]:
-    """``(inverse, info, rcond or None)`` on the CUDA engine; see the module docstring."""
-    if op.backend == "numpy":
-        if structure == "general":
-            inverse, info = engine.invert(op)
-            rc = _host_rcond(op, inverse, info) if rcond else None
-            return inverse, info, rc
-        import cupy
+    """``(inverse, info, rcond or None)`` on the CUDA engine; see the module docstring.
 
-        device = cupy.cuda.Device(engine.index) if engine.index is not None else cupy.cuda.Device()
-        with device:
-            inverse, info, rc = cuda_invert_ex(engine, _upload(op), structure=structure,
-                                               lower=lower, rcond=rcond)
-            return inverse.get(), info.get(), None if rc is None else rc.get()
-
-    import cupy
-
-    with op.array.device:
-        a = op.array.astype(op.dtype, copy=False)
-        full = structured_matrix(a, structure, lower)
-        n = op.n
-        if op.empty:
-            inverse = cupy.empty(op.batch_shape + (n, n), dtype=op.dtype)
-            info = cupy.zeros(op.batch_shape, dtype=np.int32)
-            rc = cupy.ones(op.batch_shape, dtype=_real(op.dtype)) if rcond else None
-            return inverse, info, rc
-        if structure == "general":
-            inverse, info = engine.invert(op)
-        elif structure in ("symmetric", "hermitian"):
-            inverse, info = engine.invert(Operand(full, "cupy", op.batch_shape, n, op.dtype))
-            inverse = _mirror_lower(inverse, conjugate=structure == "hermitian")
-        elif structure == "diagonal":
-            inverse, info = _diagonal_inverse(full)
-        elif structure in ("upper triangular", "lower triangular"):
-            inverse, info = _triangular_inverse(engine, full, structure == "lower triangular")
-        elif structure == "positive definite":
-            inverse, info = _cholesky_inverse(full)
-        else:
-            raise ValueError(f"unknown structure {structure!r}")
-        rc = rcond_from_inverse(full, inverse, info) if rcond else None
-        return inverse, info, rc
+    NumPy input returns NumPy arrays, CuPy input CuPy arrays on its device.
+    """
+    n, dtype = op.n, op.dtype
+    outputs = _outputs((n, n), dtype, rcond)
+    if op.empty:
+        results = engine.empty_results(op.backend, op.array, op.batch_shape, list(outputs))
+        if rcond:
+            results[2][...] = 1
+        return results[0], results[1], results[2] if rcond else None
+    if structure == "general" and not rcond:
+        inverse, info = engine.invert(op)
+        return inverse, info, None
+    route = _cuda.cuda_route(n, dtype)
+    work = ChunkWork(op.batch_shape, dtype, (op.array,), outputs,
+                     _inverse_compute(structure, lower, route, rcond),
+                     scratch_bytes(n, 0, dtype.itemsize, structure, route, rcond=rcond,
+                                   solve=False),
+                     f"inverting one {n}x{n} {dtype} matrix (assume_a={structure!r})")
+    results = engine.run_chunks(work)
+    return results[0], results[1], results[2] if rcond else None
 
 
-def _diagonal_inverse(full: Any) -> tuple[Any, Any]:
+def _diagonal_inverse(full: Any, out: Any, info: Any) -> None:
     import cupy
 
     n = full.shape[-1]
     d = full.diagonal(axis1=-2, axis2=-1)
-    info = first_zero_step(full)
-    info = cupy.where(_nonfinite(d[..., None]), np.int32(INFO_NONFINITE), info).astype(np.int32)
+    code = first_zero_step(full)
+    cupy.copyto(info, cupy.where(_nonfinite(d[..., None]), np.int32(INFO_NONFINITE), code),
+                casting="unsafe")
     eye = cupy.eye(n, dtype=bool)
     with np.errstate(all="ignore"):
-        inverse = cupy.where(eye, (1 / d)[..., None, :], cupy.zeros((), dtype=full.dtype))
-    inverse = cupy.where((info != 0)[..., None, None], cupy.asarray(np.nan, dtype=full.dtype),
-                         inverse).astype(full.dtype)
-    return inverse, info
+        cupy.copyto(out, cupy.where(eye, (1 / d)[..., None, :], cupy.zeros((), dtype=full.dtype)),
+                    casting="unsafe")
+    _nan_where_failed(out, info)
 
 
-def _triangular_inverse(engine: Any, full: Any, lower: bool) -> tuple[Any, Any]:
+def _triangular_inverse(full: Any, out: Any, info: Any, lower: bool, route: str) -> None:
     import cupy
 
-    n = full.shape[-1]
+    m, n = out.shape[0], out.shape[-1]
     upper = full.swapaxes(-1, -2) if lower else full
-    batch = full.shape[:-2]
-    x, lu_info = engine.invert(Operand(cupy.ascontiguousarray(upper), "cupy", batch, n,
-                                       full.dtype))
+    x = cupy.empty((m, n, n), dtype=out.dtype)
+    lu_info = cupy.empty(m, dtype=np.int32)
+    _cuda._invert_chunk(upper, x, lu_info, route)
     if lower:
         x = x.swapaxes(-1, -2)
     rows = cupy.arange(n)[:, None]
     cols = cupy.arange(n)[None, :]
     mask = rows >= cols if lower else rows <= cols
-    x = cupy.where(mask, x, cupy.zeros((), dtype=full.dtype))
-    info = cupy.where(lu_info == INFO_NONFINITE, np.int32(INFO_NONFINITE),
-                      first_zero_step(full)).astype(np.int32)
-    x = cupy.where((info != 0)[..., None, None], cupy.asarray(np.nan, dtype=full.dtype), x)
-    return cupy.ascontiguousarray(x), info
+    cupy.copyto(out, cupy.where(mask, x, cupy.zeros((), dtype=out.dtype)))
+    cupy.copyto(info, cupy.where(lu_info == INFO_NONFINITE, np.int32(INFO_NONFINITE),
+                                 first_zero_step(full)), casting="unsafe")
+    _nan_where_failed(out, info)
 
 
 def _cholesky_prepare(full: Any) -> tuple[Any, Any, Any]:
     """Column-major copy for cuSOLVER (NaN/Inf matrices replaced by I), the
-    non-finite mask and potrfBatched's info, all on the device."""
+    matrix pointers and potrfBatched's info (-1 for NaN/Inf), all on the device."""
     import cupy
     from cupy.cuda import cusolver
 
@@ -243,21 +338,67 @@ def _potrs_columns(x: Any, ptrs: Any, rhs: Any) -> None:
                   dev_info.data.ptr, hi - lo)
 
 
-def _cholesky_inverse(full: Any) -> tuple[Any, Any]:
+def _cholesky_inverse(full: Any, out: Any, info: Any) -> None:
     import cupy
 
     n = full.shape[-1]
-    batch = full.shape[:-2]
-    x, ptrs, info = _cholesky_prepare(full)
-    m = x.shape[0]
-    c = cupy.empty((m, n, n), dtype=x.dtype)
+    x, ptrs, code = _cholesky_prepare(full)
+    c = cupy.empty_like(x)
     cupy.copyto(c, cupy.eye(n, dtype=x.dtype))
     _potrs_columns(x, ptrs, c)
     # c[i] column-major is inv(conj(A_i)); read in C order it is
     # inv(conj(A_i))^T = inv(A_i^H) = inv(A_i).
-    inverse = _mirror_lower(c, conjugate=x.dtype.kind == "c")
-    inverse = cupy.where((info != 0)[:, None, None], cupy.asarray(np.nan, dtype=x.dtype), inverse)
-    return cupy.ascontiguousarray(inverse).reshape(batch + (n, n)), info.reshape(batch)
+    cupy.copyto(out, _mirror_lower(c, conjugate=x.dtype.kind == "c"))
+    cupy.copyto(info, code)
+    _nan_where_failed(out, info)
+
+
+# --- solve --------------------------------------------------------------------------
+
+
+def _solve_compute(structure: str, lower: bool, route: str,
+                   rcond: bool) -> Callable[[list[Any], list[Any], bool], None]:
+    def compute(ins: list[Any], outs: list[Any], owned: bool) -> None:
+        import cupy
+
+        a, b = _aligned(ins[0]), _aligned(ins[1])  # read only: rcond reads a afterwards
+        out, info = outs[0], outs[1]
+        m, n, _ = out.shape
+        dtype = out.dtype
+        if structure == "general":
+            full = a  # _lu_solve gathers it
+        else:
+            full = structured_matrix(a.astype(dtype, copy=False), structure, lower)
+            full = full.reshape(m, n, n)
+        rhs = _as_stack(b, dtype, m)
+        if structure == "diagonal":
+            d = full.diagonal(axis1=-2, axis2=-1)
+            code = cupy.where(_nonfinite(d[..., None]), np.int32(INFO_NONFINITE),
+                              first_zero_step(full))
+            with np.errstate(all="ignore"):
+                x = rhs / d[..., :, None]
+        elif structure == "positive definite":
+            f, ptrs, code = _cholesky_prepare(full)
+            complex_ = f.dtype.kind == "c"
+            cols = cupy.ascontiguousarray(rhs.swapaxes(1, 2))  # column-major
+            cols = cols.conj() if complex_ else cols
+            _potrs_columns(f, ptrs, cols)
+            # The factors are of conj(A): conj(A) y = conj(b) gives y = conj(x).
+            x = (cols.conj() if complex_ else cols).swapaxes(1, 2)
+        else:
+            x, code = _lu_solve(full, rhs)
+            if structure in ("upper triangular", "lower triangular"):
+                code = cupy.where(code == INFO_NONFINITE, code, first_zero_step(full))
+        cupy.copyto(info, code, casting="unsafe")
+        cupy.copyto(out, x, casting="unsafe")
+        _nan_where_failed(out, info)
+        if rcond:  # the condition of a: its inverse, on the same route as inv_ex's
+            inverse = cupy.empty((m, n, n), dtype=dtype)
+            inverse_info = cupy.empty(m, dtype=np.int32)
+            read = _inverse_chunk(full, inverse, inverse_info, structure, lower, route)
+            _write_rcond(read, inverse, info, outs[2])
+
+    return compute
 
 
 def cuda_solve_ex(engine: Any, op: Operand, b: Any, *, structure: str, lower: bool,
@@ -265,77 +406,46 @@ def cuda_solve_ex(engine: Any, op: Operand, b: Any, *, structure: str, lower: bo
     """``(x, info, rcond or None)`` with ``a @ x = b`` on the CUDA engine.
 
     ``op.array`` and ``b`` are broadcast to the batch ``op.batch_shape``;
-    ``b`` is (batch..., n, k).
+    ``b`` is (batch..., n, k). Both are chunked with the same chunk index,
+    so each chunk of ``b`` is the right-hand sides of that chunk of ``a``.
     """
-    if op.backend == "numpy":
-        import cupy
-
-        device = cupy.cuda.Device(engine.index) if engine.index is not None else cupy.cuda.Device()
-        with device:
-            x, info, rc = cuda_solve_ex(engine, _upload(op), cupy.asarray(b), structure=structure,
-                                        lower=lower, rcond=rcond)
-            return x.get(), info.get(), None if rc is None else rc.get()
-
-    import cupy
-
-    with op.array.device:
-        n, k = op.n, b.shape[-1]
-        batch = op.batch_shape
-        m = op.count
-        a = op.array.astype(op.dtype, copy=False)
-        full = structured_matrix(a, structure, lower)
-        if op.empty or k == 0:
-            x = cupy.empty(batch + (n, k), dtype=op.dtype)
-            info = cupy.zeros(batch, dtype=np.int32)
-            rc = None
-            if rcond:
-                rc = (cupy.ones(batch, dtype=_real(op.dtype)) if op.empty else
-                      cuda_invert_ex(engine, op, structure=structure, lower=lower, rcond=True)[2])
-            return x, info, rc
-        rhs = cupy.ascontiguousarray(cupy.broadcast_to(b, batch + (n, k)).astype(op.dtype))
-        if structure == "diagonal":
-            d = full.diagonal(axis1=-2, axis2=-1)
-            info = first_zero_step(full)
-            info = cupy.where(_nonfinite(d[..., None]), np.int32(INFO_NONFINITE), info)
-            with np.errstate(all="ignore"):
-                x = rhs / d[..., :, None]
-        elif structure == "positive definite":
-            f, ptrs, info = _cholesky_prepare(full)
-            cols = cupy.ascontiguousarray(rhs.reshape(m, n, k).swapaxes(1, 2))  # column-major
-            cols = cols.conj() if f.dtype.kind == "c" else cols
-            _potrs_columns(f, ptrs, cols)
-            # The factors are of conj(A): conj(A) y = conj(b) gives y = conj(x).
-            x = (cols.conj() if f.dtype.kind == "c" else cols).swapaxes(1, 2).reshape(batch + (n, k))
-            info = info.reshape(batch)
-        else:
-            x, info = _lu_solve(full.reshape(m, n, n), rhs.reshape(m, n, k))
-            x = x.reshape(batch + (n, k))
-            info = info.reshape(batch)
-            if structure in ("upper triangular", "lower triangular"):
-                info = cupy.where(info == INFO_NONFINITE, info, first_zero_step(full))
-        info = info.astype(np.int32)
-        x = cupy.where((info != 0)[..., None, None], cupy.asarray(np.nan, dtype=op.dtype), x)
-        x = cupy.ascontiguousarray(x.astype(op.dtype))
+    n, k = op.n, b.shape[-1]
+    dtype = op.dtype
+    outputs = _outputs((n, k), dtype, rcond)
+    if op.empty or k == 0:
+        results = engine.empty_results(op.backend, op.array, op.batch_shape, list(outputs))
         rc = None
         if rcond:
-            inv_op = Operand(a, "cupy", batch, n, op.dtype)
-            inverse, _, _ = cuda_invert_ex(engine, inv_op, structure=structure, lower=lower,
-                                           rcond=False)
-            rc = rcond_from_inverse(full, inverse, info)
-        return x, info, rc
+            if op.empty:
+                results[2][...] = 1
+                rc = results[2]
+            else:
+                rc = cuda_invert_ex(engine, op, structure=structure, lower=lower, rcond=True)[2]
+        return results[0], results[1], rc
+    route = _cuda.cuda_route(n, dtype)
+    work = ChunkWork(op.batch_shape, dtype, (op.array, b), outputs,
+                     _solve_compute(structure, lower, route, rcond),
+                     scratch_bytes(n, k, dtype.itemsize, structure, route, rcond=rcond,
+                                   solve=True),
+                     f"solving one {n}x{n} {dtype} system with {k} right-hand sides "
+                     f"(assume_a={structure!r})")
+    results = engine.run_chunks(work)
+    return results[0], results[1], results[2] if rcond else None
 
 
 def _lu_solve(a: Any, b: Any) -> tuple[Any, Any]:
-    """cuBLAS getrfBatched + getrsBatched for a (m, n, n), b (m, n, k): ``(x, info)``."""
+    """cuBLAS getrfBatched + getrsBatched for ``a`` (batch..., n, n), ``b`` (m, n, k): ``(x, info)``.
+
+    ``a`` may have any strides and dtype (it is gathered); ``x`` is (m, n, k).
+    """
     import cupy
     from cupy.cuda import cublas
 
-    m, n, _ = a.shape
-    k = b.shape[-1]
+    m, n, k = b.shape
     # x[i] = A_i^T in C order: A_i column-major, so cuBLAS factors A_i itself
-    # (the same info as LAPACK and the CPU engine).
-    # Always copies (getrf writes it; a C-contiguous view could be the caller's memory).
-    x = a.swapaxes(1, 2).copy(order="C")
+    # (the same info as LAPACK and the CPU engine). Always a copy: getrf writes it.
+    x = cupy.empty((m, n, n), dtype=b.dtype)
+    cupy.copyto(x.reshape(a.shape), a.swapaxes(-1, -2), casting="unsafe")
     bad = _nonfinite(x)
     cupy.copyto(x, cupy.eye(n, dtype=x.dtype), where=bad[:, None, None])
     rhs = b.swapaxes(1, 2).copy(order="C")  # (m, k, n): B_i column-major; getrs writes it

@@ -57,6 +57,11 @@ single matrix does not fit, :class:`MemoryError` names the bytes it needs.
 Every scratch buffer is a CuPy array owned by the call, so nothing stays
 allocated after an error.
 
+All of this is one piece of machinery, :meth:`CudaEngine.run_chunks`, which
+runs a :class:`ChunkWork` (inputs, results, and the math of one chunk): the
+inverse here and the structure, rcond and solve routes of
+:mod:`gpuinv.engines._cuda_numerics` alike.
+
 NumPy input goes through the host<->device pipeline of :mod:`gpuinv._pipeline`:
 each chunk is copied (and cast) by host threads into a pinned buffer, uploaded,
 inverted and downloaded on its slot's own stream, so that the upload of one
@@ -68,8 +73,9 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -86,6 +92,7 @@ __all__ = [
     "MEMORY_HEADROOM",
     "PIPELINE_CHUNK_BYTES",
     "PIPELINE_SLOTS",
+    "ChunkWork",
     "CudaEngine",
     "available_device_bytes",
     "batch_calls",
@@ -180,17 +187,21 @@ def max_chunk_count(
     per_matrix_bytes: int,
     available_bytes: int,
     chunk_bytes: int,
+    elements: int | None = None,
 ) -> int:
     """The most matrices one chunk may hold; 0 if not even one fits in memory.
 
     Bounded by ``chunk_bytes`` of input (at least one matrix), by
     :data:`MAX_CHUNK_ELEMENTS` elements, and by :data:`MEMORY_HEADROOM` of
-    ``available_bytes`` at ``per_matrix_bytes`` each.
+    ``available_bytes`` at ``per_matrix_bytes`` each. ``elements`` is the
+    number of input elements per matrix: ``n * n`` unless given (a solve
+    also reads its ``n x k`` right-hand side).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    by_size = max(1, chunk_bytes // (itemsize * n * n))
-    by_elements = max(1, MAX_CHUNK_ELEMENTS // (n * n))
+    elements = n * n if elements is None else max(1, elements)
+    by_size = max(1, chunk_bytes // (itemsize * elements))
+    by_elements = max(1, MAX_CHUNK_ELEMENTS // elements)
     by_memory = int(available_bytes * MEMORY_HEADROOM) // per_matrix_bytes
     return min(by_size, by_elements, by_memory)
 
@@ -404,8 +415,11 @@ def _host_copy(dst: np.ndarray, src: np.ndarray) -> None:
 class _Staging:
     """Pinned host buffers, streams and events of the pipeline's slots.
 
-    One set is cached per engine and reused across chunks and calls; a call
-    that finds it busy (another thread) or too small allocates its own.
+    Each slot holds one pinned buffer per size of ``sizes`` (the inputs and
+    the results of a chunk, in any order: :meth:`assign` maps a request's
+    buffers onto them). One set is cached per engine and reused across
+    chunks and calls; a call that finds it busy (another thread) or unfit
+    allocates its own.
 
     The buffers come from CuPy's pinned memory pool
     (``cupy.cuda.alloc_pinned_memory``): dropping a set (a smaller one
@@ -416,16 +430,13 @@ class _Staging:
     again has no transfer in flight.
     """
 
-    def __init__(self, slots: int, data_bytes: int, info_bytes: int) -> None:
+    def __init__(self, slots: int, sizes: tuple[int, ...]) -> None:
         import cupy
 
         self.slots = slots
-        self.data_bytes = data_bytes
-        self.info_bytes = info_bytes
+        self.sizes = tuple(sizes)
         self._memory: list[Any] = []
-        self.host_in = [self._pinned(data_bytes) for _ in range(slots)]
-        self.host_out = [self._pinned(data_bytes) for _ in range(slots)]
-        self.host_info = [self._pinned(info_bytes) for _ in range(slots)]
+        self.buffers = [[self._pinned(size) for size in self.sizes] for _ in range(slots)]
         self.streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(slots)]
         self.events: list[Any] = [None] * slots
 
@@ -437,12 +448,26 @@ class _Staging:
         buf = np.frombuffer(mem, dtype=np.uint8, count=nbytes)
         return mem.ptr, buf
 
-    def fits(self, slots: int, data_bytes: int, info_bytes: int) -> bool:
-        return self.slots >= slots and self.data_bytes >= data_bytes and self.info_bytes >= info_bytes
+    def assign(self, slots: int, sizes: tuple[int, ...]) -> list[int] | None:
+        """The buffer that serves each of ``sizes`` (distinct buffers), or None if the set cannot.
+
+        The largest request takes the largest buffer, and so on down: if
+        that pairing fails, no pairing fits.
+        """
+        if self.slots < slots or len(self.sizes) < len(sizes):
+            return None
+        wanted = sorted(range(len(sizes)), key=lambda j: -sizes[j])
+        held = sorted(range(len(self.sizes)), key=lambda j: -self.sizes[j])
+        mapping = [0] * len(sizes)
+        for w, h in zip(wanted, held):
+            if self.sizes[h] < sizes[w]:
+                return None
+            mapping[w] = h
+        return mapping
 
     @property
     def nbytes(self) -> int:
-        return self.slots * (2 * self.data_bytes + self.info_bytes)
+        return self.slots * sum(self.sizes)
 
 
 def _staging_size(nbytes: int) -> int:
@@ -455,6 +480,84 @@ def _staging_size(nbytes: int) -> int:
     the largest set per concurrent call.
     """
     return max(_MIN_STAGING_BYTES, 1 << (max(nbytes, 1) - 1).bit_length())
+
+
+# --- one pass over a stack, chunk by chunk --------------------------------------
+
+
+class ChunkWork(NamedTuple):
+    """What one call computes, chunk by chunk, for :meth:`CudaEngine.run_chunks`.
+
+    The engine owns the chunking (views of the inputs, planned against the
+    device's free memory), the out-of-memory retry with fewer matrices, and
+    for NumPy input the pinned host<->device pipeline; ``compute`` owns the
+    math of one chunk. Every route of the engine (the inverse here, and
+    structure, rcond and solve in :mod:`gpuinv.engines._cuda_numerics`)
+    goes through it.
+
+    Attributes
+    ----------
+    batch_shape : tuple of int
+        The batch every input has (broadcast views are fine). Not empty.
+    dtype : numpy.dtype
+        The compute dtype: NumPy inputs are cast to it on the host, into
+        the pinned buffers.
+    inputs : tuple of arrays
+        All NumPy or all CuPy, each ``batch_shape + tail`` with any strides
+        and dtype; never written.
+    outputs : tuple of (tail, dtype)
+        The results, each allocated as ``batch_shape + tail`` in C order.
+    compute : callable
+        ``compute(ins, outs, owned)`` on the current device and stream,
+        without waiting for the host: ``ins`` are one chunk of each input
+        (CuPy input: ``a[chunk.index]``, the chunk's batch axes + tail, any
+        strides and dtype; NumPy input: C-contiguous ``(m,) + tail`` device
+        buffers of the compute dtype), ``outs`` the chunk's C-contiguous
+        ``(m,) + tail`` slices of the results, and ``owned`` whether the
+        inputs are scratch of the call (which ``compute`` may overwrite).
+        It must write every element of ``outs``: a chunk that ran out of
+        memory is computed again, smaller.
+    scratch_bytes : int
+        Device scratch per matrix that ``compute`` allocates: the planner's
+        estimate (an out-of-memory error is retried anyway).
+    what : str
+        One matrix's work, for :class:`MemoryError`: "inverting one 4x4
+        float64 matrix".
+    """
+
+    batch_shape: tuple[int, ...]
+    dtype: np.dtype
+    inputs: tuple[Any, ...]
+    outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
+    compute: Callable[[list[Any], list[Any], bool], None]
+    scratch_bytes: int
+    what: str
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.batch_shape)
+
+    def input_elements(self) -> int:
+        """Input elements per matrix (all inputs)."""
+        return sum(math.prod(x.shape[len(self.batch_shape):]) for x in self.inputs)
+
+    def output_bytes(self) -> int:
+        """Result bytes per matrix (all results)."""
+        return sum(math.prod(tail) * np.dtype(dt).itemsize for tail, dt in self.outputs)
+
+    def pipeline_bytes(self, slots: int = PIPELINE_SLOTS) -> int:
+        """Device bytes per matrix of one pipeline chunk, over all ``slots``:
+        each slot holds its input and result buffers plus a chunk's scratch."""
+        inputs = self.input_elements() * self.dtype.itemsize
+        return slots * (inputs + self.output_bytes() + self.scratch_bytes)
+
+
+def _invert_compute(route: str) -> Callable[[list[Any], list[Any], bool], None]:
+    def compute(ins: list[Any], outs: list[Any], owned: bool) -> None:
+        # Looked up at call time: tests wrap the module's _invert_chunk.
+        _invert_chunk(ins[0], outs[0], outs[1], route, owned=owned)
+
+    return compute
 
 
 class CudaEngine:
@@ -485,112 +588,134 @@ class CudaEngine:
         and benchmarks).
         """
         route = route or cuda_route(op.n, op.dtype)
-        if op.backend == "cupy":
-            return self._invert_cupy(op, route)
-        return self._invert_numpy(op, route)
+        n, dtype = op.n, op.dtype
+        if op.empty:
+            return self.empty_results(op.backend, op.array, op.batch_shape,
+                                      [((n, n), dtype), ((), np.dtype(np.int32))])
+        work = ChunkWork(op.batch_shape, dtype, (op.array,),
+                         (((n, n), dtype), ((), np.dtype(np.int32))), _invert_compute(route),
+                         scratch_bytes_per_matrix(n, dtype.itemsize, route),
+                         f"inverting one {n}x{n} {dtype} matrix")
+        out, info = self.run_chunks(work)
+        return out, info
+
+    def empty_results(self, backend: str, like: Any, batch_shape: tuple[int, ...],
+                      outputs: list[tuple[tuple[int, ...], np.dtype]]) -> list[Any]:
+        """Results of an empty stack, zero-filled (info 0), as NumPy or on ``like``'s device."""
+        if backend == "numpy":
+            return [np.zeros(batch_shape + tail, dtype=dt) for tail, dt in outputs]
+        import cupy
+
+        with like.device:
+            return [cupy.zeros(batch_shape + tail, dtype=dt) for tail, dt in outputs]
+
+    def run_chunks(self, work: ChunkWork) -> list[Any]:
+        """Run ``work`` over its whole batch; return its results.
+
+        CuPy inputs: on the device that holds them, on the current stream,
+        without any host wait. NumPy inputs: through the pinned pipeline on
+        this engine's device; NumPy results.
+        """
+        if type(work.inputs[0]).__module__.startswith("cupy"):
+            return self._run_cupy(work)
+        return self._run_numpy(work)
 
     # -- CuPy input --------------------------------------------------------
 
-    def _invert_cupy(self, op: Operand, route: str) -> tuple[Any, Any]:
+    def _run_cupy(self, work: ChunkWork) -> list[Any]:
         import cupy
 
-        a = op.array
-        n, dtype = op.n, op.dtype
-        with a.device:
-            device = a.device.id
+        with work.inputs[0].device:
+            device = work.inputs[0].device.id
+            results: list[Any] = []
             try:
-                out = cupy.empty(op.batch_shape + (n, n), dtype=dtype)
-                info = (cupy.zeros if op.empty else cupy.empty)(op.batch_shape, dtype=np.int32)
+                for tail, dt in work.outputs:
+                    results.append(cupy.empty(work.batch_shape + tail, dtype=dt))
             except cupy.cuda.memory.OutOfMemoryError:
-                needed = op.nbytes + 4 * op.count
+                results.clear()
+                needed = work.count * work.output_bytes()
                 raise _memory_error("the result", needed, _available_bytes(), device) from None
-            if op.empty:
-                return out, info
-            out3 = out.reshape(-1, n, n)
-            info1 = info.reshape(-1)
-            per_matrix = scratch_bytes_per_matrix(n, dtype.itemsize, route)
+            flat = [r.reshape((-1,) + tail) for r, (tail, _) in zip(results, work.outputs)]
             done = 0
 
             def run(count: int) -> None:
                 nonlocal done
-                for chunk in plan_chunks(op.batch_shape, count):
+                for chunk in plan_chunks(work.batch_shape, count):
                     if chunk.stop <= done:
                         continue  # finished before an out-of-memory retry
-                    _invert_chunk(a[chunk.index], out3[chunk.start : chunk.stop],
-                                  info1[chunk.start : chunk.stop], route)
+                    part = slice(chunk.start, chunk.stop)
+                    work.compute([x[chunk.index] for x in work.inputs],
+                                 [f[part] for f in flat], False)
                     done = chunk.stop
 
             try:
-                self._with_retry(run, op.count, n, dtype, per_matrix, config.cuda_chunk_bytes,
-                                 device)
+                self._with_retry(run, work, work.scratch_bytes, config.cuda_chunk_bytes, device)
             except BaseException:
                 # The traceback keeps this frame alive (a notebook keeps the
-                # last one for good): drop the result so its memory goes now.
-                del out, info, out3, info1
+                # last one for good): drop the results so their memory goes now.
+                results.clear()
+                flat.clear()
                 raise
-            return out, info
+            return results
 
     @staticmethod
-    def _with_retry(run: Any, total: int, n: int, dtype: np.dtype, per_matrix: int,
-                    chunk_bytes: int, device: int) -> None:
+    def _with_retry(run: Any, work: ChunkWork, per_matrix: int, chunk_bytes: int,
+                    device: int) -> None:
         """Call ``run(count)``, halving ``count`` after each out-of-memory error.
 
-        ``total`` is the number of matrices: no chunk holds more, so halving
-        starts from there.
+        No chunk holds more than the batch, so halving starts from there.
         """
         import cupy
 
-        planned = max_chunk_count(n, dtype.itemsize, per_matrix, _available_bytes(), chunk_bytes)
-        count = min(planned, total)
-        what = f"inverting one {n}x{n} {dtype} matrix"
+        itemsize, elements = work.dtype.itemsize, work.input_elements()
+
+        def plan() -> int:
+            return max_chunk_count(1, itemsize, per_matrix, _available_bytes(), chunk_bytes,
+                                   elements=elements)
+
+        count = min(plan(), work.count)
         while True:
             if count < 1:
-                raise _memory_error(what, per_matrix, _available_bytes(), device)
+                raise _memory_error(work.what, per_matrix, _available_bytes(), device)
             try:
                 run(count)
                 return
             except cupy.cuda.memory.OutOfMemoryError:
-                if count == 1:
-                    failed = True
-                else:
-                    failed = False
+                failed = count == 1
             # Outside the except block, so the error's traceback (and the
             # scratch arrays its frames hold) is released before retrying.
             if failed:
-                raise _memory_error(what, per_matrix, _available_bytes(), device)
-            fresh = max_chunk_count(n, dtype.itemsize, per_matrix, _available_bytes(), chunk_bytes)
-            count = max(1, min(count // 2, fresh))
+                raise _memory_error(work.what, per_matrix, _available_bytes(), device)
+            count = max(1, min(count // 2, plan()))
 
     # -- NumPy input: the host<->device pipeline -----------------------------
 
-    def _invert_numpy(self, op: Operand, route: str) -> tuple[np.ndarray, np.ndarray]:
+    def _run_numpy(self, work: ChunkWork) -> list[np.ndarray]:
         import cupy
 
-        n, dtype = op.n, op.dtype
-        out = np.empty(op.batch_shape + (n, n), dtype=dtype)
-        info = np.zeros(op.batch_shape, dtype=np.int32)
-        if op.empty:
-            return out, info
+        results = [np.empty(work.batch_shape + tail, dtype=dt) for tail, dt in work.outputs]
         device = cupy.cuda.Device(self.index) if self.index is not None else cupy.cuda.Device()
         with device:
-            per_matrix = pipeline_bytes_per_matrix(n, dtype.itemsize, route)
             chunk_bytes = min(config.cuda_chunk_bytes, PIPELINE_CHUNK_BYTES)
             progress = [0]  # matrices finished, in C order
 
             def run(count: int) -> None:
-                self._pipeline(op, out, info, count, route, progress, device.id)
+                self._pipeline(work, results, count, progress, device.id)
 
-            self._with_retry(run, op.count, n, dtype, per_matrix, chunk_bytes, device.id)
-        return out, info
+            self._with_retry(run, work, work.pipeline_bytes(), chunk_bytes, device.id)
+        return results
 
-    def _acquire_staging(self, device: int, slots: int, data_bytes: int,
-                         info_bytes: int) -> _Staging:
-        data_bytes, info_bytes = _staging_size(data_bytes), _staging_size(info_bytes)
+    def _acquire_staging(self, device: int, slots: int,
+                         sizes: tuple[int, ...]) -> tuple[_Staging, list[int]]:
+        sizes = tuple(_staging_size(s) for s in sizes)
         with self._lock:
             cached = self._staging.pop(device, None)
-        if cached is not None and cached.fits(slots, data_bytes, info_bytes):
-            return cached
-        return _Staging(slots, data_bytes, info_bytes)
+        if cached is not None:
+            mapping = cached.assign(slots, sizes)
+            if mapping is not None:
+                return cached, mapping
+        staging = _Staging(slots, sizes)
+        return staging, list(range(len(sizes)))
 
     def _release_staging(self, device: int, staging: _Staging) -> None:
         with self._lock:
@@ -600,29 +725,31 @@ class CudaEngine:
             if current is None or current.nbytes < staging.nbytes:
                 self._staging[device] = staging
 
-    def _pipeline(self, op: Operand, out: np.ndarray, info: np.ndarray, count: int,
-                  route: str, progress: list[int], device: int) -> None:
+    def _pipeline(self, work: ChunkWork, results: list[np.ndarray], count: int,
+                  progress: list[int], device: int) -> None:
         import cupy
         from cupy.cuda import runtime
 
-        n, dtype = op.n, op.dtype
-        a = op.array
-        out3 = out.reshape(-1, n, n)
-        info1 = info.reshape(-1)
+        dtype = work.dtype
+        nb = len(work.batch_shape)
+        in_tails = [tuple(x.shape[nb:]) for x in work.inputs]
+        in_bytes = [math.prod(t) * dtype.itemsize for t in in_tails]  # per matrix
+        out_bytes = [math.prod(t) * np.dtype(dt).itemsize for t, dt in work.outputs]
+        flat = [r.reshape((-1,) + tail) for r, (tail, _) in zip(results, work.outputs)]
         done = progress[0]
 
         def remaining() -> Any:  # chunks not finished before an out-of-memory retry
-            return (c for c in plan_chunks(op.batch_shape, count) if c.stop > done)
+            return (c for c in plan_chunks(work.batch_shape, count) if c.stop > done)
 
-        total = chunk_count(op.batch_shape, count) if done == 0 else sum(1 for _ in remaining())
+        total = (chunk_count(work.batch_shape, count) if done == 0
+                 else sum(1 for _ in remaining()))
         chunks = remaining()
         slots = min(PIPELINE_SLOTS, total)
-        itemsize = dtype.itemsize
-        matrix_bytes = n * n * itemsize
-        staging = self._acquire_staging(device, slots, count * matrix_bytes, 4 * count)
-        d_in: list[Any] = []
-        d_out: list[Any] = []
-        d_info: list[Any] = []
+        staging, mapping = self._acquire_staging(
+            device, slots, tuple(count * b for b in in_bytes + out_bytes))
+        n_in = len(work.inputs)
+        d_in: list[list[Any]] = []  # per slot, per input
+        d_out: list[list[Any]] = []  # per slot, per result
         slot_chunk: list[Chunk | None] = [None] * slots
 
         def fill(i: int, slot: int) -> None:
@@ -630,23 +757,23 @@ class CudaEngine:
             slot_chunk[slot] = chunk
             m = chunk.count
             stream = staging.streams[slot]
+            buffers = staging.buffers[slot]
             if len(d_in) <= slot:  # device buffers: once per call, on the slot's stream
                 with stream:
-                    d_in.append(cupy.empty((count, n, n), dtype=dtype))
-                    d_out.append(cupy.empty((count, n, n), dtype=dtype))
-                    d_info.append(cupy.empty(count, dtype=np.int32))
-            in_ptr, in_buf = staging.host_in[slot]
-            view = a[chunk.index]
-            _host_copy(in_buf[: m * matrix_bytes].view(dtype).reshape(view.shape), view)
-            nbytes = m * matrix_bytes
+                    d_in.append([cupy.empty((count,) + t, dtype=dtype) for t in in_tails])
+                    d_out.append([cupy.empty((count,) + t, dtype=dt) for t, dt in work.outputs])
+            for j, x in enumerate(work.inputs):
+                view = x[chunk.index]
+                buf = buffers[mapping[j]][1]
+                _host_copy(buf[: m * in_bytes[j]].view(dtype).reshape(view.shape), view)
             with stream:
-                runtime.memcpyAsync(d_in[slot].data.ptr, in_ptr, nbytes,
-                                    runtime.memcpyHostToDevice, stream.ptr)
-                _invert_chunk(d_in[slot][:m], d_out[slot][:m], d_info[slot][:m], route, owned=True)
-                runtime.memcpyAsync(staging.host_out[slot][0], d_out[slot].data.ptr, nbytes,
-                                    runtime.memcpyDeviceToHost, stream.ptr)
-                runtime.memcpyAsync(staging.host_info[slot][0], d_info[slot].data.ptr, 4 * m,
-                                    runtime.memcpyDeviceToHost, stream.ptr)
+                for j in range(n_in):
+                    runtime.memcpyAsync(d_in[slot][j].data.ptr, buffers[mapping[j]][0],
+                                        m * in_bytes[j], runtime.memcpyHostToDevice, stream.ptr)
+                work.compute([d[:m] for d in d_in[slot]], [d[:m] for d in d_out[slot]], True)
+                for j, d in enumerate(d_out[slot]):
+                    runtime.memcpyAsync(buffers[mapping[n_in + j]][0], d.data.ptr,
+                                        m * out_bytes[j], runtime.memcpyDeviceToHost, stream.ptr)
                 staging.events[slot] = stream.record()
 
         def drain(i: int, slot: int) -> None:
@@ -654,9 +781,10 @@ class CudaEngine:
             chunk = slot_chunk[slot]
             assert chunk is not None
             m = chunk.count
-            out_buf = staging.host_out[slot][1][: m * matrix_bytes].view(dtype).reshape(m, n, n)
-            _host_copy(out3[chunk.start : chunk.stop], out_buf)
-            info1[chunk.start : chunk.stop] = staging.host_info[slot][1][: 4 * m].view(np.int32)
+            buffers = staging.buffers[slot]
+            for j, (tail, dt) in enumerate(work.outputs):
+                buf = buffers[mapping[n_in + j]][1][: m * out_bytes[j]]
+                _host_copy(flat[j][chunk.start : chunk.stop], buf.view(dt).reshape((m,) + tail))
             progress[0] = chunk.stop
 
         def abandon(slot: int) -> None:
@@ -680,6 +808,4 @@ class CudaEngine:
             # pinned set is idle and can be cached for the next call.
             d_in.clear()
             d_out.clear()
-            d_info.clear()
             self._release_staging(device, staging)
-
