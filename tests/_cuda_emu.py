@@ -117,7 +117,8 @@ def build(spec: kernels.KernelSpec, kernel_dir: Path | None = None) -> Path:
     defines = [
         f"-DEMU_T={element_type(spec)}",
         f"-DEMU_KERNEL={spec.name_expression}",
-        f"-DEMU_SHARED_BYTES={spec.shared_bytes}",
+        # A kernel without a stage still declares the array: one byte it never touches.
+        f"-DEMU_SHARED_BYTES={max(spec.shared_bytes, 1)}",
         "-DEMU_SHARED_NAMES(X)=" + " ".join(f"X({name})" for name in names),
     ]
     digest = hashlib.sha256()

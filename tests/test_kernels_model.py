@@ -398,14 +398,17 @@ def test_a_rolled_compute_loop_counts_its_trips(tools, arch):
 
 
 def test_model_of_real_instantiations(tools):
-    specs = [kernels.kernel_spec(2, np.float32), kernels.kernel_spec(9, np.float32)]
+    specs = [kernels.kernel_spec(2, np.float32), kernels.kernel_spec(4, np.float32), kernels.kernel_spec(9, np.float32)]
+    assert [s.direct for s in specs] == [True, False, False]
     reports = _check.compile_report(specs, "sm_90", set(specs), keep_code=True)
     records = model.model_reports(reports, workers=1)
-    thread, group = records
-    for r in records:
+    thread, staged, group = records
+    for r, spec in zip(records, specs):
         assert r["main_path_bytes"] <= r["kernel_bytes"]
         assert r["unknown_loops"] == 0 and r["spill_bytes"] == 0
-        assert r["staging_loops"] and all(lp["unroll"] > 0 for lp in r["staging_loops"])
+        # The stage-less kernel has no staging loop: its loads are straight-line.
+        assert bool(r["staging_loops"]) != spec.direct
+        assert all(lp["unroll"] > 0 for lp in r["staging_loops"])
         # The lane-group kernel's k loop stays rolled and runs n times; the
         # one-thread kernel unrolls everything but its staging loops.
         expect = [r["n"]] if r["shape"] == "group" else []
@@ -416,7 +419,11 @@ def test_model_of_real_instantiations(tools):
         assert r["ceiling_matrices_per_s"] == pytest.approx(r["bounds"]["H200"][r["limiter"]], rel=1e-3)
         assert 0 < r["hbm_share_ceiling"] <= 1
         assert r["occupancy_warps"] > 0
-    assert thread["mix"]["shuffle"] == 0
+    assert thread["mix"]["shuffle"] == 0 and staged["mix"]["shuffle"] == 0
+    # 2x2 float32 without a stage: 256 matrices a tile (two a thread), and
+    # both matrices' loads (4 + 4 floats) are in flight at once.
+    assert thread["matrices_per_block"] == 256 and thread["shared_bytes"] == 0
+    assert thread["mix"]["shared"] == 0 and thread["bytes_in_flight_per_warp"] == 32 * 8 * 4
     # The group kernel's shuffles have divergent-collective slow paths: not on the main path.
     assert group["mix"]["shuffle"] > 0 and group["main_path_bytes"] < group["kernel_bytes"]
     assert group["bytes_per_matrix"] == 2 * 81 * 4 + 4

@@ -69,25 +69,32 @@ KERNEL_MAX_N: dict[np.dtype, int] = {dt: 32 for dt in _DTYPES}
 KERNEL_MAX_N[np.dtype(np.complex128)] = 24
 
 # The largest n that runs one thread per matrix; larger n runs a lane group
-# per matrix. The bound is registers: the whole matrix lives in one thread,
-# n^2 elements of 1, 2 or 4 registers each. `python -m gpuinv.kernels
-# --check --all` (NVRTC 12.9) puts the one-thread kernel at 180 registers
-# for float64 n = 8, at 251-254 for complex64 n = 7, 8 and at 228 for
-# complex128 n = 5 (spilling from complex128 n = 7): the bounds below keep
-# every one-thread kernel under about 200, leaving room for other compiler
-# versions and some occupancy. Whether the thread shape is also the faster
-# one up to these sizes is provisional: benchmarks/gpu_check.py measures it.
+# per matrix. Chosen with the cost model (`python -m gpuinv.kernels --model`,
+# NVRTC 12.9, sm_90, H200 ceilings; docs/kernels.md, "Choosing the shape"):
+# the one-thread shape is kept up to the largest n where its predicted
+# ceiling (share of the HBM bound) is at least the lane group's. For
+# float32 at n = 8 the group kernel is predicted at 0.46 of HBM against 0.38
+# (106 registers leave 16 warps per SM, too few bytes in flight); for
+# float64 at n = 7 at 0.66 against 0.56; for complex64 at n = 8 at 0.47
+# against 0.38; complex128 at n = 6 would still favour the thread shape but
+# needs 208 registers, over the ~200 kept as headroom for other compiler
+# versions (it spills from n = 8). Provisional until a GPU measures both
+# shapes: benchmarks/gpu_check.py times them side by side.
 THREAD_MAX_N: dict[np.dtype, int] = {
-    np.dtype(np.float32): 8,
-    np.dtype(np.float64): 8,
-    np.dtype(np.complex64): 6,
-    np.dtype(np.complex128): 4,
+    np.dtype(np.float32): 7,
+    np.dtype(np.float64): 6,
+    np.dtype(np.complex64): 7,
+    np.dtype(np.complex128): 5,
 }
 
 # Both kernels take the input as ``const T* __restrict__`` and only read it,
 # so the CUDA engine may hand them the caller's own contiguous stack without
 # a gather copy (gpuinv/engines/cuda.py, route "kernel").
 INPUT_READ_ONLY = True
+
+# The one-thread kernel skips its shared-memory stage for matrices of this
+# many bytes or fewer (kernels.cu keeps the same constant; docs/kernels.md).
+THREAD_DIRECT_BYTES = 32
 
 # Static shared memory per block is capped at 48 KiB; staying within it
 # avoids the opt-in for dynamic shared memory.
@@ -133,10 +140,17 @@ class KernelSpec:
         return f"gpuinv::inv_group<{cxx}, {self.n}, {self.group}, {warps}>"
 
     @property
+    def direct(self) -> bool:
+        """Whether the kernel loads and stores without a shared-memory stage (kernels.cu's THREAD_DIRECT_BYTES)."""
+        return self.shape == "thread" and self.n * self.n * self.dtype.itemsize <= THREAD_DIRECT_BYTES
+
+    @property
     def shared_bytes(self) -> int:
         """Static shared memory of one block."""
         item = self.dtype.itemsize
         if self.shape == "thread":
+            if self.direct:
+                return 0
             return self.n * self.n * (self.block + 1) * item
         return self.per_block * self.n * group_ld(self.n, self.dtype) * item
 
@@ -174,6 +188,9 @@ def kernel_spec(n: int, dtype: Any) -> KernelSpec:
     if n <= THREAD_MAX_N[dt]:
         # The largest block whose stage fits: more matrices per block means
         # longer coalesced runs; 128 threads keeps enough blocks per SM.
+        if n * n * item <= THREAD_DIRECT_BYTES:
+            # No stage: each thread takes THREAD_DIRECT_BYTES of matrices a tile.
+            return KernelSpec(dt, n, "thread", 128, 128 * (THREAD_DIRECT_BYTES // (n * n * item)), 1)
         for block in (128, 64, 32):
             if n * n * (block + 1) * item <= _SMEM_LIMIT:
                 return KernelSpec(dt, n, "thread", block, block, 1)

@@ -143,7 +143,10 @@ def compute_trips(spec: KernelSpec) -> int | None:
 
 
 def matrices_per_warp(spec: KernelSpec) -> int:
-    return 32 if spec.shape == "thread" else 32 // spec.group
+    """Matrices one warp inverts per trip of the tile loop."""
+    if spec.shape == "thread":
+        return 32 * (spec.per_block // spec.block)  # the stage-less kernel: several a thread
+    return 32 // spec.group
 
 
 def bytes_per_matrix(spec: KernelSpec) -> int:

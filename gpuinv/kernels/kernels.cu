@@ -24,10 +24,53 @@ namespace gpuinv {
 // conflicts), so that each thread then reads its own matrix without bank
 // conflicts. The result goes back the same way, the column permutation of
 // partial pivoting applied on the way into shared memory.
+//
+// The smallest matrices (THREAD_DIRECT_BYTES or less, gpuinv/kernels/__init__.py
+// keeps the same bound) skip the stage: each thread loads and stores its own
+// matrices straight from and to global memory. A warp's access then spans
+// 32 matrices, at most 1 KiB, whose cache lines the next element's access
+// finds in L1; the stage's loops, index arithmetic and barriers, which
+// cost several times the inversion of a 2x2, are gone. Each thread takes
+// K = THREAD_DIRECT_BYTES / (matrix bytes) matrices per tile (B apart, so
+// each load instruction stays coalesced) and issues all their loads before
+// any arithmetic: 32 bytes in flight per thread, which is what keeps HBM
+// busy at any occupancy (docs/kernels.md, the cost model's Little's law).
+constexpr int THREAD_DIRECT_BYTES = 32;
+
 template <class T, int N, int B>
 __global__ void __launch_bounds__(B, 1)
     inv_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, long long m) {
     constexpr int NN = N * N;
+    if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
+        constexpr int K = THREAD_DIRECT_BYTES / (NN * (int)sizeof(T));
+        const long long stride = (long long)gridDim.x * B * K;
+        for (long long first = (long long)blockIdx.x * B * K + threadIdx.x; first < m; first += stride) {
+            T r[K][N][N];
+            GPUINV_UNROLL
+            for (int q = 0; q < K; ++q) {
+                const long long i = first + q * B;
+                GPUINV_UNROLL
+                for (int e = 0; e < NN; ++e) r[q][e / N][e % N] = i < m ? a[i * NN + e] : make_zero<T>();
+            }
+            GPUINV_UNROLL
+            for (int q = 0; q < K; ++q) {
+                const long long i = first + q * B;
+                if (i < m) {
+                    int col[N];
+                    int code = invert_in_place<T, N>(r[q], col);
+                    T* dst = out + i * NN;
+                    GPUINV_UNROLL
+                    for (int row = 0; row < N; ++row) {
+                        GPUINV_UNROLL
+                        for (int c = 0; c < N; ++c)
+                            dst[row * N + col[c]] = code == -1 ? make_nan<T>() : r[q][row][c];
+                    }
+                    info[i] = code;
+                }
+            }
+        }
+        return;
+    } else {
     constexpr int LD = B + 1;
     __shared__ T stage[NN * LD];
     const int t = threadIdx.x;
@@ -66,6 +109,7 @@ __global__ void __launch_bounds__(B, 1)
             out[base + g] = stage[(g - mat * NN) * LD + mat];
         }
         __syncthreads();  // the next tile's loads overwrite the stage
+    }
     }
 }
 
