@@ -131,6 +131,32 @@ __device__ __forceinline__ R shfl_xor(R v, int mask, int width) {
     return __shfl_xor_sync(0xffffffffu, v, mask, width);
 }
 
+// A pivot key (pivot_key: |re| + |im| >= 0, -0.5 for NaN, -1 for "not a
+// candidate") as an unsigned code that orders the same way: the bits of a
+// non-negative float or double order as its value, so a key k >= 0 codes as
+// bits(k) + 2, NaN as 1 and non-candidates as 0 (split into two words for
+// double). -0.0, which cabs1 can return, codes as +0.0.
+struct PivotCode {
+    static constexpr unsigned zero = 2u;  // the code of a zero key (lo word; hi word 0)
+    static constexpr bool two_words = false;
+    unsigned hi = 0u, lo;
+    __device__ __forceinline__ explicit PivotCode(float key)
+        : lo(key > 0.0f ? __float_as_uint(key) + 2u : (key == 0.0f ? 2u : (key == -0.5f ? 1u : 0u))) {}
+};
+struct PivotCode64 {
+    static constexpr unsigned zero = 2u;
+    static constexpr bool two_words = true;
+    unsigned hi, lo;
+    __device__ __forceinline__ explicit PivotCode64(double key) {
+        unsigned long long c = key > 0.0 ? (unsigned long long)__double_as_longlong(key) + 2ull
+                                         : (key == 0.0 ? 2ull : (key == -0.5 ? 1ull : 0ull));
+        hi = (unsigned)(c >> 32);
+        lo = (unsigned)c;
+    }
+};
+template <class R> struct pivot_code_of { typedef PivotCode type; };
+template <> struct pivot_code_of<double> { typedef PivotCode64 type; };
+
 // A group of G lanes (G a power of two, N <= G <= 32) per matrix, 32 / G
 // matrices per warp, W warps per block. Each warp stages its matrices
 // through its own slice of shared memory (rows LD = N + 1 rounded up to 16
@@ -205,29 +231,49 @@ __global__ void __launch_bounds__(32 * W, 1)
         GPUINV_ROLLED
         for (int k = 0; k < N; ++k) {
             // Rows already used as pivots, and lanes without a row, rank below
-            // every candidate (whose key is >= -0.5). Positions are distinct
-            // and below 32, so (pos, row) packs into one word that orders as
-            // pos does.
-            R best = (has_row && pos >= k) ? pivot_key(r[0]) : R(-1);
-            int best_at = pos * 32 + row;
-            GPUINV_UNROLL
-            for (int off = G / 2; off > 0; off /= 2) {
-                R other = shfl_xor(best, off, G);
-                int other_at = shfl_xor(best_at, off, G);
-                if (pivot_beats(other, other_at, best, best_at)) {
-                    best = other;
-                    best_at = other_at;
+            // every candidate (whose key is >= -0.5).
+            const R key = (has_row && pos >= k) ? pivot_key(r[0]) : R(-1);
+            bool is_pivot, active;
+            int best_pos;
+            if constexpr (G == 32) {
+                // One matrix per warp: the arg-max is two or three warp
+                // reductions (redux.sync) on the key's order-preserving code,
+                // then the smallest position among the ties.
+                typedef typename pivot_code_of<R>::type PivotCode;
+                const PivotCode code_of_key(key);
+                unsigned top_hi = 0u, top_lo;
+                if constexpr (PivotCode::two_words) top_hi = __reduce_max_sync(0xffffffffu, code_of_key.hi);
+                const bool hi_top = code_of_key.hi == top_hi;
+                top_lo = __reduce_max_sync(0xffffffffu, hi_top ? code_of_key.lo : 0u);
+                const bool at_top = hi_top && code_of_key.lo == top_lo;
+                best_pos = (int)__reduce_min_sync(0xffffffffu, at_top ? (unsigned)pos : 0xffffffffu);
+                is_pivot = pos == best_pos;
+                active = !(top_hi == 0u && top_lo == PivotCode::zero);
+            } else {
+                // A butterfly over the group on (key, pos). Positions are
+                // distinct and below 32, so (pos, row) packs into one word
+                // that orders as pos does.
+                R best = key;
+                unsigned best_at = (unsigned)(pos * 32 + row);
+                GPUINV_UNROLL
+                for (int off = G / 2; off > 0; off /= 2) {
+                    R other = shfl_xor(best, off, G);
+                    unsigned other_at = shfl_xor(best_at, off, G);
+                    if (pivot_beats(other, (int)other_at, best, (int)best_at)) {
+                        best = other;
+                        best_at = other_at;
+                    }
                 }
+                is_pivot = row == (int)(best_at % 32u);
+                best_pos = (int)(best_at / 32u);
+                // The pivot's key is cabs1(pivot), or -0.5 for NaN: nonzero
+                // exactly when lu_row_step's `active` is true.
+                active = best != R(0);
             }
-            const int best_row = best_at % 32;
-            const bool is_pivot = row == best_row;
-            // The pivot's key is cabs1(pivot), or -0.5 for NaN: nonzero
-            // exactly when lu_row_step's `active` is true.
-            const bool active = best != R(0);
             if (!active && code == 0) code = k + 1;
             // Interchange: the pivot row takes position k, the row that held
             // position k takes the pivot's old position.
-            pos = is_pivot ? k : (pos == k ? best_at / 32 : pos);
+            pos = is_pivot ? k : (pos == k ? best_pos : pos);
             const T inv = recip((is_pivot && active) ? r[0] : make_one<T>());
             T* prow = mine + k * LD;
             if (is_pivot) {

@@ -22,7 +22,8 @@
 // * __syncthreads is a block barrier: every thread of the block must reach the
 //   same __syncthreads (same source line) before any goes on. A thread that
 //   returns while others wait there is an error, as is a deadlock.
-// * __syncwarp, __shfl_sync, __shfl_xor_sync and __ballot_sync are lockstep
+// * __syncwarp, __shfl_sync, __shfl_xor_sync, __ballot_sync and
+//   __reduce_max_sync/__reduce_min_sync (unsigned) are lockstep
 //   exchanges: a lane waits until every lane named in the mask has reached a
 //   collective, then all of them must agree on the operation, the mask and
 //   the width, or the launch fails naming the lanes and source lines. A lane
@@ -83,7 +84,7 @@ namespace emu {
     std::exit(3);
 }
 
-enum class Op : int { running, syncthreads, syncwarp, shfl_idx, shfl_xor, ballot, done };
+enum class Op : int { running, syncthreads, syncwarp, shfl_idx, shfl_xor, ballot, reduce_max, reduce_min, done };
 
 inline const char* op_name(Op op) {
     switch (op) {
@@ -93,13 +94,16 @@ inline const char* op_name(Op op) {
         case Op::shfl_idx: return "__shfl_sync";
         case Op::shfl_xor: return "__shfl_xor_sync";
         case Op::ballot: return "__ballot_sync";
+        case Op::reduce_max: return "__reduce_max_sync";
+        case Op::reduce_min: return "__reduce_min_sync";
         case Op::done: return "return";
     }
     return "?";
 }
 
 inline bool is_warp_collective(Op op) {
-    return op == Op::syncwarp || op == Op::shfl_idx || op == Op::shfl_xor || op == Op::ballot;
+    return op == Op::syncwarp || op == Op::shfl_idx || op == Op::shfl_xor || op == Op::ballot ||
+           op == Op::reduce_max || op == Op::reduce_min;
 }
 
 struct Thread {
@@ -324,6 +328,15 @@ class Block {
             for (int l = 0; l < 32; ++l)
                 if ((mask >> l & 1u) && pool()[base + l].value != 0) ballot |= 1u << l;
         }
+        // redux.sync: the unsigned maximum or minimum over the mask's lanes.
+        unsigned reduced = op == Op::reduce_max ? 0u : 0xffffffffu;
+        if (op == Op::reduce_max || op == Op::reduce_min) {
+            for (int l = 0; l < 32; ++l) {
+                if (!(mask >> l & 1u)) continue;
+                const unsigned v = (unsigned)pool()[base + l].value;
+                reduced = op == Op::reduce_max ? (v > reduced ? v : reduced) : (v < reduced ? v : reduced);
+            }
+        }
         std::uint64_t results[32];
         for (int l = 0; l < 32; ++l) {
             if (!(mask >> l & 1u)) continue;
@@ -347,6 +360,8 @@ class Block {
                 results[l] = pool()[base + src].value;
             } else if (op == Op::ballot) {
                 results[l] = ballot;
+            } else if (op == Op::reduce_max || op == Op::reduce_min) {
+                results[l] = reduced;
             } else {
                 results[l] = 0;
             }
@@ -522,6 +537,12 @@ inline unsigned ballot(int line, unsigned mask, int predicate) {
     return (unsigned)g_current->result;
 }
 
+inline unsigned reduce(Op op, int line, unsigned mask, unsigned value) {
+    check_warp_mask(mask, op_name(op), line);
+    g_block->wait(op, line, mask, 32, 0, value);
+    return (unsigned)g_current->result;
+}
+
 }  // namespace emu
 
 // --- CUDA's names ------------------------------------------------------------
@@ -541,5 +562,10 @@ inline unsigned ballot(int line, unsigned mask, int predicate) {
 #define __shfl_sync(...) ::emu::shfl_idx(__LINE__, __VA_ARGS__)
 #define __shfl_xor_sync(...) ::emu::shfl_xor(__LINE__, __VA_ARGS__)
 #define __ballot_sync(mask, predicate) ::emu::ballot(__LINE__, (mask), (predicate))
+#define __reduce_max_sync(mask, value) ::emu::reduce(::emu::Op::reduce_max, __LINE__, (mask), (unsigned)(value))
+#define __reduce_min_sync(mask, value) ::emu::reduce(::emu::Op::reduce_min, __LINE__, (mask), (unsigned)(value))
+
+inline unsigned __float_as_uint(float x) { return ::emu::from_bits<unsigned>(::emu::to_bits(x)); }
+inline long long __double_as_longlong(double x) { return ::emu::from_bits<long long>(::emu::to_bits(x)); }
 
 inline int __ffs(int x) { return __builtin_ffs(x); }
