@@ -171,27 +171,33 @@ MUTATIONS = [
     # (id, spec, original text, mutated text, how it is caught). Each original
     # occurs exactly once in kernels.cu. How: "asan" (AddressSanitizer stops
     # the run), "race" (the thread orders disagree), "divergent" (lanes reach
-    # different collectives), "wrong" (runs, but not the host build's bits).
+    # different collectives), "wrong" (runs, but not the host build's bits),
+    # "memory" (AddressSanitizer or UndefinedBehaviorSanitizer stops a run whose
+    # wrong pivot or unsynchronized read sends a store out of bounds).
     ("thread-load-index-off-by-one", _spec(np.float64, 4),
      "stage[(g - mat * NN) * LD + mat] = a[base + g];", "stage[(g - mat * NN) * LD + mat] = a[base + g + 1];",
      "asan"),
     ("thread-stage-slot-off-by-one", _spec(np.float32, 3),
      "r[i][j] = stage[(i * N + j) * LD + t];", "r[i][j] = stage[(i * N + j) * LD + t + 1];", "race"),
-    ("thread-missing-syncthreads", _spec(np.float64, 2),
+    ("thread-missing-syncthreads", _spec(np.float64, 3),
      "        __syncthreads();\n        if (t < count) {", "        if (t < count) {", "race"),
     ("thread-grid-stride-step", _spec(np.float64, 3), "tile += gridDim.x)", "tile += gridDim.x + 1)", "wrong"),
-    ("group-wrong-pivot-shuffle-source", _spec(np.float64, 16),
-     "const T piv = shfl(r[k], best_row, G);", "const T piv = shfl(r[k], best_row ^ 1, G);", "wrong"),
+    ("thread-direct-load-past-the-matrix", _spec(np.float32, 2),
+     "a[i * NN + e] : make_zero<T>()", "a[i * NN + e + 1] : make_zero<T>()", "asan"),
+    ("thread-direct-info-index-off-by-one", _spec(np.complex64, 1), "info[i] = code;", "info[i + 1] = code;", "asan"),
+    ("group-pivot-row-read-one-slot-off", _spec(np.float64, 16),
+     "r[j - 1] = fms(r[j], l, prow[j]);", "r[j - 1] = fms(r[j], l, prow[j - 1]);", "wrong"),
+    ("group-warp-reduction-min-for-max", _spec(np.float32, 17),
+     "top_lo = __reduce_max_sync(", "top_lo = __reduce_min_sync(", "memory"),
     ("group-wrong-butterfly-mask", _spec(np.float32, 12),
-     "R other = shfl_xor(best, off, G);", "R other = shfl_xor(best, off ^ 1, G);", "race"),
-    ("group-missing-syncwarp-before-back-substitution", _spec(np.float64, 16),
-     "        __syncwarp();\n        T x[N];", "        T x[N];", "race"),
+     "R other = shfl_xor(best, off, G);", "R other = shfl_xor(best, off ^ 1, G);", "memory"),
+    ("group-missing-syncwarp-before-the-permutation-is-read", _spec(np.float64, 16),
+     "        __syncwarp();\n        const int col_of_mine", "        const int col_of_mine", "memory"),
     ("group-syncwarp-only-in-lanes-with-a-row", _spec(np.float64, 12),
      "        __syncwarp();  // every lane has read U", "        if (has_row) __syncwarp();  // every lane has read U",
      "divergent"),
-    ("group-store-index-off-by-one", _spec(np.complex64, 9),
-     "out[base + g] = s[mat * N * LD + i * LD + (e - i * N)];",
-     "out[base + g] = s[mat * N * LD + i * LD + (e - i * N) + 1];", "wrong"),
+    ("group-store-row-index-rotated", _spec(np.complex64, 9),
+     "dst[i * N] = nonfinite", "dst[((i + 1) % N) * N] = nonfinite", "wrong"),
     ("group-info-index-off-by-one", _spec(np.float64, 16), "info[first + grp] =", "info[first + grp + 1] =", "asan"),
 ]  # fmt: skip
 
@@ -199,6 +205,7 @@ CAUGHT_BY = {
     "asan": lambda exc: "ERROR: AddressSanitizer" in exc.stderr,
     "race": lambda exc: exc.returncode == 4 and "differs between thread orders" in exc.stderr,
     "divergent": lambda exc: exc.returncode == 3 and "divergent warp" in exc.stderr,
+    "memory": lambda exc: "ERROR: AddressSanitizer" in exc.stderr or "runtime error:" in exc.stderr,
 }
 
 
