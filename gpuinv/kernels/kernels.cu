@@ -131,25 +131,27 @@ __device__ __forceinline__ R shfl_xor(R v, int mask, int width) {
     return __shfl_xor_sync(0xffffffffu, v, mask, width);
 }
 
-// A pivot key (pivot_key: |re| + |im| >= 0, -0.5 for NaN, -1 for "not a
-// candidate") as an unsigned code that orders the same way: the bits of a
-// non-negative float or double order as its value, so a key k >= 0 codes as
-// bits(k) + 2, NaN as 1 and non-candidates as 0 (split into two words for
-// double). -0.0, which cabs1 can return, codes as +0.0.
+// A candidate pivot's rank as an unsigned code that orders as pivot_key
+// does (|re| + |im|, NaN below every number, non-candidates below NaN): the
+// bits of a non-negative float or double order as its value, so |x| codes as
+// bits(|x|) + 2, NaN as 1 and a non-candidate as 0 (two words for double).
+// The sign bit is cleared, so -0.0 (which cabs1 can return) codes as +0.0.
 struct PivotCode {
     static constexpr unsigned zero = 2u;  // the code of a zero key (lo word; hi word 0)
     static constexpr bool two_words = false;
     unsigned hi = 0u, lo;
-    __device__ __forceinline__ explicit PivotCode(float key)
-        : lo(key > 0.0f ? __float_as_uint(key) + 2u : (key == 0.0f ? 2u : (key == -0.5f ? 1u : 0u))) {}
+    __device__ __forceinline__ PivotCode(float key, bool candidate) {
+        const unsigned b = __float_as_uint(key) & 0x7fffffffu;
+        lo = candidate ? (b > 0x7f800000u ? 1u : b + 2u) : 0u;
+    }
 };
 struct PivotCode64 {
     static constexpr unsigned zero = 2u;
     static constexpr bool two_words = true;
     unsigned hi, lo;
-    __device__ __forceinline__ explicit PivotCode64(double key) {
-        unsigned long long c = key > 0.0 ? (unsigned long long)__double_as_longlong(key) + 2ull
-                                         : (key == 0.0 ? 2ull : (key == -0.5 ? 1ull : 0ull));
+    __device__ __forceinline__ PivotCode64(double key, bool candidate) {
+        const unsigned long long b = (unsigned long long)__double_as_longlong(key) & 0x7fffffffffffffffull;
+        const unsigned long long c = candidate ? (b > 0x7ff0000000000000ull ? 1ull : b + 2ull) : 0ull;
         hi = (unsigned)(c >> 32);
         lo = (unsigned)c;
     }
@@ -231,8 +233,8 @@ __global__ void __launch_bounds__(32 * W, 1)
         GPUINV_ROLLED
         for (int k = 0; k < N; ++k) {
             // Rows already used as pivots, and lanes without a row, rank below
-            // every candidate (whose key is >= -0.5).
-            const R key = (has_row && pos >= k) ? pivot_key(r[0]) : R(-1);
+            // every candidate.
+            const bool candidate = has_row && pos >= k;
             bool is_pivot, active;
             int best_pos;
             if constexpr (G == 32) {
@@ -240,7 +242,7 @@ __global__ void __launch_bounds__(32 * W, 1)
                 // reductions (redux.sync) on the key's order-preserving code,
                 // then the smallest position among the ties.
                 typedef typename pivot_code_of<R>::type PivotCode;
-                const PivotCode code_of_key(key);
+                const PivotCode code_of_key(cabs1(r[0]), candidate);
                 unsigned top_hi = 0u, top_lo;
                 if constexpr (PivotCode::two_words) top_hi = __reduce_max_sync(0xffffffffu, code_of_key.hi);
                 const bool hi_top = code_of_key.hi == top_hi;
@@ -253,7 +255,7 @@ __global__ void __launch_bounds__(32 * W, 1)
                 // A butterfly over the group on (key, pos). Positions are
                 // distinct and below 32, so (pos, row) packs into one word
                 // that orders as pos does.
-                R best = key;
+                R best = candidate ? pivot_key(r[0]) : R(-1);  // candidates' keys are >= -0.5
                 unsigned best_at = (unsigned)(pos * 32 + row);
                 GPUINV_UNROLL
                 for (int off = G / 2; off > 0; off /= 2) {
