@@ -71,19 +71,17 @@ KERNEL_MAX_N[np.dtype(np.complex128)] = 24
 # The largest n that runs one thread per matrix; larger n runs a lane group
 # per matrix. Chosen with the cost model (`python -m gpuinv.kernels --model`,
 # NVRTC 12.9, sm_90, H200 ceilings; docs/kernels.md, "Choosing the shape"):
-# the one-thread shape is kept up to the largest n where its predicted
-# ceiling (share of the HBM bound) is at least the lane group's. For
-# float32 at n = 8 the group kernel is predicted at 0.46 of HBM against 0.38
-# (106 registers leave 16 warps per SM, too few bytes in flight); for
-# float64 at n = 7 at 0.66 against 0.56; for complex64 at n = 8 at 0.47
-# against 0.38; complex128 at n = 6 would still favour the thread shape but
-# needs 208 registers, over the ~200 kept as headroom for other compiler
-# versions (it spills from n = 8). Provisional until a GPU measures both
-# shapes: benchmarks/gpu_check.py times them side by side.
+# with its loads all in flight, the one-thread kernel is predicted at the HBM
+# bound at every n it can hold, where the lane group reaches 0.33-0.73 of it
+# at n = 6-8; so it is kept up to the largest n that stays under about 200
+# registers (headroom for other compiler versions; 255 is the limit) and a
+# 64 KB main path: float64 n = 8 needs 240 registers, complex64 n = 7 a
+# 69.5 KB main path, complex128 n = 6 246 registers. Provisional until a GPU
+# measures both shapes: benchmarks/gpu_check.py times them side by side.
 THREAD_MAX_N: dict[np.dtype, int] = {
-    np.dtype(np.float32): 7,
-    np.dtype(np.float64): 6,
-    np.dtype(np.complex64): 7,
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 7,
+    np.dtype(np.complex64): 6,
     np.dtype(np.complex128): 5,
 }
 

@@ -79,9 +79,15 @@ __global__ void __launch_bounds__(B, 1)
         const long long first = tile * B;
         const int count = (m - first) < B ? (int)(m - first) : B;
         const long long base = first * NN;
-        for (int g = t; g < count * NN; g += B) {
-            int mat = g / NN;
-            stage[(g - mat * NN) * LD + mat] = a[base + g];
+        // Unrolled with a compile-time trip count, so that every load of
+        // the tile is in flight before the first store (NN loads a thread:
+        // what keeps HBM busy when registers limit occupancy).
+        const int valid = count * NN;
+        GPUINV_UNROLL
+        for (int e = 0; e < NN; ++e) {
+            const int g = e * B + t;
+            const int mat = g / NN;
+            if (g < valid) stage[(g - mat * NN) * LD + mat] = a[base + g];
         }
         __syncthreads();
         if (t < count) {
@@ -104,9 +110,11 @@ __global__ void __launch_bounds__(B, 1)
             info[first + t] = code;
         }
         __syncthreads();
-        for (int g = t; g < count * NN; g += B) {
-            int mat = g / NN;
-            out[base + g] = stage[(g - mat * NN) * LD + mat];
+        GPUINV_UNROLL
+        for (int e = 0; e < NN; ++e) {
+            const int g = e * B + t;
+            const int mat = g / NN;
+            if (g < valid) out[base + g] = stage[(g - mat * NN) * LD + mat];
         }
         __syncthreads();  // the next tile's loads overwrite the stage
     }
