@@ -195,6 +195,8 @@ def model_kernel(report: KernelReport, sass: str) -> dict:
         "dtype": spec.dtype.name,
         "n": spec.n,
         "shape": spec.shape,
+        "op": spec.op,
+        "kind": spec.kind,
         "block": spec.block,
         "group": spec.group,
         "matrices_per_block": spec.per_block,
@@ -250,14 +252,14 @@ def _fmt(x: float | None) -> str:
 def format_table(records: list[dict]) -> list[str]:
     """The model as text lines, one per instantiation."""
     lines = [
-        f"{'arch':<5} {'dtype':<10} {'n':>2} {'shape':<6} {'regs':>4} {'warps':>5} {'main KB':>7} "
+        f"{'arch':<5} {'dtype':<10} {'n':>2} {'shape':<11} {'regs':>4} {'warps':>5} {'main KB':>7} "
         f"{'kernel KB':>9} {'wi/mat':>8} {'fp':>6} {'shfl':>6} {'shm':>6} {'glob':>5} {'sel/mv':>7} "
         f"{'int':>6} {'ctl':>5} {'ceiling/s':>9} {'HBM share':>9}  limiter"
     ]
     for r in records:
         m = r["mix"]
         lines.append(
-            f"{r['arch']:<5} {r['dtype']:<10} {r['n']:>2} {r['shape']:<6} {r['registers']:>4} "
+            f"{r['arch']:<5} {r['dtype']:<10} {r['n']:>2} {r.get('kind', r['shape']):<11} {r['registers']:>4} "
             f"{r['occupancy_warps']:>5} {r['main_path_bytes'] / 1024:>7.1f} {r['kernel_bytes'] / 1024:>9.1f} "
             f"{r['warp_instructions_per_matrix']:>8.1f} {m['fp']:>6.1f} {m['shuffle']:>6.1f} {m['shared']:>6.1f} "
             f"{m['global']:>5.1f} {m['select_move']:>7.1f} {m['integer']:>6.1f} {m['control']:>5.1f} "
@@ -289,7 +291,8 @@ BUDGET_TOLERANCE = 0.05
 
 
 def _key(r: dict) -> str:
-    return f"{r['arch']} {r['dtype']} n={r['n']} {r['shape']}"
+    # "thread"/"group" for the general inverse, "chol-thread" for the Cholesky kernel.
+    return f"{r['arch']} {r['dtype']} n={r['n']} {r.get('kind', r['shape'])}"
 
 
 def budget_numbers(records: list[dict]) -> dict[str, dict[str, float]]:
