@@ -361,8 +361,15 @@ def check_budget(records: list[dict], baseline_path: Path, nvrtc_version: str) -
     return ok, lines
 
 
-def update_budget(records: list[dict], baseline_path: Path, reason: str, nvrtc_version: str) -> None:
-    """Rewrite the baseline from ``records`` (all archs compiled), appending ``reason``."""
+def update_budget(records: list[dict], baseline_path: Path, reason: str, nvrtc_version: str,
+                  *, partial: bool = False) -> None:
+    """Rewrite the baseline from ``records`` (all archs compiled), appending ``reason``.
+
+    With ``partial``, only the entries of ``records`` are written (added or
+    replaced) and every other entry is kept: for new kernels modelled on
+    their own (``records`` of one ``KernelSpec.op``, say) without
+    recompiling the others.
+    """
     reason = reason.strip()
     if not reason or "\n" in reason:
         raise ValueError("the budget's reason must be one non-empty line")
@@ -373,7 +380,8 @@ def update_budget(records: list[dict], baseline_path: Path, reason: str, nvrtc_v
         updates = old.get("updates", [])
         kernels = old.get("kernels", {})
     archs = {r["arch"] for r in records}
-    kernels = {k: v for k, v in kernels.items() if k.split()[0] not in archs}
+    if not partial:
+        kernels = {k: v for k, v in kernels.items() if k.split()[0] not in archs}
     kernels.update(budget_numbers(records))
     kernels = dict(sorted(kernels.items(), key=lambda kv: _sort_key(kv[0])))
     updates.append({"date": datetime.date.today().isoformat(), "reason": reason})
