@@ -18,7 +18,8 @@ cuBLAS/cuSOLVER call enqueued on the current stream, and ``info`` and
   transpose of its upper transpose), masked back to the triangle. info is
   the first zero on the diagonal, computed on the device from the diagonal
   itself, as LAPACK ``trtri`` reports it.
-* positive definite: cuSOLVER ``<t>potrfBatched`` (CuPy 14 wraps it:
+* positive definite: for ``n <= CHOL_MAX_N[dtype]`` gpuinv's own Cholesky
+  kernel (:mod:`gpuinv.engines._cuda_chol`), one launch; above it cuSOLVER ``<t>potrfBatched`` (CuPy 14 wraps it:
   ``potrfBatched(handle, uplo, n, Aarray, lda, infoArray, batchSize)``), its
   info is potrf's; then ``<t>potrsBatched`` against the identity. CuPy 14's
   ``potrsBatched`` takes ``nrhs`` but cuSOLVER accepts only ``nrhs = 1``,
@@ -49,6 +50,7 @@ import numpy as np
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
+from . import _cuda_chol
 from .cuda import _TYPE_LETTER, CUBLAS_MAX_BATCH, _pointer_array, batch_calls
 
 __all__ = ["cuda_invert_ex", "cuda_solve_ex", "first_zero_step"]
@@ -155,7 +157,10 @@ def cuda_invert_ex(engine: Any, op: Operand, *, structure: str, lower: bool,
         elif structure in ("upper triangular", "lower triangular"):
             inverse, info = _triangular_inverse(engine, full, structure == "lower triangular")
         elif structure == "positive definite":
-            inverse, info = _cholesky_inverse(full)
+            if _cuda_chol.chol_route(n, op.dtype) == "kernel":  # our kernel for the small n
+                inverse, info = _cuda_chol.kernel_cholesky_inverse(full)
+            else:
+                inverse, info = _cholesky_inverse(full)
         else:
             raise ValueError(f"unknown structure {structure!r}")
         rc = rcond_from_inverse(full, inverse, info) if rcond else None
