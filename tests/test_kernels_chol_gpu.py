@@ -80,3 +80,19 @@ def test_engine_route_matches_the_cpu_engine():
 def test_subnormal_pivot_is_not_flushed():
     x, info = run_kernel(np.array([[[5e-39]]], dtype=np.float32))
     assert info[0] == 0 and abs(x[0, 0, 0] - 2e38) <= 4 * eps(np.float32) * 2e38
+
+
+def test_argument_errors():
+    a = cupy.zeros((2, 3, 3))
+    out = cupy.empty_like(a)
+    info = cupy.empty(2, dtype=np.int32)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.invert_small_chol(a[:, :2], out, info)
+    with pytest.raises(ValueError, match="info must"):
+        kernels.invert_small_chol(a, out, info.astype(np.int64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.invert_small_chol(a.swapaxes(1, 2), out, info)
+    big = kernels.CHOL_MAX_N[np.dtype(np.complex128)] + 1
+    z = cupy.zeros((1, big, big), dtype=np.complex128)
+    with pytest.raises(ValueError, match="Cholesky kernel takes"):
+        kernels.invert_small_chol(z, cupy.empty_like(z), cupy.empty(1, dtype=np.int32))

@@ -195,3 +195,24 @@ def test_subnormal_diagonal_is_inverted(lib):
         x, info = host_chol_invert(lib, a)
         np.testing.assert_array_equal(info, [0])
         assert abs(x[0, 0, 0] - 2e38) <= 4 * eps(np.float32) * 2e38
+
+
+def test_kernel_spec_for_the_cholesky_kernel():
+    for dt, max_n in kernels.CHOL_MAX_N.items():
+        spec = kernels.kernel_spec(max_n, dt, "chol")
+        assert spec.op == "chol" and spec.shape == "thread" and spec.kind == "chol-thread"
+        assert spec.name_expression == f"gpuinv::inv_chol_thread<{kernels._CXX_TYPES[dt]}, {max_n}, {spec.block}>"
+        assert spec.shared_bytes == max_n * max_n * (spec.block + 1) * dt.itemsize <= 48 * 1024
+        assert spec != kernels.kernel_spec(max_n, dt)  # the LU kernel's spec differs
+        with pytest.raises(ValueError, match="Cholesky kernel takes 1 <= n <= "):
+            kernels.kernel_spec(max_n + 1, dt, "chol")
+        with pytest.raises(ValueError, match="Cholesky kernel"):
+            kernels.kernel_spec(0, dt, "chol")
+    with pytest.raises(ValueError, match="op must be"):
+        kernels.kernel_spec(2, np.float64, "lu")
+    with pytest.raises(TypeError):
+        kernels.kernel_spec(2, np.float16, "chol")
+    # The NVRTC source pastes both headers in.
+    source = kernels.kernel_source()
+    assert "#include" not in source.split("namespace gpuinv", 1)[1]
+    assert "chol_invert_in_place" in source and "invert_in_place" in source

@@ -361,12 +361,14 @@ def warm_up(
         Load the modules on the current device (ignored when ``arch`` is given).
     extra : sequence of KernelSpec, optional
         Further instantiations, compiled with the others: shapes dispatch does
-        not pick (``benchmarks/gpu_check.py`` times both shapes where both exist).
+        not pick (``benchmarks/gpu_check.py`` times both shapes where both exist),
+        or the Cholesky kernels (``kernel_spec(n, dtype, "chol")``), which
+        ``dtypes`` and ``ns`` do not select.
 
     Returns
     -------
     list of dict
-        Per instantiation: ``dtype``, ``n``, ``shape``, ``origin`` (``"memory"``,
+        Per instantiation: ``dtype``, ``n``, ``shape``, ``op``, ``origin`` (``"memory"``,
         ``"disk"`` or ``"compiled"``) and ``seconds`` spent finding or compiling it.
 
     Raises
@@ -429,10 +431,10 @@ def warm_up(
         _nvrtc.remember(kernel_source(), spec.name_expression, cc, binary)
         if load and device_id is not None:
             _kernel(spec, device_id)
-        report.append({"dtype": spec.dtype.name, "n": spec.n, "shape": spec.shape,
+        report.append({"dtype": spec.dtype.name, "n": spec.n, "shape": spec.shape, "op": spec.op,
                        "origin": origin, "seconds": seconds})
-    order = {(s.dtype.name, s.n, s.shape): i for i, s in enumerate(specs)}
-    return sorted(report, key=lambda r: order[(r["dtype"], r["n"], r["shape"])])
+    order = {(s.dtype.name, s.n, s.shape, s.op): i for i, s in enumerate(specs)}
+    return sorted(report, key=lambda r: order[(r["dtype"], r["n"], r["shape"], r["op"])])
 
 
 def launch_config(spec: KernelSpec, m: int, max_blocks: int | None = None) -> tuple[int, int]:
