@@ -12,6 +12,11 @@ and forward substitution on the identity in place, then back substitution:
 what ``numpy.linalg.inv`` does through LAPACK's gesv), the same source the
 host tests compile with g++.
 
+For Hermitian positive definite matrices (``assume_a="positive definite"``)
+a third kernel, ``inv_chol_thread`` (``cholesky.cuh``: Cholesky, ``inv(L)``,
+``L^-H L^-1``, one thread per matrix, the lower triangle read), serves
+``n <= CHOL_MAX_N``: :func:`invert_small_chol`, ``kernel_spec(n, dtype, "chol")``.
+
 Kernels are compiled at run time by NVRTC with :data:`NVRTC_OPTIONS` (not
 through ``cupy.RawModule``, which adds ``-ftz=true``; see ``_nvrtc.py``), one
 (dtype, n) at a time on first use, loaded with ``cupy.cuda.function.Module``
