@@ -310,7 +310,11 @@ def write_text(path: Path, text: str) -> None:
 
 
 def load_model(path: Path | None) -> dict[tuple[str, int, str, str], dict[str, Any]]:
-    """Records of the model's JSON keyed by (dtype, n, shape, arch); empty if absent or unreadable."""
+    """Records of the model's JSON keyed by (dtype, n, shape, arch); empty if absent or unreadable.
+
+    The shape is the record's ``kind`` where it has one (``"chol-thread"`` for
+    the Cholesky kernel), so that it does not stand in for the LU kernel's.
+    """
     if path is None or not path.is_file():
         return {}
     try:
@@ -319,7 +323,7 @@ def load_model(path: Path | None) -> dict[tuple[str, int, str, str], dict[str, A
         out = {}
         for r in records:
             arch = str(r["arch"]).removeprefix("sm_")
-            out[(str(r["dtype"]), int(r["n"]), str(r["shape"]), arch)] = r
+            out[(str(r["dtype"]), int(r["n"]), str(r.get("kind", r["shape"])), arch)] = r
         return out
     except (OSError, ValueError, KeyError, TypeError):
         return {}

@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 EMU_DIR = Path(__file__).resolve().parent / "cuda_emu"
 KERNEL_DIR = Path(kernels.__file__).resolve().parent
 GXX = shutil.which("g++")
+#: The headers kernels.cu includes (a mutated copy of kernels.cu needs them beside it).
+HEADERS = ("inverse.cuh", "cholesky.cuh")
 
 # -O1 keeps the builds quick and the runs fast enough; -ffp-contract=off
 # gives the same arithmetic as the host build of the kernels' math
@@ -104,12 +106,12 @@ def element_type(spec: kernels.KernelSpec) -> str:
 def build(spec: kernels.KernelSpec, kernel_dir: Path | None = None) -> Path:
     """Compile ``spec``'s emulation executable (cached) and return its path.
 
-    ``kernel_dir`` holds ``kernels.cu`` and ``inverse.cuh`` (default: the
+    ``kernel_dir`` holds ``kernels.cu`` and the :data:`HEADERS` (default: the
     package's own); the mutation tests pass a folder with an altered copy.
     """
     kdir = Path(kernel_dir or KERNEL_DIR)
     sources = [EMU_DIR / "cuda_emu.h", EMU_DIR / "emu_main.cpp", EMU_DIR / "emu_shared.cpp",
-               kdir / "kernels.cu", kdir / "inverse.cuh"]  # fmt: skip
+               kdir / "kernels.cu", *(kdir / h for h in HEADERS)]  # fmt: skip
     kernel_text = (kdir / "kernels.cu").read_text()
     names = shared_names(kernel_text)
     if not names:
@@ -126,7 +128,7 @@ def build(spec: kernels.KernelSpec, kernel_dir: Path | None = None) -> Path:
         digest.update(path.read_bytes())
     digest.update("\0".join((*CXXFLAGS, *defines)).encode())
     key = digest.hexdigest()[:20]
-    exe = cache_dir() / f"{spec.dtype.name}-n{spec.n}-{spec.shape}-{key}"
+    exe = cache_dir() / f"{spec.dtype.name}-n{spec.n}-{spec.kind}-{key}"
     if exe.exists():
         return exe
     fd, tmp = tempfile.mkstemp(dir=exe.parent, prefix=exe.name + ".", suffix=".tmp")

@@ -768,22 +768,28 @@ def freeHost(ptr):
 KERNEL_GARBAGE = 7.0  # what the CPU-engine fallback leaves in the inverse of a singular matrix
 
 from gpuinv.kernels import invert_small as _real_invert_small  # noqa: E402 - before any patching
+from gpuinv.kernels import invert_small_chol as _real_invert_small_chol  # noqa: E402
 
 _use_emulation = False
 
 
-def invert_small(a, out, info, *, max_blocks=None):
+def _check_kernel_launch(what, a, out, info):
+    # What the GPU would fault on, and a log entry.
     if a.ndim != 3 or not (a.flags.c_contiguous and out.flags.c_contiguous
                            and info.flags.c_contiguous):
-        raise ValueError("invert_small needs C-contiguous (m, n, n) arrays")
+        raise ValueError(f"{what} needs C-contiguous (m, n, n) arrays")
     for name, arr in (("a", a), ("out", out), ("info", info)):
         if arr.data.ptr % arr.itemsize:
             raise FakeCudaError(f"misaligned address: {name} at {arr.data.ptr:#x} for itemsize "
                                 f"{arr.itemsize}")
-        _check_device_memory(f"invert_small {name}", arr.data.ptr, arr.nbytes)
+        _check_device_memory(f"{what} {name}", arr.data.ptr, arr.nbytes)
     stream = get_current_stream().ptr
-    _check_stream("invert_small", stream)
-    state.log.append(("invert_small", stream, _current_device(), a.shape[0]))
+    _check_stream(what, stream)
+    state.log.append((what, stream, _current_device(), a.shape[0]))
+
+
+def invert_small(a, out, info, *, max_blocks=None):
+    _check_kernel_launch("invert_small", a, out, info)
     if _use_emulation:
         _real_invert_small(a, out, info, max_blocks=max_blocks)
         return
@@ -793,6 +799,23 @@ def invert_small(a, out, info, *, max_blocks=None):
     out[...] = res.inverse
     info[...] = res.info
     out[res.info > 0] = KERNEL_GARBAGE
+
+
+def invert_small_chol(a, out, info, *, max_blocks=None):
+    # The Cholesky kernel (gpuinv.kernels.invert_small_chol), the same way:
+    # the real launcher and the emulated inv_chol_thread, or the CPU engine's
+    # positive definite inverse (the kernel's contract: potrf's info, NaN
+    # where info != 0, only the lower triangle read) where g++ cannot build it.
+    _check_kernel_launch("invert_small_chol", a, out, info)
+    if _use_emulation:
+        _real_invert_small_chol(a, out, info, max_blocks=max_blocks)
+        return
+    import gpuinv
+
+    res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), assume_a="positive definite", lower=True,
+                        device="cpu")
+    out[...] = res.inverse
+    info[...] = res.info
 
 
 emulated_kernels: dict = {}  # KernelSpec -> _cuda_emu.EmulatedKernel, shared by the tests of a session
@@ -816,6 +839,7 @@ def install_kernel_stand_in(monkeypatch):
 
         monkeypatch.setattr(gpuinv.kernels, "_kernel", load)
     monkeypatch.setattr(gpuinv.kernels, "invert_small", invert_small)
+    monkeypatch.setattr(gpuinv.kernels, "invert_small_chol", invert_small_chol)
 
 
 # --- module assembly ------------------------------------------------------------------

@@ -230,3 +230,126 @@ def _fms(a, b, c):
     re = _fused(_fused(a.real, b.real, c.real), -b.imag, c.imag)
     im = _fused(_fused(a.imag, b.real, c.imag), b.imag, c.real)
     return re + 1j * im if a.dtype == np.complex128 else (re + np.complex64(1j) * im).astype(a.dtype)
+
+
+# --- the Cholesky (positive definite) kernel's math: cholesky.cuh ------------
+
+CHOL_MAX_N = max(kernels.CHOL_MAX_N.values())
+
+CHOL_SHIM = r"""
+#include "inverse.cuh"
+#include "cholesky.cuh"
+
+using gpuinv::cplx;
+
+template <class T, int N>
+struct CholDispatch {
+    static int go(int n, const void* a, void* out, int* info, long long m) {
+        if (n != N) return CholDispatch<T, N - 1>::go(n, a, out, info, m);
+        const T* src = static_cast<const T*>(a);
+        T* dst = static_cast<T*>(out);
+        for (long long i = 0; i < m; ++i)
+            info[i] = gpuinv::chol_invert_matrix<T, N>(src + i * N * N, dst + i * N * N);
+        return 0;
+    }
+};
+template <class T>
+struct CholDispatch<T, 0> {
+    static int go(int, const void*, void*, int*, long long) { return -1; }
+};
+
+extern "C" int gpuinv_host_chol_invert(int type, int n, const void* a, void* out, int* info, long long m) {
+    switch (type) {
+        case 0: return CholDispatch<float, GPUINV_MAX_N>::go(n, a, out, info, m);
+        case 1: return CholDispatch<double, GPUINV_MAX_N>::go(n, a, out, info, m);
+        case 2: return CholDispatch<cplx<float>, GPUINV_MAX_N>::go(n, a, out, info, m);
+        case 3: return CholDispatch<cplx<double>, GPUINV_MAX_N>::go(n, a, out, info, m);
+    }
+    return -2;
+}
+"""
+
+
+def build_chol_host_lib(build: Path) -> ctypes.CDLL:
+    """Compile cholesky.cuh (after inverse.cuh) with CHOL_SHIM into a shared library and load it.
+
+    Built for every n up to 8, the largest n ``--check --all`` compiles,
+    whatever ``CHOL_MAX_N`` dispatches.
+    """
+    src = build / "chol_shim.cpp"
+    src.write_text(CHOL_SHIM)
+    lib = build / "libgpuinv_chol_host.so"
+    cmd = [
+        GXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",
+        "-Wno-unknown-pragmas", f"-DGPUINV_MAX_N={max(CHOL_MAX_N, 8)}", f"-I{HEADER_DIR}", str(src),
+        "-o", str(lib),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"g++ failed:\n{result.stderr}"
+    handle = ctypes.CDLL(str(lib))
+    handle.gpuinv_host_chol_invert.restype = ctypes.c_int
+    handle.gpuinv_host_chol_invert.argtypes = [
+        ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong,
+    ]  # fmt: skip
+    return handle
+
+
+def host_chol_invert(lib, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(inverse, info)`` of the host build of the Cholesky kernel's math."""
+    a = np.ascontiguousarray(a)
+    m, n, _ = a.shape
+    out = np.full_like(a, 7)  # a value the code must overwrite
+    info = np.full(m, 99, dtype=np.int32)
+    status = lib.gpuinv_host_chol_invert(TYPECODE[a.dtype], n, a.ctypes.data, out.ctypes.data, info.ctypes.data, m)
+    assert status == 0
+    return out, info
+
+
+def spd_matrices(rng, m, n, dtype, cond=None):
+    """Hermitian positive definite matrices: ``B B^H + n I`` (well conditioned), or with
+    ``cond``, ``Q diag(s) Q^H`` with eigenvalues graded from 1 down to ``1 / cond``."""
+    complex_ = np.dtype(dtype).kind == "c"
+    g = rng.standard_normal((m, n, n))
+    if complex_:
+        g = g + 1j * rng.standard_normal((m, n, n))
+    if cond is None:
+        a = g @ np.conj(np.swapaxes(g, -1, -2)) + n * np.eye(n)
+    else:
+        q, _ = np.linalg.qr(g)
+        s = np.logspace(0, -np.log10(cond), n)
+        a = (q * s[None, None, :]) @ np.conj(np.swapaxes(q, -1, -2))
+    a = (a + np.conj(np.swapaxes(a, -1, -2))) / 2  # Hermitian to the last bit in the wide type
+    return a.astype(dtype)
+
+
+def indefinite_at(rng, m, n, dtype):
+    """Hermitian matrices whose leading minor of order k (drawn per matrix) is the first
+    that is not positive definite, by a wide margin, so rounding cannot move it.
+
+    ``A = L D L^H`` with L unit lower triangular (entries up to 0.25 in size)
+    and D positive (1 to 2) except ``D[k-1]``, which is -1 or exactly 0 in
+    the matrices where L's row k-1 is the unit row (so that the pivot is
+    exactly 0). Returns the matrices and k.
+    """
+    complex_ = np.dtype(dtype).kind == "c"
+    out = np.empty((m, n, n), dtype=dtype)
+    steps = np.empty(m, dtype=np.int32)
+    for t in range(m):
+        k = int(rng.integers(n)) + 1
+        low = np.tril(rng.uniform(-0.25, 0.25, (n, n)), -1)
+        if complex_:
+            low = low + 1j * np.tril(rng.uniform(-0.25, 0.25, (n, n)), -1)
+        d = rng.uniform(1, 2, n)
+        if t % 2:
+            d[k - 1] = -1.0
+        else:
+            d[k - 1] = 0.0
+            low[k - 1, :] = 0  # row k of A is then (0 ... 0 0 *): the pivot d is exactly 0
+        low = low + np.eye(n)
+        a = (low * d[None, :]) @ np.conj(low.T)
+        if not t % 2:
+            a[k - 1, :k] = 0  # exactly: the leading minor of order k has a zero row
+            a[:k, k - 1] = 0
+        out[t] = (a + np.conj(a.T)) / 2
+        steps[t] = k
+    return out, steps

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 import gpuinv
+import gpuinv.kernels
 from gpuinv._numerics import STRUCTURES
 from gpuinv.engines import _cuda_numerics as numerics
 from gpuinv.engines import cuda as cuda_mod
+from gpuinv.engines import _cuda_chol
 
 
 def _load(name, file):
@@ -52,6 +54,9 @@ def fake(monkeypatch):
     # The public API's engines cache pinned staging per device: none may
     # carry one fake's memory into the next test.
     cuda_engine.cache_clear()
+    # The positive definite route on cuSOLVER here; the Cholesky kernel's
+    # route has its own tests below (fixture fake_kernels).
+    monkeypatch.setattr(_cuda_chol, "chol_route", lambda n, dtype: "cusolver")
     with _fake_cupy.installed(monkeypatch) as module:
         calls: list = []
         _extra.install(module, monkeypatch, calls)
@@ -565,3 +570,81 @@ def test_misaligned_input_is_realigned_before_any_operation(fake, monkeypatch, r
     close(res.rcond, want.rcond, np.complex128)
     want = gpuinv.solve_ex(a, host(b), assume_a=structure, device="cpu")
     close(sol.solution, want.solution, np.complex128)
+# --- positive definite, small n: gpuinv's Cholesky kernel (inv_chol_thread) ------------
+
+
+@pytest.fixture
+def fake_kernels(monkeypatch):
+    """The fake CuPy with the real dispatch, and the kernels on the CPU emulation of CUDA
+    (tests/_cuda_emu.py; the CPU engine stands in where g++ cannot build it)."""
+    from gpuinv.engines import cuda_engine
+
+    cuda_engine.cache_clear()
+    with _fake_cupy.installed(monkeypatch) as module:
+        calls: list = []
+        _extra.install(module, monkeypatch, calls)
+        module.extra_calls = calls
+        module.install_kernel_stand_in(monkeypatch)
+        yield module
+    cuda_engine.cache_clear()
+
+
+def chol_launches(fake):
+    return [entry for entry in fake.state.log if entry[0] == "invert_small_chol"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lower", [False, True])
+def test_positive_definite_small_n_runs_the_cholesky_kernel(fake_kernels, monkeypatch, rng, dtype, lower):
+    fake = fake_kernels
+    n = gpuinv.kernels.CHOL_MAX_N[np.dtype(dtype)]
+    for size in sorted({1, 3, n}):
+        assert _cuda_chol.chol_route(size, dtype) == "kernel"
+        a = spd(rng, (2, 5), size, dtype)
+        a[0, 1, size - 1, size - 1] = -1 if size > 1 else 0  # the leading minor of order n fails
+        a[1, 3, 0, 0] = -2  # order 1
+        a[1, 4, size - 1, 0] = np.nan if lower else a[1, 4, size - 1, 0]  # only where it is read
+        a[1, 4, 0, size - 1] = a[1, 4, 0, size - 1] if lower else np.nan
+        # What is not read may hold anything.
+        junk = a.copy()
+        if size > 1:
+            rows, cols = np.triu_indices(size, 1) if lower else np.tril_indices(size, -1)
+            junk[..., rows, cols] = np.inf
+        before = len(chol_launches(fake))
+        with no_host_sync(fake, monkeypatch):
+            res = gpuinv.inv_ex(dev(fake, junk), assume_a="positive definite", lower=lower, rcond=True)
+        assert len(chol_launches(fake)) == before + 1  # one launch for the whole stack
+        want = gpuinv.inv_ex(a, assume_a="positive definite", lower=lower, rcond=True, device="cpu")
+        np.testing.assert_array_equal(host(res.info), want.info)
+        assert host(res.info)[0, 1] == size and host(res.info)[1, 3] == 1
+        assert host(res.info)[1, 4] == -1
+        close(res.inverse, want.inverse, dtype)
+        close(res.rcond, want.rcond, dtype)
+        x = host(res.inverse)
+        np.testing.assert_array_equal(x, np.conj(np.swapaxes(x, -1, -2)))  # exactly Hermitian
+    assert not [c for c in fake.extra_calls if c[0] in ("potrfBatched", "potrsBatched")]
+
+
+def test_positive_definite_above_chol_max_n_stays_on_cusolver(fake_kernels, rng):
+    fake = fake_kernels
+    n = gpuinv.kernels.CHOL_MAX_N[np.dtype(np.complex128)] + 1
+    assert _cuda_chol.chol_route(n, np.complex128) == "cusolver"
+    a = spd(rng, (3,), n, np.complex128)
+    res = gpuinv.inv_ex(dev(fake, a), assume_a="pos")
+    close(res.inverse, gpuinv.inv_ex(a, assume_a="pos", device="cpu").inverse, np.complex128)
+    assert not chol_launches(fake)
+    assert [c[0] for c in fake.extra_calls].count("potrfBatched") == 1
+
+
+def test_positive_definite_numpy_input_and_solve_rcond_use_the_kernel(fake_kernels, rng):
+    fake = fake_kernels
+    a = spd(rng, (4,), 4, np.float64)
+    got = gpuinv.inv_ex(a, assume_a="pos", device="cuda")
+    want = gpuinv.inv_ex(a, assume_a="pos", device="cpu")
+    assert isinstance(got.inverse, np.ndarray)
+    close(got.inverse, want.inverse, np.float64)
+    np.testing.assert_array_equal(got.info, want.info)
+    b = rng.standard_normal((4, 4, 2))
+    sol = gpuinv.solve_ex(dev(fake, a), dev(fake, b), assume_a="pos", rcond=True)
+    close(sol.rcond, gpuinv.inv_ex(a, assume_a="pos", rcond=True, device="cpu").rcond, np.float64)
+    assert len(chol_launches(fake)) == 2

@@ -163,11 +163,14 @@ def test_model_ceilings_are_read_when_the_file_exists(gpu_check, tmp_path):
          "hbm_share_ceiling": 1.0, "limiter": "hbm", "registers": 180},
         {"dtype": "float64", "n": 8, "shape": "thread", "arch": "sm_80", "ceiling_matrices_per_s": 2e9,
          "hbm_share_ceiling": 0.9, "limiter": "issue"},
+        {"dtype": "float64", "n": 8, "shape": "thread", "kind": "chol-thread", "arch": "sm_90",
+         "ceiling_matrices_per_s": 2.6e9, "hbm_share_ceiling": 0.56, "limiter": "hbm_occupancy"},
     ]}))
     model = gpu_check.load_model(path)
     assert gpu_check.model_entry(model, np.float64, 8, "thread", "90") == {
         "ceiling_matrices_per_s": 4.7e9, "hbm_share_ceiling": 1.0, "limiter": "hbm"}
     assert gpu_check.model_entry(model, "float64", 8, "thread", "80")["limiter"] == "issue"
+    assert gpu_check.model_entry(model, "float64", 8, "chol-thread", "90")["limiter"] == "hbm_occupancy"
     assert gpu_check.model_entry(model, "float64", 8, "group", "90") is None
     assert gpu_check.model_entry(model, "float64", 8, "thread", None) is None
 

@@ -91,10 +91,18 @@ def test_check_fails_on_a_spill_in_a_dispatched_kernel_only(monkeypatch):
 def test_instantiations_cover_every_dispatched_case():
     specs = kernels.instantiations()
     for dt, max_n in kernels.KERNEL_MAX_N.items():
-        ns = sorted(s.n for s in specs if s.dtype == dt)
+        ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "inv")
         assert ns == list(range(1, max_n + 1))
+    for dt, max_n in kernels.CHOL_MAX_N.items():
+        ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "chol")
+        assert ns == list(range(1, max_n + 1))
+        assert max_n <= 8
+    assert {s.op for s in specs} == {"inv", "chol"}
     for s in specs:
         assert s.shared_bytes <= 48 * 1024
+        if s.op == "chol":
+            assert s.shape == "thread" and s.name_expression.startswith("gpuinv::inv_chol_thread<")
+            continue
         assert (s.shape == "thread") == (s.n <= kernels.THREAD_MAX_N[s.dtype])
         if s.shape == "group":
             assert s.n <= s.group <= 32 and s.group & (s.group - 1) == 0

@@ -28,7 +28,9 @@ import gpuinv.kernels as kernels
 
 pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
 
-SPECS = kernels.instantiations()
+# The general inverse's instantiations; the Cholesky kernel's run in
+# tests/test_kernels_chol_emu.py against their own host build.
+SPECS = [s for s in kernels.instantiations() if s.op == "inv"]
 
 
 def spec_id(spec: kernels.KernelSpec) -> str:
@@ -215,7 +217,8 @@ def test_mutated_kernel_is_caught(tmp_path, host_lib, mutation):
     source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
     assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
     (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
-    shutil.copy(_cuda_emu.KERNEL_DIR / "inverse.cuh", tmp_path / "inverse.cuh")
+    for header in _cuda_emu.HEADERS:
+        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
     exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
     rng = np.random.default_rng(7)
     a = random_matrices(rng, tile_count(spec), spec.n, spec.dtype)
@@ -234,7 +237,8 @@ def test_unmutated_copy_runs_clean(tmp_path, host_lib):
     # The control for the mutation tests: the same procedure on an exact copy passes.
     spec = _spec(np.float64, 12)
     shutil.copy(_cuda_emu.KERNEL_DIR / "kernels.cu", tmp_path / "kernels.cu")
-    shutil.copy(_cuda_emu.KERNEL_DIR / "inverse.cuh", tmp_path / "inverse.cuh")
+    for header in _cuda_emu.HEADERS:
+        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
     exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
     a = random_matrices(np.random.default_rng(7), tile_count(spec), spec.n, spec.dtype)
     out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)

@@ -277,13 +277,25 @@ def test_update_keeps_the_other_architectures(tmp_path):
     assert kernels_["sm_90 float64 n=16 group"]["registers"] == 90
 
 
+def test_partial_budget_update_keeps_the_other_entries(tmp_path):
+    path = tmp_path / "budget.json"
+    model.update_budget([record(arch="sm_80"), record(arch="sm_90"), record(arch="sm_90", n=8)], path, "all", "12.9")
+    new = {**record(arch="sm_90", n=3), "kind": "chol-thread", "op": "chol"}
+    model.update_budget([new], path, "chol kernels: new", "12.9", partial=True)
+    doc = json.loads(path.read_text())
+    assert len(doc["kernels"]) == 4 and "sm_90 float64 n=3 chol-thread" in doc["kernels"]
+    assert doc["digest"] == model._digest(doc["kernels"])
+    assert model.check_budget([record(arch="sm_80"), record(arch="sm_90"), record(arch="sm_90", n=8), new],
+                              path, "12.9")[0]
+
+
 def test_committed_budget_is_consistent():
     from gpuinv.kernels.__main__ import DEFAULT_BUDGET
 
     doc = json.loads(DEFAULT_BUDGET.read_text())
     assert doc["digest"] == model._digest(doc["kernels"])
     assert all(u["reason"].strip() and "\n" not in u["reason"] for u in doc["updates"])
-    expected = {f"{a} {s.dtype.name} n={s.n} {s.shape}" for a in _check.ARCHS for s in kernels.instantiations()}
+    expected = {f"{a} {s.dtype.name} n={s.n} {s.kind}" for a in _check.ARCHS for s in kernels.instantiations()}
     assert set(doc["kernels"]) == expected
 
 

@@ -32,7 +32,8 @@ The routes, per chunk, and why:
   transpose of its upper transpose), masked back to the triangle. info is
   the first zero on the diagonal, computed on the device from the diagonal
   itself, as LAPACK ``trtri`` reports it.
-* positive definite: cuSOLVER ``<t>potrfBatched`` (CuPy 14 wraps it:
+* positive definite: for ``n <= CHOL_MAX_N[dtype]`` gpuinv's own Cholesky
+  kernel (:mod:`gpuinv.engines._cuda_chol`), one launch; above it cuSOLVER ``<t>potrfBatched`` (CuPy 14 wraps it:
   ``potrfBatched(handle, uplo, n, Aarray, lda, infoArray, batchSize)``), its
   info is potrf's; then ``<t>potrsBatched`` against the identity. CuPy 14's
   ``potrsBatched`` takes ``nrhs`` but cuSOLVER accepts only ``nrhs = 1``,
@@ -64,6 +65,7 @@ import numpy as np
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
+from . import _cuda_chol
 from . import cuda as _cuda
 from .cuda import _TYPE_LETTER, CUBLAS_MAX_BATCH, ChunkWork, _pointer_array, batch_calls
 
@@ -210,7 +212,10 @@ def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool,
     elif structure in ("upper triangular", "lower triangular"):
         _triangular_inverse(full, out, info, structure == "lower triangular", route)
     elif structure == "positive definite":
-        _cholesky_inverse(full, out, info)
+        if _cuda_chol.chol_route(n, dtype) == "kernel":  # our kernel for the small n
+            _cuda_chol.kernel_cholesky_inverse_into(full, out, info)
+        else:
+            _cholesky_inverse(full, out, info)
     else:
         raise ValueError(f"unknown structure {structure!r}")
     return full

@@ -12,6 +12,11 @@ and forward substitution on the identity in place, then back substitution:
 what ``numpy.linalg.inv`` does through LAPACK's gesv), the same source the
 host tests compile with g++.
 
+For Hermitian positive definite matrices (``assume_a="positive definite"``)
+a third kernel, ``inv_chol_thread`` (``cholesky.cuh``: Cholesky, ``inv(L)``,
+``L^-H L^-1``, one thread per matrix, the lower triangle read), serves
+``n <= CHOL_MAX_N``: :func:`invert_small_chol`, ``kernel_spec(n, dtype, "chol")``.
+
 Kernels are compiled at run time by NVRTC with :data:`NVRTC_OPTIONS` (not
 through ``cupy.RawModule``, which adds ``-ftz=true``; see ``_nvrtc.py``), one
 (dtype, n) at a time on first use, loaded with ``cupy.cuda.function.Module``
@@ -33,6 +38,7 @@ import numpy as np
 
 __all__ = [
     "KERNEL_MAX_N",
+    "CHOL_MAX_N",
     "INPUT_READ_ONLY",
     "THREAD_MAX_N",
     "KernelSpec",
@@ -40,6 +46,7 @@ __all__ = [
     "instantiations",
     "kernel_source",
     "invert_small",
+    "invert_small_chol",
     "launch_config",
     "warm_up",
     "NVRTC_OPTIONS",
@@ -85,6 +92,25 @@ THREAD_MAX_N: dict[np.dtype, int] = {
     np.dtype(np.complex128): 5,
 }
 
+# The largest n that the Cholesky (positive definite) kernel takes, per
+# dtype: one thread per matrix, only the lower triangle (n(n+1)/2 elements)
+# live in registers. The bound is registers, as for THREAD_MAX_N, and set
+# with `python -m gpuinv.kernels --check --all` (NVRTC 12.9, sm_80 and
+# sm_90; docs/kernels.md has the numbers): the largest n where the kernel
+# stays under about 200 registers without spilling, at most 8 (above it the
+# CUDA engine uses cuSOLVER's potrfBatched). n = 8 needs 95 (float32), 163
+# (float64) and 168 (complex64) registers on sm_90; complex128 needs 178 at
+# n = 6, 234-240 at n = 7 and spills at n = 8. Whether the kernel beats the
+# cuSOLVER route up to these sizes is provisional: no GPU has measured it.
+CHOL_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 8,
+    np.dtype(np.complex64): 8,
+    np.dtype(np.complex128): 6,
+}
+# The largest n --check --all compiles the Cholesky kernel at (dispatched or not).
+_CHOL_CHECK_N = 8
+
 # Both kernels take the input as ``const T* __restrict__`` and only read it,
 # so the CUDA engine may hand them the caller's own contiguous stack without
 # a gather copy (gpuinv/engines/cuda.py, route "kernel").
@@ -119,6 +145,9 @@ class KernelSpec:
         Matrices per block and tile.
     group : int
         Lanes per matrix (1 for the thread shape).
+    op : str
+        ``"inv"`` (the general inverse, LU) or ``"chol"`` (the Hermitian
+        positive definite inverse, Cholesky; thread shape only).
     """
 
     dtype: np.dtype
@@ -127,11 +156,14 @@ class KernelSpec:
     block: int
     per_block: int
     group: int
+    op: str = "inv"
 
     @property
     def name_expression(self) -> str:
         """The C++ name of the instantiation, as NVRTC's addNameExpression takes it."""
         cxx = _CXX_TYPES[self.dtype]
+        if self.op == "chol":
+            return f"gpuinv::inv_chol_thread<{cxx}, {self.n}, {self.block}>"
         if self.shape == "thread":
             return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}>"
         warps = self.block // 32
@@ -152,8 +184,14 @@ class KernelSpec:
             return self.n * self.n * (self.block + 1) * item
         return self.per_block * self.n * group_ld(self.n, self.dtype) * item
 
+    @property
+    def kind(self) -> str:
+        """The shape, prefixed with the operation where it is not the general inverse
+        (``"thread"``, ``"group"``, ``"chol-thread"``): the key of the model and the budget."""
+        return self.shape if self.op == "inv" else f"{self.op}-{self.shape}"
+
     def label(self) -> str:
-        return f"{self.dtype.name:<10} n={self.n:<2} {self.shape:<6} block={self.block:<3}"
+        return f"{self.dtype.name:<10} n={self.n:<2} {self.kind:<11} block={self.block:<3}"
 
 
 def group_ld(n: int, dtype: Any) -> int:
@@ -171,15 +209,35 @@ def _check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def kernel_spec(n: int, dtype: Any) -> KernelSpec:
+def _thread_block(n: int, item: int) -> int:
+    # The largest block whose stage fits: more matrices per block means
+    # longer coalesced runs; 128 threads keeps enough blocks per SM.
+    for block in (128, 64, 32):
+        if n * n * (block + 1) * item <= _SMEM_LIMIT:
+            return block
+    raise AssertionError("unreachable: n <= 8 keeps the stage under the limit")
+
+
+def kernel_spec(n: int, dtype: Any, op: str = "inv") -> KernelSpec:
     """The instantiation that inverts (n, n) matrices of ``dtype``.
+
+    ``op="chol"`` gives the Cholesky kernel for Hermitian positive definite
+    matrices (``1 <= n <= CHOL_MAX_N[dtype]``).
 
     Raises
     ------
     ValueError
-        If ``n`` is not in ``1..KERNEL_MAX_N[dtype]``.
+        If ``n`` is not in ``1..KERNEL_MAX_N[dtype]`` (``CHOL_MAX_N`` for
+        ``"chol"``), or ``op`` is unknown.
     """
     dt = _check_dtype(dtype)
+    if op == "chol":
+        if not 1 <= n <= CHOL_MAX_N[dt]:
+            raise ValueError(f"the Cholesky kernel takes 1 <= n <= {CHOL_MAX_N[dt]} for {dt}, got n={n}")
+        block = _thread_block(n, dt.itemsize)
+        return KernelSpec(dt, n, "thread", block, block, 1, "chol")
+    if op != "inv":
+        raise ValueError(f"op must be 'inv' or 'chol', got {op!r}")
     if not 1 <= n <= KERNEL_MAX_N[dt]:
         raise ValueError(f"the small-matrix kernels take 1 <= n <= {KERNEL_MAX_N[dt]} for {dt}, got n={n}")
     item = dt.itemsize
@@ -202,14 +260,20 @@ def kernel_spec(n: int, dtype: Any) -> KernelSpec:
 
 
 def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
-    """Every (dtype, n, shape) instantiation dispatch can select, in order.
+    """Every (dtype, n, shape) instantiation dispatch can select, in order:
+    the general inverse's, then the Cholesky kernel's.
 
     With ``include_non_default``, also the one-thread shape for the n just
     above ``THREAD_MAX_N`` (up to 8), which dispatch does not select: the
     NVRTC check reports them to show where and why the threshold lies.
     """
     specs = [kernel_spec(n, dt) for dt in _DTYPES for n in range(1, KERNEL_MAX_N[dt] + 1)]
+    specs += [kernel_spec(n, dt, "chol") for dt in _DTYPES for n in range(1, CHOL_MAX_N[dt] + 1)]
     if include_non_default:
+        for dt in _DTYPES:
+            for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
+                block = _thread_block(n, dt.itemsize)
+                specs.append(KernelSpec(dt, n, "thread", block, block, 1, "chol"))
         for dt in _DTYPES:
             for n in range(THREAD_MAX_N[dt] + 1, 9):
                 for block in (128, 64, 32):
@@ -221,17 +285,19 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
 
 @functools.lru_cache(maxsize=None)
 def kernel_source() -> str:
-    """The CUDA source compiled for every instantiation: inverse.cuh then kernels.cu.
+    """The CUDA source compiled for every instantiation: kernels.cu with the
+    headers it includes (inverse.cuh, cholesky.cuh) pasted in.
 
-    The header is pasted in rather than included so that the text CuPy
-    hashes for its disk cache covers all of the code.
+    The headers are pasted in rather than included so that the text hashed
+    for the disk cache covers all of the code.
     """
-    header = (_HERE / "inverse.cuh").read_text()
     kernels = (_HERE / "kernels.cu").read_text()
-    include = '#include "inverse.cuh"'
-    if include not in kernels:
-        raise RuntimeError("kernels.cu no longer includes inverse.cuh; update kernel_source()")
-    return kernels.replace(include, header, 1)
+    for name in ("inverse.cuh", "cholesky.cuh"):
+        include = f'#include "{name}"'
+        if include not in kernels:
+            raise RuntimeError(f"kernels.cu no longer includes {name}; update kernel_source()")
+        kernels = kernels.replace(include, (_HERE / name).read_text(), 1)
+    return kernels
 
 
 # No fast math: the kernels rely on IEEE NaN and Inf (finiteness checks), on
@@ -321,12 +387,14 @@ def warm_up(
         Load the modules on the current device (ignored when ``arch`` is given).
     extra : sequence of KernelSpec, optional
         Further instantiations, compiled with the others: shapes dispatch does
-        not pick (``benchmarks/gpu_check.py`` times both shapes where both exist).
+        not pick (``benchmarks/gpu_check.py`` times both shapes where both exist),
+        or the Cholesky kernels (``kernel_spec(n, dtype, "chol")``), which
+        ``dtypes`` and ``ns`` do not select.
 
     Returns
     -------
     list of dict
-        Per instantiation: ``dtype``, ``n``, ``shape``, ``origin`` (``"memory"``,
+        Per instantiation: ``dtype``, ``n``, ``shape``, ``op``, ``origin`` (``"memory"``,
         ``"disk"`` or ``"compiled"``) and ``seconds`` spent finding or compiling it.
 
     Raises
@@ -389,10 +457,10 @@ def warm_up(
         _nvrtc.remember(kernel_source(), spec.name_expression, cc, binary)
         if load and device_id is not None:
             _kernel(spec, device_id)
-        report.append({"dtype": spec.dtype.name, "n": spec.n, "shape": spec.shape,
+        report.append({"dtype": spec.dtype.name, "n": spec.n, "shape": spec.shape, "op": spec.op,
                        "origin": origin, "seconds": seconds})
-    order = {(s.dtype.name, s.n, s.shape): i for i, s in enumerate(specs)}
-    return sorted(report, key=lambda r: order[(r["dtype"], r["n"], r["shape"])])
+    order = {(s.dtype.name, s.n, s.shape, s.op): i for i, s in enumerate(specs)}
+    return sorted(report, key=lambda r: order[(r["dtype"], r["n"], r["shape"], r["op"])])
 
 
 def launch_config(spec: KernelSpec, m: int, max_blocks: int | None = None) -> tuple[int, int]:
@@ -465,3 +533,54 @@ def _launch(spec: KernelSpec, a: Any, out: Any, info: Any, *, max_blocks: int | 
     with a.device:  # compile for, and launch on, the device that holds the data
         kernel = _kernel(spec, a.device.id)
         kernel((grid,), (block,), (a, out, info, np.int64(m)))
+
+
+def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+    """Invert every Hermitian positive definite matrix of a CuPy stack with the Cholesky kernel.
+
+    Only the lower triangle of each matrix is read, and of its diagonal
+    only the real part (as LAPACK ``potrf`` with ``lower=True``); the
+    inverse is written whole and exactly Hermitian (symmetric). Runs on
+    CuPy's current device and stream and never synchronizes with the host.
+
+    Parameters
+    ----------
+    a : cupy.ndarray, shape (m, n, n)
+        C-contiguous, float32, float64, complex64 or complex128, with
+        ``1 <= n <= CHOL_MAX_N[a.dtype]``. Not modified.
+    out : cupy.ndarray, shape (m, n, n)
+        C-contiguous, same dtype; receives the inverses (all NaN where
+        info != 0). Must not overlap ``a``.
+    info : cupy.ndarray, shape (m,)
+        int32, C-contiguous; receives 0 (inverted), k > 0 (the leading minor
+        of order k is not positive definite, potrf's code) or -1 (NaN or Inf
+        in the part read).
+    max_blocks : int, optional
+        Cap on the grid size (default: CUDA's limit); any cap is correct.
+
+    Raises
+    ------
+    TypeError
+        For an unsupported dtype.
+    ValueError
+        For mismatched shapes, non-contiguous arrays or n out of range.
+    """
+    if a.ndim != 3 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"a must have shape (m, n, n), got {a.shape}")
+    m, n = a.shape[0], a.shape[1]
+    dt = _check_dtype(a.dtype)
+    if out.shape != a.shape or out.dtype != dt:
+        raise ValueError(f"out must have shape {a.shape} and dtype {dt}, got {out.shape} {out.dtype}")
+    if info.shape != (m,) or info.dtype != np.int32:
+        raise ValueError(f"info must have shape ({m},) and dtype int32, got {info.shape} {info.dtype}")
+    for name, arr in (("a", a), ("out", out), ("info", info)):
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+    spec = kernel_spec(n, dt, "chol")
+    if m == 0:
+        return
+    device_id = a.device.id
+    for name, arr in (("out", out), ("info", info)):
+        if arr.device.id != device_id:
+            raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
+    _launch(spec, a, out, info, max_blocks=max_blocks)

@@ -203,6 +203,8 @@ def model_kernel(report: KernelReport, sass: str) -> dict:
         "dtype": spec.dtype.name,
         "n": spec.n,
         "shape": spec.shape,
+        "op": spec.op,
+        "kind": spec.kind,
         "block": spec.block,
         "group": spec.group,
         "matrices_per_block": spec.per_block,
@@ -264,14 +266,14 @@ def _fmt(x: float | None) -> str:
 def format_table(records: list[dict]) -> list[str]:
     """The model as text lines, one per instantiation."""
     lines = [
-        f"{'arch':<5} {'dtype':<10} {'n':>2} {'shape':<6} {'regs':>4} {'warps':>5} {'main KB':>7} "
+        f"{'arch':<5} {'dtype':<10} {'n':>2} {'shape':<11} {'regs':>4} {'warps':>5} {'main KB':>7} "
         f"{'kernel KB':>9} {'wi/mat':>8} {'fp':>6} {'shfl':>6} {'shm':>6} {'glob':>5} {'sel/mv':>7} "
         f"{'int':>6} {'ctl':>5} {'ceiling/s':>9} {'HBM share':>9}  limiter"
     ]
     for r in records:
         m = r["mix"]
         lines.append(
-            f"{r['arch']:<5} {r['dtype']:<10} {r['n']:>2} {r['shape']:<6} {r['registers']:>4} "
+            f"{r['arch']:<5} {r['dtype']:<10} {r['n']:>2} {r.get('kind', r['shape']):<11} {r['registers']:>4} "
             f"{r['occupancy_warps']:>5} {r['main_path_bytes'] / 1024:>7.1f} {r['kernel_bytes'] / 1024:>9.1f} "
             f"{r['warp_instructions_per_matrix']:>8.1f} {m['fp']:>6.1f} {m['shuffle']:>6.1f} {m['shared']:>6.1f} "
             f"{m['global']:>5.1f} {m['select_move']:>7.1f} {m['integer']:>6.1f} {m['control']:>5.1f} "
@@ -303,7 +305,8 @@ BUDGET_TOLERANCE = 0.05
 
 
 def _key(r: dict) -> str:
-    return f"{r['arch']} {r['dtype']} n={r['n']} {r['shape']}"
+    # "thread"/"group" for the general inverse, "chol-thread" for the Cholesky kernel.
+    return f"{r['arch']} {r['dtype']} n={r['n']} {r.get('kind', r['shape'])}"
 
 
 def budget_numbers(records: list[dict]) -> dict[str, dict[str, float]]:
@@ -372,8 +375,15 @@ def check_budget(records: list[dict], baseline_path: Path, nvrtc_version: str) -
     return ok, lines
 
 
-def update_budget(records: list[dict], baseline_path: Path, reason: str, nvrtc_version: str) -> None:
-    """Rewrite the baseline from ``records`` (all archs compiled), appending ``reason``."""
+def update_budget(records: list[dict], baseline_path: Path, reason: str, nvrtc_version: str,
+                  *, partial: bool = False) -> None:
+    """Rewrite the baseline from ``records`` (all archs compiled), appending ``reason``.
+
+    With ``partial``, only the entries of ``records`` are written (added or
+    replaced) and every other entry is kept: for new kernels modelled on
+    their own (``records`` of one ``KernelSpec.op``, say) without
+    recompiling the others.
+    """
     reason = reason.strip()
     if not reason or "\n" in reason:
         raise ValueError("the budget's reason must be one non-empty line")
@@ -384,7 +394,8 @@ def update_budget(records: list[dict], baseline_path: Path, reason: str, nvrtc_v
         updates = old.get("updates", [])
         kernels = old.get("kernels", {})
     archs = {r["arch"] for r in records}
-    kernels = {k: v for k, v in kernels.items() if k.split()[0] not in archs}
+    if not partial:
+        kernels = {k: v for k, v in kernels.items() if k.split()[0] not in archs}
     kernels.update(budget_numbers(records))
     kernels = dict(sorted(kernels.items(), key=lambda kv: _sort_key(kv[0])))
     updates.append({"date": datetime.date.today().isoformat(), "reason": reason})

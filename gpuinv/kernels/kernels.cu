@@ -319,3 +319,66 @@ __global__ void __launch_bounds__(32 * W, 1)
 }
 
 }  // namespace gpuinv
+
+// --- the Hermitian positive definite inverse (Cholesky) ----------------------
+
+#include "cholesky.cuh"
+
+namespace gpuinv {
+
+// One thread per matrix, the matrix's lower triangle in registers; the
+// staging is inv_thread's (coalesced tile loads into a transposed shared
+// stage, B + 1 against bank conflicts). chol_invert_in_place (cholesky.cuh)
+// reads only the lower triangle and the real part of the diagonal, so
+// only those are taken from the stage; the whole inverse, exactly
+// Hermitian, goes back. info follows potrf (k > 0: the leading minor of
+// order k is not positive definite), -1 for NaN or Inf in the part read;
+// for info != 0 the output is all NaN.
+template <class T, int N, int B>
+__global__ void __launch_bounds__(B, 1)
+    inv_chol_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, long long m) {
+    constexpr int NN = N * N;
+    constexpr int LD = B + 1;
+    // Named as inv_thread's stage: the CPU emulation maps every kernel's
+    // `stage` to one buffer of the instantiation's size (tests/cuda_emu).
+    __shared__ T stage[NN * LD];
+    const int t = threadIdx.x;
+    const long long tiles = (m + B - 1) / B;
+    for (long long tl = blockIdx.x; tl < tiles; tl += gridDim.x) {
+        const long long first = tl * B;
+        const int count = (m - first) < B ? (int)(m - first) : B;
+        const long long off = first * NN;
+        for (int g = t; g < count * NN; g += B) {
+            int mat = g / NN;
+            stage[(g - mat * NN) * LD + mat] = a[off + g];
+        }
+        __syncthreads();
+        // Threads past the stack's end only take part in the barriers.
+        if (t < count) {
+            T r[N][N];
+            GPUINV_UNROLL
+            for (int i = 0; i < N; ++i) {
+                GPUINV_UNROLL
+                for (int j = 0; j < N; ++j)
+                    r[i][j] = j <= i ? stage[(i * N + j) * LD + t] : make_zero<T>();
+            }
+            int code = chol_invert_in_place<T, N>(r);
+            // Only thread t touches column t of the stage.
+            GPUINV_UNROLL
+            for (int i = 0; i < N; ++i) {
+                GPUINV_UNROLL
+                for (int j = 0; j < N; ++j)
+                    stage[(i * N + j) * LD + t] = code != 0 ? make_nan<T>() : r[i][j];
+            }
+            info[first + t] = code;
+        }
+        __syncthreads();
+        for (int g = t; g < count * NN; g += B) {
+            int mat = g / NN;
+            out[off + g] = stage[(g - mat * NN) * LD + mat];
+        }
+        __syncthreads();  // the next tile's loads overwrite the stage
+    }
+}
+
+}  // namespace gpuinv
