@@ -171,8 +171,9 @@ class KernelSpec:
 
     @property
     def direct(self) -> bool:
-        """Whether the kernel loads and stores without a shared-memory stage (kernels.cu's THREAD_DIRECT_BYTES)."""
-        return self.shape == "thread" and self.n * self.n * self.dtype.itemsize <= THREAD_DIRECT_BYTES
+        """Whether the LU kernel loads and stores without a shared-memory stage (kernels.cu's THREAD_DIRECT_BYTES)."""
+        return (self.op == "inv" and self.shape == "thread"
+                and self.n * self.n * self.dtype.itemsize <= THREAD_DIRECT_BYTES)
 
     @property
     def shared_bytes(self) -> int:
