@@ -70,8 +70,9 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray,
 
     With ``rcond`` (m,), also writes ``1 / (||a||_1 ||inv(a)||_1)`` for the
     matrices handled, as ``|det t| / (||t||_1 ||adj t||_1)`` on the scaled
-    copy t (the power-of-two scale cancels): contiguous vector operations
-    on data already in cache, instead of a second pass over both stacks.
+    copy t (the power-of-two scale cancels). For real input the column sums
+    reuse the ``|t|`` and ``|adj t|`` that the scaling and the guard take
+    anyway, so rcond adds two reductions over data already in cache.
     """
     m, n, _ = x.shape
     if n > MAX_N:
@@ -81,7 +82,32 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray,
     # place below, and for m == 1 or n == 1 the transpose is already
     # contiguous, so ascontiguousarray would hand back the caller's memory.
     t = x.transpose(1, 2, 0).copy()
-    big = _entry_max(t.reshape(n * n, m))
+    o, ok = _closed_form_soa(t, rcond)
+    out[...] = o.transpose(2, 0, 1)
+    if ok.all():
+        return None
+    return ~ok
+
+
+def _closed_form_soa(t: np.ndarray, rcond: np.ndarray | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The closed-form inverse of a structure-of-arrays block t (n, n, m).
+
+    ``t`` is overwritten (scaled). Returns ``(o, ok)``: the inverses in the
+    same layout, and whether each is valid (see :func:`closed_form_inverse`).
+    """
+    n, _, m = t.shape
+    real = t.dtype.kind != "c"
+    # |t| is kept for real input: the largest entry and, with rcond, the
+    # column sums come from the same array (one pass of abs, not two).
+    at = np.abs(t) if real else None
+    big = at.reshape(n * n, m).max(axis=0) if at is not None else _entry_max(t.reshape(n * n, m))
+    norm_t = None
+    if rcond is not None and at is not None and n > 1:
+        # ||t||_1 before scaling; ||s t||_1 = s ||t||_1 exactly. For n = 2
+        # ||adj t||_1 is ||t||_inf (adj permutes the entries of t).
+        norm_t = np.add.reduce(at, axis=0).max(axis=0)
+        norm_o = np.add.reduce(at, axis=1).max(axis=0) if n == 2 else None
     # Power-of-two factors s with max|s * a| in [0.5, 1). The exponent is
     # clipped to keep s finite; a matrix still outside the safe range after
     # that ends with a zero or non-finite determinant and is flagged.
@@ -114,27 +140,40 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray,
             ok[two_step] = True
         if n in GUARD:
             bound = big * big if n == 3 else big * big * big
-            ok &= _entry_max(o.reshape(n * n, m)) * GUARD[n] >= bound
+            if real:
+                ao = np.abs(o)
+                ok &= ao.reshape(n * n, m).max(axis=0) * GUARD[n] >= bound
+                if norm_t is not None:
+                    norm_o = np.add.reduce(ao, axis=0).max(axis=0)
+                del ao
+            else:
+                ok &= _entry_max(o.reshape(n * n, m)) * GUARD[n] >= bound
         if n > 1:
             # Numerically singular (condition past about 1 / eps): whether a
             # pivot rounds to exactly zero is the factorization's call, so
             # such matrices get LAPACK's verdict and info code, not ours.
-            ok &= np.abs(det) > (NEAR_SINGULAR * n * np.finfo(big.dtype).eps) * big**n
+            adet = np.abs(det)
+            ok &= adet > (NEAR_SINGULAR * n * np.finfo(big.dtype).eps) * big**n
         if rcond is not None:
             if n == 1:  # |a| * |1 / a| is 1 (to within an ulp)
                 rcond[...] = 1
+            elif norm_t is not None:
+                # |det(s a)| / (s ||a||_1 ||adj(s a)||_1); for n = 2 the
+                # second norm was taken before scaling, so s twice.
+                np.multiply(norm_t, s, out=norm_t)
+                if n == 2:
+                    np.multiply(norm_o, s, out=norm_o)
+                np.multiply(norm_t, norm_o, out=norm_t)
+                np.divide(adet, norm_t, out=rcond)
             else:
-                rcond[...] = np.abs(det) / (_one_norm_soa(t) * _one_norm_soa(o))
+                rcond[...] = adet / (_one_norm_soa(t) * _one_norm_soa(o))
         o *= r
         if two_step is not None and two_step.size:
             o[..., two_step] *= s[two_step]
             # An inverse that is not representable goes to LAPACK, which
             # reports it (info 0, non-finite entries) as it does for n > 4.
             ok[two_step] &= np.isfinite(o[..., two_step]).all(axis=(0, 1))
-    out[...] = o.transpose(2, 0, 1)
-    if ok.all():
-        return None
-    return ~ok
+    return o, ok
 
 
 #: The orders that :func:`closed_form_solve` covers. For n <= 2 the solution
