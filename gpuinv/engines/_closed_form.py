@@ -176,24 +176,32 @@ def _closed_form_soa(t: np.ndarray, rcond: np.ndarray | None = None,
     return o, ok
 
 
-#: The orders that :func:`closed_form_solve` covers. For n <= 2 the solution
-#: costs fewer operations than the inverse; at n = 3 and 4 Cramer's rule
-#: costs about as much as the inverse and LAPACK's gesv (pivoted, backward
-#: stable) is used instead (benchmarks/bench_numerics.py, solve table).
-SOLVE_MAX_N = 2
+#: The orders that :func:`closed_form_solve` covers: all those of the
+#: closed-form inverse. n <= 2 by Cramer's rule; n = 3 and 4 as
+#: ``adj(a) b / det(a)`` with the inverse's own guard, without ever forming
+#: the inverse (benchmarks/bench_numerics.py, solve table).
+SOLVE_MAX_N = MAX_N
 
 
 def closed_form_solve(x: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray | None:
-    """Solve ``x @ y = b`` for x (m, n, n) with n <= 2 and b (m, n, k) into ``out``.
+    """Solve ``x @ y = b`` for x (m, n, n) with n <= 4 and b (m, n, k) into ``out``.
 
     n = 1: ``b / a``, correctly rounded. n = 2: Cramer's rule on the matrix
     scaled by a power of two (as :func:`closed_form_inverse`), which for 2x2
     systems is as accurate as elimination (each entry is one 2x2
-    determinant of input entries). Returns None, or the mask of matrices
-    that must go to a pivoting route (numerically singular, or an
+    determinant of input entries). n = 3, 4: ``y = adj(s a) b * (s / det(s
+    a))``, with the adjugate, the scaling and the guard of
+    :func:`closed_form_inverse`, so the same matrices are accepted and the
+    rest handed back; the n x n adjugate is applied to b in the batch-major
+    layout instead of being scaled and written out as an inverse.
+
+    Returns None, or the mask of matrices that must go to a pivoting route
+    (numerically singular, badly conditioned for the closed forms, or an
     unrepresentable intermediate).
     """
     m, n, _ = x.shape
+    if n > SOLVE_MAX_N:
+        raise ValueError(f"closed-form solve covers n <= {SOLVE_MAX_N}, got {n}")
     with np.errstate(all="ignore"):
         if n == 1:
             a = x[:, 0, 0]
@@ -210,8 +218,6 @@ def closed_form_solve(x: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarr
             big *= s
             (a00, a01), (a10, a11) = t
             det = a00 * a11 - a01 * a10
-            # x = inv(a) b = adj(s a) (s b) / det(s a); s b is exact unless it
-            # overflows, and then the check below hands the matrix back.
             r = 1 / det
             # x = adj(s a) (s b) / det(s a); s b is exact unless it overflows
             # (then the check below hands the matrix back). (2, k, m):
@@ -223,15 +229,65 @@ def closed_form_solve(x: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarr
             out[...] = y.transpose(2, 0, 1)
             ok = np.isfinite(r) & (np.abs(det) > (NEAR_SINGULAR * 2 * np.finfo(big.dtype).eps)
                                    * big * big)
-            # An overflow on the way (not NaN or Inf in b itself) goes to LAPACK.
-            finite = np.isfinite(y).all(axis=(0, 1))
-            if not finite.all():
-                ok &= finite | ~np.isfinite(sb).all(axis=(0, 1))
+            _hand_back_overflow(y, sb, ok)
         else:
-            raise ValueError(f"closed-form solve covers n <= {SOLVE_MAX_N}, got {n}")
+            ok = _adjugate_solve(x, b, out)
     if ok.all():
         return None
     return ~ok
+
+
+def _adjugate_solve(x: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = inv(x) @ b`` as ``adj(s x) b * (s / det(s x))`` for n = 3, 4; the ok mask.
+
+    Accepts exactly the matrices :func:`closed_form_inverse` accepts (the same
+    scaling, guard and near-singularity test), so the solution carries the
+    closed-form inverse's error bound; b is not scaled (s cancels in
+    ``s / det``).
+    """
+    m, n, _ = x.shape
+    k = b.shape[-1]
+    t = x.transpose(1, 2, 0).copy()
+    big = _entry_max(t.reshape(n * n, m))
+    _, exponent = np.frexp(big)
+    limit = np.finfo(big.dtype).maxexp - 4
+    np.clip(exponent, -limit, limit, out=exponent)
+    s = np.ldexp(np.ones(m, dtype=big.dtype), -exponent)
+    t *= s
+    big *= s
+    o = np.empty_like(t)
+    det = _adj3(t, o) if n == 3 else _adj4(t, o)
+    r = s / det
+    ok = np.isfinite(r)
+    bound = big * big if n == 3 else big * big * big
+    ok &= _entry_max(o.reshape(n * n, m)) * GUARD[n] >= bound
+    ok &= np.abs(det) > (NEAR_SINGULAR * n * np.finfo(big.dtype).eps) * big**n
+    # (n, k, m): every right-hand side entry contiguous over the batch.
+    bt = b.transpose(1, 2, 0).copy()
+    y = np.empty((n, k, m), dtype=np.result_type(t, bt))
+    term = np.empty((k, m), dtype=y.dtype)
+    for i in range(n):
+        np.multiply(o[i, 0], bt[0], out=y[i])
+        for j in range(1, n):
+            np.multiply(o[i, j], bt[j], out=term)
+            y[i] += term
+    y *= r
+    out[...] = y.transpose(2, 0, 1)
+    _hand_back_overflow(y, bt, ok)
+    return ok
+
+
+def _hand_back_overflow(y: np.ndarray, rhs: np.ndarray, ok: np.ndarray) -> None:
+    """Clear ``ok`` for solutions y (n, k, m) that overflowed on the way (not
+    from NaN or Inf in the right-hand sides ``rhs`` themselves): LAPACK redoes them.
+
+    One contiguous pass in the common case; the per-matrix reductions over
+    the leading axes (several times slower) only when something is not finite.
+    """
+    if np.isfinite(y).all():
+        return
+    finite = np.isfinite(y).all(axis=(0, 1))
+    ok &= finite | ~np.isfinite(rhs).all(axis=(0, 1))
 
 
 def _one_norm_soa(t: np.ndarray) -> np.ndarray:
