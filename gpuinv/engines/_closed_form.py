@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_N", "SOLVE_MAX_N", "closed_form_inverse", "closed_form_solve"]
+__all__ = ["MAX_N", "SOLVE_MAX_N", "closed_form_inverse", "closed_form_pos_inverse",
+           "closed_form_solve"]
 
 MAX_N = 4
 
@@ -82,7 +83,7 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray,
     # place below, and for m == 1 or n == 1 the transpose is already
     # contiguous, so ascontiguousarray would hand back the caller's memory.
     t = x.transpose(1, 2, 0).copy()
-    o, ok = _closed_form_soa(t, rcond)
+    o, ok, _, _ = _closed_form_soa(t, rcond)
     out[...] = o.transpose(2, 0, 1)
     if ok.all():
         return None
@@ -90,11 +91,13 @@ def closed_form_inverse(x: np.ndarray, out: np.ndarray,
 
 
 def _closed_form_soa(t: np.ndarray, rcond: np.ndarray | None = None,
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The closed-form inverse of a structure-of-arrays block t (n, n, m).
 
-    ``t`` is overwritten (scaled). Returns ``(o, ok)``: the inverses in the
-    same layout, and whether each is valid (see :func:`closed_form_inverse`).
+    ``t`` is overwritten with ``s * t`` (the power-of-two scaling). Returns
+    ``(o, ok, det, big)``: the inverses in the same layout, whether each is
+    valid (see :func:`closed_form_inverse`), ``det(s * t)`` and the largest
+    entry of ``s * t`` (measured as :func:`_entry_max` does).
     """
     n, _, m = t.shape
     real = t.dtype.kind != "c"
@@ -173,7 +176,91 @@ def _closed_form_soa(t: np.ndarray, rcond: np.ndarray | None = None,
             # An inverse that is not representable goes to LAPACK, which
             # reports it (info 0, non-finite entries) as it does for n > 4.
             ok[two_step] &= np.isfinite(o[..., two_step]).all(axis=(0, 1))
-    return o, ok
+    return o, ok, det, big
+
+
+def closed_form_pos_inverse(x: np.ndarray, lower: bool, rcond: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Inverse of Hermitian positive definite matrices of order n <= 4, finite.
+
+    ``x`` (m, n, n) is read only in the triangle ``lower`` names (the other
+    is its mirror; the imaginary part of the diagonal is ignored, as potrf
+    does). The closed-form inverse of the full matrix, mirrored from its
+    lower triangle so that it is exactly Hermitian; potrf's verdict from the
+    signs of the leading principal minors, which the closed forms compute
+    anyway (a Cholesky pivot k is ``d_k / d_(k-1)``, so potrf's info is the
+    first k with ``d_k <= 0``).
+
+    Returns ``(inverse (m, n, n), ok, info, sure)``: ``ok`` as in
+    :func:`closed_form_inverse`; ``info`` potrf's code where ``sure``; a
+    matrix with a leading minor within rounding of zero is not ``sure``
+    (the caller asks the Cholesky itself). ``info`` and ``sure`` are None
+    when every matrix is clearly positive definite (the common case).
+    ``rcond`` (m,) is written where ``ok``.
+    """
+    m, n, _ = x.shape
+    if n > MAX_N:
+        raise ValueError(f"closed forms cover n <= {MAX_N}, got {n}")
+    t = x.transpose(1, 2, 0).copy()
+    conj = t.dtype.kind == "c"
+    for i in range(n):
+        for j in range(i + 1, n):
+            # Entry (i, j) of the upper triangle, or (j, i) of the lower one, is read.
+            src, dst = (t[j, i], t[i, j]) if lower else (t[i, j], t[j, i])
+            if conj:
+                np.conjugate(src, out=dst)
+            else:
+                dst[...] = src
+        if conj:
+            t[i, i].imag = 0
+    o, ok, det, big = _closed_form_soa(t, rcond)
+    with np.errstate(all="ignore"):
+        # Leading minors d_k of the scaled matrix (entries below 1 in
+        # magnitude): each is computed with an error of a few eps * big**k,
+        # so beyond 64 k eps * big**k its sign is certain.
+        eps = np.finfo(big.dtype).eps
+        minors = [t[0, 0].real]
+        if n >= 3:
+            minors.append((t[0, 0] * t[1, 1] - t[0, 1] * t[1, 0]).real)
+        if n == 4:
+            (a00, a01, a02), (a10, a11, a12), (a20, a21, a22) = (t[i, :3] for i in range(3))
+            d3 = (a00 * (a11 * a22 - a12 * a21) - a01 * (a10 * a22 - a12 * a20)
+                  + a02 * (a10 * a21 - a11 * a20))
+            minors.append(d3.real)
+        if n > 1:
+            minors.append(det.real)
+        power = big.copy()
+        clear_pos = minors[0] > (64 * eps) * power
+        for k, d in enumerate(minors[1:], start=2):
+            power *= big
+            clear_pos &= d > (64 * k * eps) * power
+        info = sure = None
+        if not clear_pos.all():
+            info = np.zeros(m, dtype=np.int32)
+            sure = np.ones(m, dtype=bool)
+            # Some matrix is not clearly positive definite: its first clearly
+            # negative minor is potrf's step, unless an earlier one is within
+            # rounding of zero (then it is not sure).
+            undecided = ~clear_pos
+            power = np.ones_like(big)
+            for k, d in enumerate(minors, start=1):
+                power = power * big
+                clear = np.abs(d) > (64 * k * eps) * power
+                sure[undecided & ~clear] = False
+                undecided &= clear
+                fail = undecided & (d < 0)
+                info[fail] = k
+                undecided &= ~fail
+    # Exactly Hermitian: the upper triangle mirrors the lower one.
+    for i in range(n):
+        for j in range(i + 1, n):
+            if conj:
+                np.conjugate(o[j, i], out=o[i, j])
+            else:
+                o[i, j] = o[j, i]
+        if conj:
+            o[i, i].imag = 0
+    return o.transpose(2, 0, 1), ok, info, sure
 
 
 #: The orders that :func:`closed_form_solve` covers: all those of the

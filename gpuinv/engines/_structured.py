@@ -89,7 +89,10 @@ def _small_lower_inverse(x: np.ndarray) -> np.ndarray:
             for k in range(j + 1, i):
                 acc += t[i, k] * o[k, j]
             np.multiply(acc, -d[i], out=o[i, j])
-    return o.transpose(2, 0, 1)
+    # Contiguous: the blocked caller multiplies with it, and NumPy's matmul
+    # takes BLAS only for contiguous operands (the strided view ran its
+    # generic loop: lower_triangular_inverse 1.4x slower at n = 16..64).
+    return np.ascontiguousarray(o.transpose(2, 0, 1))
 
 
 def lower_triangular_inverse(x: np.ndarray) -> np.ndarray:
@@ -216,8 +219,11 @@ def cholesky_factor(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             factor = _gufunc_cholesky(x, signature=_SIG[x.dtype])
         else:  # pragma: no cover - only if NumPy moves its gufunc
             factor = _loop_cholesky(x)
-    failed = np.flatnonzero(np.isnan(factor[:, -1, -1]) | ~np.isfinite(factor.sum(axis=(1, 2))))
     info = np.zeros(len(x), dtype=np.int32)
+    with np.errstate(all="ignore"):
+        if np.isfinite(factor.sum()):  # the common case: one contiguous reduction
+            return factor, info
+    failed = np.flatnonzero(np.isnan(factor[:, -1, -1]) | ~np.isfinite(factor.sum(axis=(1, 2))))
     if failed.size:
         code = potrf_info(x[failed])
         # The gufunc's verdict wins where our rounding differs: a NaN factor
