@@ -198,6 +198,10 @@ def warn_ill_conditioned(rcond: Any, info: Any, dtype: np.dtype, stacklevel: int
     if info.size == 0:
         return
     eps = float(np.finfo(np.dtype(dtype)).eps)
+    if isinstance(rcond, np.ndarray) and rcond.min() >= eps:
+        # The common case in one reduction without temporaries: no rcond
+        # below eps (NaN, for info -1, makes the test fail: the full check).
+        return
     bad = (info == 0) & (rcond < eps)
     if not bool(bad.any()):
         return

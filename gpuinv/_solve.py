@@ -221,9 +221,13 @@ def solve(
 ) -> Any:
     """Solve ``a @ x = b`` for every matrix of a stack.
 
-    Faster and more accurate than ``inv(a) @ b`` (LAPACK ``gesv``/``potrs``
-    on the CPU, cuBLAS ``getrfBatched`` + ``getrsBatched`` or cuSOLVER
-    ``potrsBatched`` on the GPU; benchmarks/bench_numerics.py measures it).
+    Faster than ``inv(a) @ b`` (benchmarks/bench_numerics.py measures it).
+    On the CPU, n <= 4 uses the closed forms (``adj(a) b / det(a)`` with the
+    closed-form inverse's scaling and guard, never forming the inverse), so
+    its accuracy there is that of the closed-form inverse, which ``inv``
+    uses too; larger n uses LAPACK ``gesv``/``potrs``, backward stable and
+    more accurate than ``inv(a) @ b``. On the GPU: cuBLAS ``getrfBatched`` +
+    ``getrsBatched`` or cuSOLVER ``potrsBatched``.
 
     Parameters
     ----------

@@ -181,3 +181,79 @@ def test_guard_keeps_most_random_matrices_on_the_fast_path(n, kept, dtype):
     redo = _closed_form.closed_form_inverse(a, out)
     fraction = 1.0 if redo is None else 1 - redo.mean()
     assert fraction >= kept
+
+
+# --------------------------------------------------------------------------
+# The closed-form solve (n = 3, 4: adj(a) b / det(a) with the inverse's guard)
+# --------------------------------------------------------------------------
+
+_GESV = {
+    np.dtype(np.float32): lapack.sgesv,
+    np.dtype(np.float64): lapack.dgesv,
+    np.dtype(np.complex64): lapack.cgesv,
+    np.dtype(np.complex128): lapack.zgesv,
+}
+
+
+def solve_backward_error(a, x, b):
+    """||A x - b||_inf / (||A||_inf ||x||_inf + ||b||_inf) per system, in extended precision."""
+    wide = np.clongdouble if a.dtype.kind == "c" else np.longdouble
+    A, X, B = a.astype(wide), x.astype(wide), b.astype(wide)
+    r = np.abs(A @ X - B).max(axis=(1, 2))
+    scale = np.abs(A).sum(axis=2).max(axis=1) * np.abs(X).max(axis=(1, 2)) + np.abs(B).max(axis=(1, 2))
+    return (r / scale).astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["random", "graded", "illcond", "near rank n-2"])
+@pytest.mark.parametrize("n", [3, 4])
+def test_closed_form_solve_accuracy(n, kind, dtype):
+    # The closed-form solve accepts what the closed-form inverse accepts
+    # (the guard, the near-singularity test) and hands the rest to gesv.
+    # Random right-hand sides: within 10x of gesv's worst (at least n ulps).
+    # Right-hand sides in the range of a (b = a y): no worse than 10x
+    # LAPACK's inv(a) @ b, and within 10x of gesv in the median. (Like any
+    # explicit-inverse or Cramer method it is not backward stable for
+    # ill-conditioned a with such b; the guard bounds how far that goes.)
+    if kind == "near rank n-2":
+        a = near_rank_deficient(600, n, dtype, seed=n + 40)
+    else:
+        a = make(kind, 300, n, dtype, seed=n * 11 + len(kind))
+    rng = np.random.default_rng(n)
+    y = rng.standard_normal((len(a), n, 1))
+    if a.dtype.kind == "c":
+        y = y + 1j * rng.standard_normal(y.shape)
+    gesv = _GESV[a.dtype]
+    floor = eps(dtype)
+    for b in (y.astype(dtype), (a @ y.astype(dtype)).astype(dtype)):
+        res = gpuinv.solve_ex(a, b, device="cpu")
+        assert (res.info == 0).all()
+        ours = solve_backward_error(a, res.solution, b)
+        ref = solve_backward_error(a, np.stack([gesv(a[i], b[i])[2] for i in range(len(a))]), b)
+        inv_b = solve_backward_error(a, lapack_inverse(a) @ b, b)
+        if np.array_equal(b, y.astype(dtype)):
+            assert ours.max() <= FACTOR * max(ref.max(), n * floor), (ours.max() / floor, ref.max() / floor)
+        else:
+            assert ours.max() <= FACTOR * max(inv_b.max(), n * floor), (ours.max() / floor,
+                                                                       inv_b.max() / floor)
+            assert np.median(ours) <= FACTOR * max(np.median(ref), floor)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [3, 4])
+def test_closed_form_solve_hands_back_what_the_inverse_does(n, dtype):
+    a = near_rank_deficient(2000, n, dtype, seed=n + 7)
+    b = np.random.default_rng(n).standard_normal((len(a), n, 2)).astype(dtype)
+    out = np.empty(b.shape, dtype=a.dtype)
+    redo_solve = _closed_form.closed_form_solve(a, b, out)
+    redo_inv = _closed_form.closed_form_inverse(a, np.empty_like(a))
+    none = np.zeros(len(a), bool)
+    np.testing.assert_array_equal(none if redo_solve is None else redo_solve,
+                                  none if redo_inv is None else redo_inv)
+    ok = ~redo_solve if redo_solve is not None else ~none
+    assert 0 < ok.mean() < 1  # the family straddles the guard
+    # Through the public API every system is solved, the flagged ones by gesv.
+    x = gpuinv.solve(a, b, device="cpu")
+    ref = np.stack([_GESV[a.dtype](a[i], b[i])[2] for i in range(len(a))])
+    assert solve_backward_error(a[~ok], x[~ok], b[~ok]).max() <= FACTOR * max(
+        solve_backward_error(a[~ok], ref[~ok], b[~ok]).max(), n * eps(dtype))

@@ -506,3 +506,59 @@ def test_entries_whose_sum_overflows_are_finite(n):
     np.testing.assert_allclose(x, 1.0)
     for s in ("pos", "diagonal", "upper triangular", "sym"):
         assert (gpuinv.inv_ex(a, assume_a=s, device="cpu").info == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("lower", [False, True])
+def test_small_positive_definite_closed_forms(rng, dtype, n, lower):
+    # n <= 4 takes the closed forms, with potrf's verdict from the signs of
+    # the leading minors. Against LAPACK potrf on matrices failing at every
+    # k (clearly and by a hair: a minor within rounding of zero), NaN in
+    # the triangle not read and in the one read, and rcond against NumPy.
+    sl = pytest.importorskip("scipy.linalg.lapack")
+    potrf = {"f": sl.spotrf, "d": sl.dpotrf, "F": sl.cpotrf, "D": sl.zpotrf}[np.dtype(dtype).char]
+    count = 240
+    a = spd(rng, (count,), n, np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+    k = rng.integers(1, n + 1, size=count)
+    for i in range(count):
+        if i % 4 == 1:  # clearly not positive definite at step k
+            a[i, k[i] - 1, k[i] - 1] -= 1e3
+        elif i % 4 == 2:  # positive semidefinite: minor k exactly zero in exact arithmetic
+            v = rng.standard_normal((n, k[i] - 1)) if k[i] > 1 else np.zeros((n, 0))
+            head = np.zeros((n, n))
+            head[: k[i], : k[i] - 1] = v[: k[i]]
+            a[i] = head @ head.T
+            a[i, k[i]:, k[i]:] += np.eye(n - k[i]) * n
+    a = a.astype(dtype)
+    keep = np.tri(n, dtype=bool) if lower else np.tri(n, dtype=bool).T
+    messy = garbage(rng, a, keep)
+    res = gpuinv.inv_ex(messy, assume_a="pos", lower=lower, rcond=True, device="cpu")
+    want = np.array([potrf(m, lower=1)[1] for m in a])
+    clear = np.arange(count) % 4 != 2
+    np.testing.assert_array_equal(res.info[clear], want[clear])
+    # By a hair: potrf's code where it is decided by rounding is either a
+    # failure at the same step or later, or a success; never a wrong step.
+    hair = ~clear
+    assert ((res.info[hair] == 0) | (res.info[hair] >= k[hair])).all()
+    bad = res.info != 0
+    assert np.isnan(res.inverse[bad]).all() and (res.rcond[bad] == 0).all()
+    good = ~bad & clear
+    wide = a[good].astype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+    ref = np.linalg.inv(wide)
+    tol = 200 * n_eps(dtype) * n * np.abs(ref).max(axis=(1, 2))
+    assert (np.abs(res.inverse[good] - ref).max(axis=(1, 2)) <= tol).all()
+    np.testing.assert_array_equal(res.inverse, np.conj(np.swapaxes(res.inverse, -1, -2)))
+    rc = 1 / np.linalg.cond(ref, 1)
+    assert np.allclose(res.rcond[good], rc, rtol=cond_tolerance(1 / rc.min(), dtype))
+    # NaN in the triangle that is read: info -1, rcond NaN, the rest untouched.
+    poisoned = messy.copy()
+    i, j = (n - 1, 0) if lower else (0, n - 1)
+    poisoned[0, i, j] = np.nan
+    again = gpuinv.inv_ex(poisoned, assume_a="pos", lower=lower, rcond=True, device="cpu")
+    assert again.info[0] == -1 and np.isnan(again.rcond[0]) and np.isnan(again.inverse[0]).all()
+    np.testing.assert_array_equal(again.info[1:], res.info[1:])
+    # Without rcond, the same inverse and info.
+    plain = gpuinv.inv_ex(messy, assume_a="pos", lower=lower, device="cpu")
+    np.testing.assert_array_equal(plain.info, res.info)
+    np.testing.assert_array_equal(plain.inverse, res.inverse)

@@ -13,18 +13,19 @@ inverse (or solution) and the info codes of the m matrices.
 * positive definite: NumPy's batched Cholesky gufunc (LAPACK ``potrf``),
   then ``inv(A) = inv(L)^H inv(L)`` (as ``potri``) with the triangular inverse
   above; the result is mirrored from its lower triangle, so it is exactly
-  symmetric (Hermitian). For n <= 4 the closed forms invert the matrix
-  instead (a Cholesky over the batch, :func:`small_potrf_info`, still
-  decides whether it is positive definite). info
+  symmetric (Hermitian). For n <= 4 the CPU engine does not come here: the
+  closed forms invert and take potrf's verdict from the signs of the leading
+  minors (``_closed_form.closed_form_pos_inverse``); :func:`small_potrf_info`
+  decides the matrices with a minor within rounding of zero. info
   follows ``potrf``: k > 0 when the leading minor of order k is not positive
   definite; :func:`potrf_info` finds k for the matrices the gufunc rejected.
 
 NumPy alone suffices: SciPy is not used at run time. Its batched
 ``scipy.linalg.inv(assume_a="pos")`` measured slower than NumPy's general
 inverse at n = 4..64 (it also runs gecon per slice), and a Python loop over
-``scipy.linalg.lapack.dpotrf``/``dpotri`` costs more per matrix than NumPy's
-general inverse below n = 32 (both measured on the 2-core machine that
-benchmarks/results/*-numerics ran on).
+``scipy.linalg.lapack.dpotrf``/``dpotri`` costs 3-4.5x NumPy's general
+inverse gufunc at n = 16..64 (134 / 87 / 87 ms against 30 / 26 / 28 ms for
+8 MiB stacks, one thread, 2026-11-29; f2py's per-call cost dominates).
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def _small_lower_inverse(x: np.ndarray) -> np.ndarray:
             for k in range(j + 1, i):
                 acc += t[i, k] * o[k, j]
             np.multiply(acc, -d[i], out=o[i, j])
-    return o.transpose(2, 0, 1)
+    # Contiguous: the blocked caller multiplies with it, and NumPy's matmul
+    # takes BLAS only for contiguous operands (the strided view ran its
+    # generic loop: lower_triangular_inverse 1.4x slower at n = 16..64).
+    return np.ascontiguousarray(o.transpose(2, 0, 1))
 
 
 def lower_triangular_inverse(x: np.ndarray) -> np.ndarray:
@@ -99,18 +103,55 @@ def lower_triangular_inverse(x: np.ndarray) -> np.ndarray:
     recursively and ``X21 = -X22 A21 X11`` is two batched products; blocks of
     order 4 or less are done by substitution over the whole batch at once.
     Only the lower triangle of ``x`` is read.
+
+    The recursion's leaves (all diagonal blocks of order <= 4) are inverted
+    first, all leaves of one order in one batch, and the off-diagonal blocks
+    are then filled bottom-up in one preallocated output: at n = 16..64 the
+    per-leaf calls and per-level copies had cost as much as the products.
     """
-    n = x.shape[-1]
+    m, n, _ = x.shape
     if n <= 4:
         return _small_lower_inverse(x)
-    k = n // 2
-    x11 = lower_triangular_inverse(x[:, :k, :k])
-    x22 = lower_triangular_inverse(x[:, k:, k:])
     out = np.zeros_like(x)
-    out[:, :k, :k] = x11
-    out[:, k:, k:] = x22
-    out[:, k:, :k] = -(x22 @ (x[:, k:, :k] @ x11))
+    leaves: list[tuple[int, int]] = []
+    _leaves(0, n, leaves)
+    by_order: dict[int, list[int]] = {}
+    for start, stop in leaves:
+        by_order.setdefault(stop - start, []).append(start)
+    for order, starts in by_order.items():
+        if len(starts) == 1:
+            i = starts[0]
+            out[:, i : i + order, i : i + order] = _small_lower_inverse(x[:, i : i + order, i : i + order])
+            continue
+        blocks = np.stack([x[:, i : i + order, i : i + order] for i in starts])
+        inverse = _small_lower_inverse(blocks.reshape(-1, order, order))
+        inverse = inverse.reshape(len(starts), m, order, order)
+        for j, i in enumerate(starts):
+            out[:, i : i + order, i : i + order] = inverse[j]
+    _merge_lower(x, out, 0, n)
     return out
+
+
+def _leaves(start: int, stop: int, acc: list[tuple[int, int]]) -> None:
+    if stop - start <= 4:
+        acc.append((start, stop))
+        return
+    k = (stop - start) // 2
+    _leaves(start, start + k, acc)
+    _leaves(start + k, stop, acc)
+
+
+def _merge_lower(x: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+    """Fill ``out``'s off-diagonal blocks of [start, stop): ``X21 = -X22 A21 X11``."""
+    if stop - start <= 4:
+        return
+    mid = start + (stop - start) // 2
+    _merge_lower(x, out, start, mid)
+    _merge_lower(x, out, mid, stop)
+    part = np.matmul(x[:, mid:stop, start:mid], out[:, start:mid, start:mid])
+    target = out[:, mid:stop, start:mid]
+    np.matmul(out[:, mid:stop, mid:stop], part, out=target)
+    np.negative(target, out=target)
 
 
 def triangular_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray, lower: bool) -> None:
@@ -216,8 +257,11 @@ def cholesky_factor(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             factor = _gufunc_cholesky(x, signature=_SIG[x.dtype])
         else:  # pragma: no cover - only if NumPy moves its gufunc
             factor = _loop_cholesky(x)
-    failed = np.flatnonzero(np.isnan(factor[:, -1, -1]) | ~np.isfinite(factor.sum(axis=(1, 2))))
     info = np.zeros(len(x), dtype=np.int32)
+    with np.errstate(all="ignore"):
+        if np.isfinite(factor.sum()):  # the common case: one contiguous reduction
+            return factor, info
+    failed = np.flatnonzero(np.isnan(factor[:, -1, -1]) | ~np.isfinite(factor.sum(axis=(1, 2))))
     if failed.size:
         code = potrf_info(x[failed])
         # The gufunc's verdict wins where our rounding differs: a NaN factor

@@ -35,12 +35,18 @@ from .._dtypes import real_dtype
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
-from ._closed_form import SOLVE_MAX_N, closed_form_inverse, closed_form_solve
+from ._closed_form import (
+    SOLVE_MAX_N,
+    closed_form_inverse,
+    closed_form_pos_inverse,
+    closed_form_solve,
+)
 from ._structured import (
     diagonal_inverse,
     mirror_lower,
     positive_definite_inverse,
     positive_definite_solve,
+    small_potrf_info,
     triangular_inverse,
     triangular_solve,
 )
@@ -117,7 +123,11 @@ class CpuEngine:
         n, dtype = op.n, op.dtype
         out = np.empty(op.batch_shape + (n, n), dtype=dtype)
         info = np.zeros(op.batch_shape, dtype=np.int32)
-        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if rcond else None
+        rc = None
+        if rcond:
+            # Every route writes every rcond, so only an empty stack needs the
+            # fill (n = 0: rcond 1). np.empty saves a pass over the output.
+            rc = (np.ones if op.empty else np.empty)(op.batch_shape, dtype=real_dtype(dtype))
         if op.empty:
             return out, info, rc
         a = op.array
@@ -453,6 +463,9 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
     if structure == "general" and rc is not None and cpu_route(x.shape[-1]) == "closed_form":
         _invert_closed_form_rcond(x, out, info, rc)
         return
+    if structure == "positive definite" and x.shape[-1] <= 4:
+        _invert_pos_closed_form(x, out, info, rc, lower)
+        return
     if structure == "general":
         a = x
         invert_block(x, out, info)
@@ -498,6 +511,63 @@ def _invert_closed_form_rcond(x: np.ndarray, out: np.ndarray, info: np.ndarray,
     out[idx] = sub_out
     info[idx] = sub_info
     rc[idx] = rcond_from_inverse(sub, sub_out, sub_info)
+
+
+def _invert_pos_closed_form(x: np.ndarray, out: np.ndarray, info: np.ndarray,
+                            rc: np.ndarray | None, lower: bool) -> None:
+    """invert_block_ex for positive definite matrices of order n <= 4.
+
+    The closed forms invert and their leading minors give potrf's verdict
+    (``closed_form_pos_inverse``), in one pass over the block: no Cholesky,
+    and no full matrix built from the triangle read. Matrices the closed
+    forms hand back take the general route on the mirrored matrix (potrf
+    decides first where a minor is within rounding of zero), so every
+    matrix gets the same info, inverse and rcond as the Cholesky route.
+    """
+    with np.errstate(all="ignore"):
+        finite = None if np.isfinite(x.sum()) else np.isfinite(
+            structured_matrix(x, "positive definite", lower)).all(axis=(1, 2))
+    if finite is not None and not finite.all():
+        info[~finite] = INFO_NONFINITE
+        out[~finite] = np.nan
+        if rc is not None:
+            rc[~finite] = np.nan
+        keep = np.flatnonzero(finite)
+        if keep.size:
+            sub_out = np.empty((keep.size,) + out.shape[1:], dtype=out.dtype)
+            sub_info = np.zeros(keep.size, dtype=np.int32)
+            sub_rc = None if rc is None else np.empty(keep.size, dtype=rc.dtype)
+            _invert_pos_closed_form(np.ascontiguousarray(x[keep]), sub_out, sub_info, sub_rc, lower)
+            out[keep] = sub_out
+            info[keep] = sub_info
+            if rc is not None:
+                rc[keep] = sub_rc
+        return
+    inverse, ok, code, sure = closed_form_pos_inverse(x, lower, rcond=rc)
+    out[...] = inverse
+    if code is None and ok.all():  # all clearly positive definite, all inverted
+        return
+    if code is not None:
+        info[...] = code
+    if sure is not None and not sure.all():
+        unsure = np.flatnonzero(~sure)
+        info[unsure] = small_potrf_info(structured_matrix(x[unsure], "positive definite", lower))
+    failed = info != 0
+    redo = ~ok & ~failed
+    if failed.any():
+        out[failed] = np.nan
+        if rc is not None:
+            rc[failed] = 0
+    if redo.any():
+        idx = np.flatnonzero(redo)
+        full = np.ascontiguousarray(structured_matrix(x[idx], "positive definite", lower))
+        sub_out = np.empty_like(full)
+        sub_info = np.zeros(idx.size, dtype=np.int32)
+        _invert_finite(full, sub_out, sub_info)
+        mirror_lower(sub_out, conjugate=x.dtype.kind == "c")
+        out[idx] = sub_out
+        if rc is not None:
+            rc[idx] = rcond_from_inverse(full, sub_out, sub_info)
 
 
 def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
