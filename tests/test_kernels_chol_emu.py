@@ -169,16 +169,16 @@ def _spec(dtype, n):
 MUTATIONS = [
     # (id, spec, original, mutated, how caught); each original occurs once in kernels.cu.
     ("chol-load-index-off-by-one", _spec(np.float64, 4),
-     "stage[(g - mat * NN) * LD + mat] = a[off + g];", "stage[(g - mat * NN) * LD + mat] = a[off + g + 1];",
+     "stage_in<T, NN, B>(stage, a + off,", "stage_in<T, NN, B>(stage, a + off + 1,",
      "asan"),
     ("chol-missing-syncthreads", _spec(np.float32, 3),
-     "        __syncthreads();\n        // Threads past the stack's end", "        // Threads past the stack's end",
+     "            __syncthreads();\n            // Threads past the stack's end", "            // Threads past the stack's end",
      "race"),
     ("chol-reads-the-upper-triangle", _spec(np.complex64, 3),
      "r[i][j] = j <= i ? stage[(i * N + j) * LD + t]", "r[i][j] = j <= i ? stage[(j * N + i) * LD + t]", "wrong"),
-    ("chol-grid-stride-step", _spec(np.float64, 2), "tl += gridDim.x)", "tl += gridDim.x + 1)", "wrong"),
+    ("chol-grid-stride-step", _spec(np.float64, 3), "tl += gridDim.x)", "tl += gridDim.x + 1)", "wrong"),
     ("chol-store-index-off-by-one", _spec(np.complex128, 2),
-     "out[off + g] = stage[(g - mat * NN) * LD + mat];", "out[off + g] = stage[(g - mat * NN) * LD + mat + 1];",
+     "dst[g] = stage[(g - mat * NN) * (B + 1) + mat];", "dst[g] = stage[(g - mat * NN) * (B + 1) + mat + 1];",
      "wrong"),
 ]  # fmt: skip
 

@@ -171,9 +171,8 @@ class KernelSpec:
 
     @property
     def direct(self) -> bool:
-        """Whether the LU kernel loads and stores without a shared-memory stage (kernels.cu's THREAD_DIRECT_BYTES)."""
-        return (self.op == "inv" and self.shape == "thread"
-                and self.n * self.n * self.dtype.itemsize <= THREAD_DIRECT_BYTES)
+        """Whether the one-thread kernel loads and stores without a shared-memory stage (kernels.cu's THREAD_DIRECT_BYTES)."""
+        return self.shape == "thread" and self.n * self.n * self.dtype.itemsize <= THREAD_DIRECT_BYTES
 
     @property
     def shared_bytes(self) -> int:
@@ -210,12 +209,17 @@ def _check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def _thread_block(n: int, item: int) -> int:
+def _thread_spec(dt: np.dtype, n: int, op: str) -> KernelSpec:
+    """The one-thread kernel's instantiation (either operation)."""
+    item = dt.itemsize
+    if n * n * item <= THREAD_DIRECT_BYTES:
+        # No stage: each thread takes THREAD_DIRECT_BYTES of matrices a tile.
+        return KernelSpec(dt, n, "thread", 128, 128 * (THREAD_DIRECT_BYTES // (n * n * item)), 1, op)
     # The largest block whose stage fits: more matrices per block means
     # longer coalesced runs; 128 threads keeps enough blocks per SM.
     for block in (128, 64, 32):
         if n * n * (block + 1) * item <= _SMEM_LIMIT:
-            return block
+            return KernelSpec(dt, n, "thread", block, block, 1, op)
     raise AssertionError("unreachable: n <= 8 keeps the stage under the limit")
 
 
@@ -235,23 +239,14 @@ def kernel_spec(n: int, dtype: Any, op: str = "inv") -> KernelSpec:
     if op == "chol":
         if not 1 <= n <= CHOL_MAX_N[dt]:
             raise ValueError(f"the Cholesky kernel takes 1 <= n <= {CHOL_MAX_N[dt]} for {dt}, got n={n}")
-        block = _thread_block(n, dt.itemsize)
-        return KernelSpec(dt, n, "thread", block, block, 1, "chol")
+        return _thread_spec(dt, n, "chol")
     if op != "inv":
         raise ValueError(f"op must be 'inv' or 'chol', got {op!r}")
     if not 1 <= n <= KERNEL_MAX_N[dt]:
         raise ValueError(f"the small-matrix kernels take 1 <= n <= {KERNEL_MAX_N[dt]} for {dt}, got n={n}")
     item = dt.itemsize
     if n <= THREAD_MAX_N[dt]:
-        # The largest block whose stage fits: more matrices per block means
-        # longer coalesced runs; 128 threads keeps enough blocks per SM.
-        if n * n * item <= THREAD_DIRECT_BYTES:
-            # No stage: each thread takes THREAD_DIRECT_BYTES of matrices a tile.
-            return KernelSpec(dt, n, "thread", 128, 128 * (THREAD_DIRECT_BYTES // (n * n * item)), 1)
-        for block in (128, 64, 32):
-            if n * n * (block + 1) * item <= _SMEM_LIMIT:
-                return KernelSpec(dt, n, "thread", block, block, 1)
-        raise AssertionError("unreachable: THREAD_MAX_N keeps the stage under the limit")
+        return _thread_spec(dt, n, "inv")
     group = 1 << (n - 1).bit_length()
     per_warp = 32 // group
     for warps in (4, 2, 1):
@@ -273,14 +268,10 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     if include_non_default:
         for dt in _DTYPES:
             for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
-                block = _thread_block(n, dt.itemsize)
-                specs.append(KernelSpec(dt, n, "thread", block, block, 1, "chol"))
+                specs.append(_thread_spec(dt, n, "chol"))
         for dt in _DTYPES:
             for n in range(THREAD_MAX_N[dt] + 1, 9):
-                for block in (128, 64, 32):
-                    if n * n * (block + 1) * dt.itemsize <= _SMEM_LIMIT:
-                        specs.append(KernelSpec(dt, n, "thread", block, block, 1))
-                        break
+                specs.append(_thread_spec(dt, n, "inv"))
     return specs
 
 

@@ -37,87 +37,107 @@ namespace gpuinv {
 // busy at any occupancy (docs/kernels.md, the cost model's Little's law).
 constexpr int THREAD_DIRECT_BYTES = 32;
 
+// The stage-less tile loop of the one-thread kernels: `load(i, row, col)`
+// gives element (row, col) of matrix i (only called for i < m), and
+// `finish(i, r)` inverts matrix i held in `r` and stores it.
+template <class T, int N, int B, class Load, class Finish>
+__device__ __forceinline__ void direct_tiles(long long m, Load load, Finish finish) {
+    constexpr int NN = N * N;
+    constexpr int K = THREAD_DIRECT_BYTES / (NN * (int)sizeof(T));
+    const long long stride = (long long)gridDim.x * B * K;
+    for (long long first = (long long)blockIdx.x * B * K + threadIdx.x; first < m; first += stride) {
+        T r[K][N][N];
+        GPUINV_UNROLL
+        for (int q = 0; q < K; ++q) {
+            const long long i = first + q * B;
+            GPUINV_UNROLL
+            for (int e = 0; e < NN; ++e) r[q][e / N][e % N] = i < m ? load(i, e / N, e % N) : make_zero<T>();
+        }
+        GPUINV_UNROLL
+        for (int q = 0; q < K; ++q) {
+            const long long i = first + q * B;
+            if (i < m) finish(i, r[q]);
+        }
+    }
+}
+
+// The stage of the one-thread kernels: a tile of B matrices, element e of
+// matrix t at e * (B + 1) + t, filled from and emptied to the tile's `valid`
+// elements at `src`/`dst` with consecutive threads on consecutive elements
+// (coalesced). The trip count is a compile-time NN, so the loops unroll and
+// every load of a thread is in flight before its first store (what keeps
+// HBM busy when registers limit occupancy; docs/kernels.md).
+template <class T, int NN, int B>
+__device__ __forceinline__ void stage_in(T* stage, const T* __restrict__ src, int t, int valid) {
+    GPUINV_UNROLL
+    for (int e = 0; e < NN; ++e) {
+        const int g = e * B + t;
+        const int mat = g / NN;
+        if (g < valid) stage[(g - mat * NN) * (B + 1) + mat] = src[g];
+    }
+}
+template <class T, int NN, int B>
+__device__ __forceinline__ void stage_out(const T* stage, T* __restrict__ dst, int t, int valid) {
+    GPUINV_UNROLL
+    for (int e = 0; e < NN; ++e) {
+        const int g = e * B + t;
+        const int mat = g / NN;
+        if (g < valid) dst[g] = stage[(g - mat * NN) * (B + 1) + mat];
+    }
+}
+
 template <class T, int N, int B>
 __global__ void __launch_bounds__(B, 1)
     inv_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, long long m) {
     constexpr int NN = N * N;
     if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
-        constexpr int K = THREAD_DIRECT_BYTES / (NN * (int)sizeof(T));
-        const long long stride = (long long)gridDim.x * B * K;
-        for (long long first = (long long)blockIdx.x * B * K + threadIdx.x; first < m; first += stride) {
-            T r[K][N][N];
-            GPUINV_UNROLL
-            for (int q = 0; q < K; ++q) {
-                const long long i = first + q * B;
+        direct_tiles<T, N, B>(
+            m, [&](long long i, int row, int col) { return a[i * NN + row * N + col]; },
+            [&](long long i, T (&r)[N][N]) {
+                int col[N];
+                int code = invert_in_place<T, N>(r, col);
+                T* dst = out + i * NN;
                 GPUINV_UNROLL
-                for (int e = 0; e < NN; ++e) r[q][e / N][e % N] = i < m ? a[i * NN + e] : make_zero<T>();
-            }
-            GPUINV_UNROLL
-            for (int q = 0; q < K; ++q) {
-                const long long i = first + q * B;
-                if (i < m) {
-                    int col[N];
-                    int code = invert_in_place<T, N>(r[q], col);
-                    T* dst = out + i * NN;
+                for (int row = 0; row < N; ++row) {
                     GPUINV_UNROLL
-                    for (int row = 0; row < N; ++row) {
-                        GPUINV_UNROLL
-                        for (int c = 0; c < N; ++c)
-                            dst[row * N + col[c]] = code == -1 ? make_nan<T>() : r[q][row][c];
-                    }
-                    info[i] = code;
+                    for (int c = 0; c < N; ++c) dst[row * N + col[c]] = code == -1 ? make_nan<T>() : r[row][c];
                 }
-            }
-        }
-        return;
+                info[i] = code;
+            });
     } else {
-    constexpr int LD = B + 1;
-    __shared__ T stage[NN * LD];
-    const int t = threadIdx.x;
-    const long long tiles = (m + B - 1) / B;
-    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        const long long first = tile * B;
-        const int count = (m - first) < B ? (int)(m - first) : B;
-        const long long base = first * NN;
-        // Unrolled with a compile-time trip count, so that every load of
-        // the tile is in flight before the first store (NN loads a thread:
-        // what keeps HBM busy when registers limit occupancy).
-        const int valid = count * NN;
-        GPUINV_UNROLL
-        for (int e = 0; e < NN; ++e) {
-            const int g = e * B + t;
-            const int mat = g / NN;
-            if (g < valid) stage[(g - mat * NN) * LD + mat] = a[base + g];
-        }
-        __syncthreads();
-        if (t < count) {
-            T r[N][N];
-            int col[N];
-            GPUINV_UNROLL
-            for (int i = 0; i < N; ++i) {
+        constexpr int LD = B + 1;
+        __shared__ T stage[NN * LD];
+        const int t = threadIdx.x;
+        const long long tiles = (m + B - 1) / B;
+        for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            const long long first = tile * B;
+            const int count = (m - first) < B ? (int)(m - first) : B;
+            const long long base = first * NN;
+            stage_in<T, NN, B>(stage, a + base, t, count * NN);
+            __syncthreads();
+            if (t < count) {
+                T r[N][N];
+                int col[N];
                 GPUINV_UNROLL
-                for (int j = 0; j < N; ++j) r[i][j] = stage[(i * N + j) * LD + t];
-            }
-            int code = invert_in_place<T, N>(r, col);
-            // Only thread t touches column t of the stage, so no barrier is
-            // needed between its reads above and its writes here.
-            GPUINV_UNROLL
-            for (int i = 0; i < N; ++i) {
+                for (int i = 0; i < N; ++i) {
+                    GPUINV_UNROLL
+                    for (int j = 0; j < N; ++j) r[i][j] = stage[(i * N + j) * LD + t];
+                }
+                int code = invert_in_place<T, N>(r, col);
+                // Only thread t touches column t of the stage, so no barrier is
+                // needed between its reads above and its writes here.
                 GPUINV_UNROLL
-                for (int c = 0; c < N; ++c)
-                    stage[(i * N + col[c]) * LD + t] = code == -1 ? make_nan<T>() : r[i][c];
+                for (int i = 0; i < N; ++i) {
+                    GPUINV_UNROLL
+                    for (int c = 0; c < N; ++c)
+                        stage[(i * N + col[c]) * LD + t] = code == -1 ? make_nan<T>() : r[i][c];
+                }
+                info[first + t] = code;
             }
-            info[first + t] = code;
+            __syncthreads();
+            stage_out<T, NN, B>(stage, out + base, t, count * NN);
+            __syncthreads();  // the next tile's loads overwrite the stage
         }
-        __syncthreads();
-        GPUINV_UNROLL
-        for (int e = 0; e < NN; ++e) {
-            const int g = e * B + t;
-            const int mat = g / NN;
-            if (g < valid) out[base + g] = stage[(g - mat * NN) * LD + mat];
-        }
-        __syncthreads();  // the next tile's loads overwrite the stage
-    }
     }
 }
 
@@ -338,46 +358,53 @@ template <class T, int N, int B>
 __global__ void __launch_bounds__(B, 1)
     inv_chol_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, long long m) {
     constexpr int NN = N * N;
-    constexpr int LD = B + 1;
-    // Named as inv_thread's stage: the CPU emulation maps every kernel's
-    // `stage` to one buffer of the instantiation's size (tests/cuda_emu).
-    __shared__ T stage[NN * LD];
-    const int t = threadIdx.x;
-    const long long tiles = (m + B - 1) / B;
-    for (long long tl = blockIdx.x; tl < tiles; tl += gridDim.x) {
-        const long long first = tl * B;
-        const int count = (m - first) < B ? (int)(m - first) : B;
-        const long long off = first * NN;
-        for (int g = t; g < count * NN; g += B) {
-            int mat = g / NN;
-            stage[(g - mat * NN) * LD + mat] = a[off + g];
-        }
-        __syncthreads();
-        // Threads past the stack's end only take part in the barriers.
-        if (t < count) {
-            T r[N][N];
-            GPUINV_UNROLL
-            for (int i = 0; i < N; ++i) {
+    if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
+        // Without a stage, as inv_thread's smallest: only the lower triangle is loaded.
+        direct_tiles<T, N, B>(
+            m, [&](long long i, int row, int col) { return col <= row ? a[i * NN + row * N + col] : make_zero<T>(); },
+            [&](long long i, T (&r)[N][N]) {
+                int code = chol_invert_in_place<T, N>(r);
+                T* dst = out + i * NN;
                 GPUINV_UNROLL
-                for (int j = 0; j < N; ++j)
-                    r[i][j] = j <= i ? stage[(i * N + j) * LD + t] : make_zero<T>();
-            }
-            int code = chol_invert_in_place<T, N>(r);
-            // Only thread t touches column t of the stage.
-            GPUINV_UNROLL
-            for (int i = 0; i < N; ++i) {
+                for (int e = 0; e < NN; ++e) dst[e] = code != 0 ? make_nan<T>() : r[e / N][e % N];
+                info[i] = code;
+            });
+    } else {
+        constexpr int LD = B + 1;
+        // Named as inv_thread's stage: the CPU emulation maps every kernel's
+        // `stage` to one buffer of the instantiation's size (tests/cuda_emu).
+        __shared__ T stage[NN * LD];
+        const int t = threadIdx.x;
+        const long long tiles = (m + B - 1) / B;
+        for (long long tl = blockIdx.x; tl < tiles; tl += gridDim.x) {
+            const long long first = tl * B;
+            const int count = (m - first) < B ? (int)(m - first) : B;
+            const long long off = first * NN;
+            stage_in<T, NN, B>(stage, a + off, t, count * NN);
+            __syncthreads();
+            // Threads past the stack's end only take part in the barriers.
+            if (t < count) {
+                T r[N][N];
                 GPUINV_UNROLL
-                for (int j = 0; j < N; ++j)
-                    stage[(i * N + j) * LD + t] = code != 0 ? make_nan<T>() : r[i][j];
+                for (int i = 0; i < N; ++i) {
+                    GPUINV_UNROLL
+                    for (int j = 0; j < N; ++j)
+                        r[i][j] = j <= i ? stage[(i * N + j) * LD + t] : make_zero<T>();
+                }
+                int code = chol_invert_in_place<T, N>(r);
+                // Only thread t touches column t of the stage.
+                GPUINV_UNROLL
+                for (int i = 0; i < N; ++i) {
+                    GPUINV_UNROLL
+                    for (int j = 0; j < N; ++j)
+                        stage[(i * N + j) * LD + t] = code != 0 ? make_nan<T>() : r[i][j];
+                }
+                info[first + t] = code;
             }
-            info[first + t] = code;
+            __syncthreads();
+            stage_out<T, NN, B>(stage, out + off, t, count * NN);
+            __syncthreads();  // the next tile's loads overwrite the stage
         }
-        __syncthreads();
-        for (int g = t; g < count * NN; g += B) {
-            int mat = g / NN;
-            out[off + g] = stage[(g - mat * NN) * LD + mat];
-        }
-        __syncthreads();  // the next tile's loads overwrite the stage
     }
 }
 
