@@ -294,8 +294,10 @@ def test_a_pytest_past_its_deadline_is_interrupted_and_still_reports(gpu_check, 
         env["IGNORE_SIGINT"] = "1"
     log = tmp_path / "pytest.log"
     start = time.monotonic()
-    result = gpu_check.run_pytest(cmd, log, time.monotonic() + 8, env, grace=4)
-    assert time.monotonic() - start < 40
+    # A deadline and grace with room for a loaded machine's pytest start-up
+    # (the hang is 120 s, so the interruption is still what ends the run).
+    result = gpu_check.run_pytest(cmd, log, time.monotonic() + 20, env, grace=10)
+    assert time.monotonic() - start < 90
     parsed = gpu_check.parse_pytest_log(gpu_check.read_log(log))
     assert parsed["outcomes_seen"].get("PASSED") == 1
     if ignore_sigint:  # pytest cannot report: killed after the grace time, the log is kept
