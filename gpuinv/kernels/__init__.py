@@ -496,6 +496,16 @@ def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) 
     ValueError
         For mismatched shapes, non-contiguous arrays or n out of range.
     """
+    m, n, dt = _check_arrays(a, out, info)
+    if m == 0:
+        return
+    spec = kernel_spec(n, dt)
+    _check_same_device(a, out, info)
+    _launch(spec, a, out, info, max_blocks=max_blocks)
+
+
+def _check_arrays(a: Any, out: Any, info: Any) -> tuple[int, int, np.dtype]:
+    """Shapes, dtypes and layout of a kernel launch's arrays; returns (m, n, dtype)."""
     if a.ndim != 3 or a.shape[1] != a.shape[2]:
         raise ValueError(f"a must have shape (m, n, n), got {a.shape}")
     m, n = a.shape[0], a.shape[1]
@@ -507,14 +517,14 @@ def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) 
     for name, arr in (("a", a), ("out", out), ("info", info)):
         if not arr.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous")
-    if m == 0:
-        return
-    spec = kernel_spec(n, dt)
+    return m, n, dt
+
+
+def _check_same_device(a: Any, out: Any, info: Any) -> None:
     device_id = a.device.id
     for name, arr in (("out", out), ("info", info)):
         if arr.device.id != device_id:
             raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
-    _launch(spec, a, out, info, max_blocks=max_blocks)
 
 
 def _launch(spec: KernelSpec, a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
@@ -557,22 +567,9 @@ def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = N
     ValueError
         For mismatched shapes, non-contiguous arrays or n out of range.
     """
-    if a.ndim != 3 or a.shape[1] != a.shape[2]:
-        raise ValueError(f"a must have shape (m, n, n), got {a.shape}")
-    m, n = a.shape[0], a.shape[1]
-    dt = _check_dtype(a.dtype)
-    if out.shape != a.shape or out.dtype != dt:
-        raise ValueError(f"out must have shape {a.shape} and dtype {dt}, got {out.shape} {out.dtype}")
-    if info.shape != (m,) or info.dtype != np.int32:
-        raise ValueError(f"info must have shape ({m},) and dtype int32, got {info.shape} {info.dtype}")
-    for name, arr in (("a", a), ("out", out), ("info", info)):
-        if not arr.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
+    m, n, dt = _check_arrays(a, out, info)
     spec = kernel_spec(n, dt, "chol")
     if m == 0:
         return
-    device_id = a.device.id
-    for name, arr in (("out", out), ("info", info)):
-        if arr.device.id != device_id:
-            raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
+    _check_same_device(a, out, info)
     _launch(spec, a, out, info, max_blocks=max_blocks)
