@@ -353,3 +353,91 @@ def indefinite_at(rng, m, n, dtype):
         out[t] = (a + np.conj(a.T)) / 2
         steps[t] = k
     return out, steps
+
+
+# --- the LU solve kernel's math: inverse.cuh's lu_factor and solve_column ------
+
+SOLVE_MAX_N = max(kernels.SOLVE_MAX_N.values())
+
+SOLVE_SHIM = r"""
+#include "inverse.cuh"
+
+using gpuinv::cplx;
+
+template <class T, int N>
+struct SolveDispatch {
+    static int go(int n, const void* a, const void* b, void* x, int* info, long long m, int k) {
+        if (n != N) return SolveDispatch<T, N - 1>::go(n, a, b, x, info, m, k);
+        const T* sa = static_cast<const T*>(a);
+        const T* sb = static_cast<const T*>(b);
+        T* dx = static_cast<T*>(x);
+        for (long long i = 0; i < m; ++i)
+            info[i] = gpuinv::solve_matrix<T, N>(sa + i * N * N, sb + i * N * k, dx + i * N * k, k);
+        return 0;
+    }
+};
+template <class T>
+struct SolveDispatch<T, 0> {
+    static int go(int, const void*, const void*, void*, int*, long long, int) { return -1; }
+};
+
+extern "C" int gpuinv_host_solve(int type, int n, const void* a, const void* b, void* x, int* info, long long m,
+                                 int k) {
+    switch (type) {
+        case 0: return SolveDispatch<float, GPUINV_MAX_N>::go(n, a, b, x, info, m, k);
+        case 1: return SolveDispatch<double, GPUINV_MAX_N>::go(n, a, b, x, info, m, k);
+        case 2: return SolveDispatch<cplx<float>, GPUINV_MAX_N>::go(n, a, b, x, info, m, k);
+        case 3: return SolveDispatch<cplx<double>, GPUINV_MAX_N>::go(n, a, b, x, info, m, k);
+    }
+    return -2;
+}
+"""
+
+
+def build_solve_host_lib(build: Path) -> ctypes.CDLL:
+    """Compile inverse.cuh with SOLVE_SHIM into a shared library and load it.
+
+    Built for every n up to 8, the largest n ``--check --all`` compiles the
+    solve kernel at, whatever ``SOLVE_MAX_N`` dispatches.
+    """
+    src = build / "solve_shim.cpp"
+    src.write_text(SOLVE_SHIM)
+    lib = build / "libgpuinv_solve_host.so"
+    cmd = [
+        GXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",
+        "-Wno-unknown-pragmas", f"-DGPUINV_MAX_N={max(SOLVE_MAX_N, 8)}", f"-I{HEADER_DIR}", str(src),
+        "-o", str(lib),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"g++ failed:\n{result.stderr}"
+    handle = ctypes.CDLL(str(lib))
+    handle.gpuinv_host_solve.restype = ctypes.c_int
+    handle.gpuinv_host_solve.argtypes = [
+        ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_longlong, ctypes.c_int,
+    ]  # fmt: skip
+    return handle
+
+
+def host_solve(lib, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, info)`` of the host build of the solve kernel's math: ``a`` (m, n, n), ``b`` (m, n, k)."""
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b, dtype=a.dtype)
+    m, n, _ = a.shape
+    k = b.shape[-1]
+    assert b.shape == (m, n, k)
+    x = np.full_like(b, 7)  # a value the code must overwrite
+    info = np.full(m, 99, dtype=np.int32)
+    status = lib.gpuinv_host_solve(TYPECODE[a.dtype], n, a.ctypes.data, b.ctypes.data, x.ctypes.data,
+                                   info.ctypes.data, m, k)  # fmt: skip
+    assert status == 0
+    return x, info
+
+
+def solve_backward_error(a, x, b):
+    """||A x - b||_1 / (||A||_1 ||x||_1 + ||b||_1) per system (columnwise max), in float64/complex128."""
+    wide = np.complex128 if a.dtype.kind == "c" else np.float64
+    a, x, b = a.astype(wide), x.astype(wide), b.astype(wide)
+    r = np.abs(a @ x - b).sum(axis=-2)  # 1-norm of each column's residual
+    scale = np.linalg.norm(a, 1, axis=(-2, -1))[:, None] * np.abs(x).sum(axis=-2) + np.abs(b).sum(axis=-2)
+    return (r / scale).max(axis=-1)

@@ -17,6 +17,11 @@ a third kernel, ``inv_chol_thread`` (``cholesky.cuh``: Cholesky, ``inv(L)``,
 ``L^-H L^-1``, one thread per matrix, the lower triangle read), serves
 ``n <= CHOL_MAX_N``: :func:`invert_small_chol`, ``kernel_spec(n, dtype, "chol")``.
 
+For ``solve`` (``A X = B``), ``solve_thread`` (one thread per system: the
+LU inverse's factorization without the identity, then the forward and back
+substitutions with each column of B, as LAPACK's gesv) serves
+``n <= SOLVE_MAX_N``: :func:`solve_small`, ``kernel_spec(n, dtype, "solve")``.
+
 Kernels are compiled at run time by NVRTC with :data:`NVRTC_OPTIONS` (not
 through ``cupy.RawModule``, which adds ``-ftz=true``; see ``_nvrtc.py``), one
 (dtype, n) at a time on first use, loaded with ``cupy.cuda.function.Module``
@@ -39,6 +44,7 @@ import numpy as np
 __all__ = [
     "KERNEL_MAX_N",
     "CHOL_MAX_N",
+    "SOLVE_MAX_N",
     "INPUT_READ_ONLY",
     "THREAD_MAX_N",
     "KernelSpec",
@@ -47,6 +53,7 @@ __all__ = [
     "kernel_source",
     "invert_small",
     "invert_small_chol",
+    "solve_small",
     "launch_config",
     "warm_up",
     "NVRTC_OPTIONS",
@@ -111,6 +118,24 @@ CHOL_MAX_N: dict[np.dtype, int] = {
 # The largest n --check --all compiles the Cholesky kernel at (dispatched or not).
 _CHOL_CHECK_N = 8
 
+# The largest n that the LU solve kernel (solve_thread, one thread per
+# system) takes, per dtype; above it the CUDA engine solves with cuBLAS
+# getrfBatched + getrsBatched. The bound is registers, as for THREAD_MAX_N
+# (the matrix in registers, plus one right-hand side column), set with
+# `python -m gpuinv.kernels --check --all` (NVRTC 12.9, sm_80 and sm_90;
+# docs/kernels.md has the numbers): the largest n that stays under about
+# 200 registers without spilling. Whether the kernel beats getrf + getrs up
+# to these sizes is provisional: no GPU has measured it
+# (benchmarks/gpu_check.py times both).
+SOLVE_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 6,
+    np.dtype(np.complex64): 6,
+    np.dtype(np.complex128): 5,
+}
+# The largest n --check --all compiles the solve kernel at (dispatched or not).
+_SOLVE_CHECK_N = 8
+
 # Both kernels take the input as ``const T* __restrict__`` and only read it,
 # so the CUDA engine may hand them the caller's own contiguous stack without
 # a gather copy (gpuinv/engines/cuda.py, route "kernel").
@@ -146,8 +171,9 @@ class KernelSpec:
     group : int
         Lanes per matrix (1 for the thread shape).
     op : str
-        ``"inv"`` (the general inverse, LU) or ``"chol"`` (the Hermitian
-        positive definite inverse, Cholesky; thread shape only).
+        ``"inv"`` (the general inverse, LU), ``"chol"`` (the Hermitian
+        positive definite inverse, Cholesky) or ``"solve"`` (``A X = B`` by
+        LU); the last two in the thread shape only.
     """
 
     dtype: np.dtype
@@ -164,6 +190,8 @@ class KernelSpec:
         cxx = _CXX_TYPES[self.dtype]
         if self.op == "chol":
             return f"gpuinv::inv_chol_thread<{cxx}, {self.n}, {self.block}>"
+        if self.op == "solve":
+            return f"gpuinv::solve_thread<{cxx}, {self.n}, {self.block}>"
         if self.shape == "thread":
             return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}>"
         warps = self.block // 32
@@ -181,13 +209,14 @@ class KernelSpec:
         if self.shape == "thread":
             if self.direct:
                 return 0
-            return self.n * self.n * (self.block + 1) * item
+            return _stage_elements(self.n, self.op) * (self.block + 1) * item
         return self.per_block * self.n * group_ld(self.n, self.dtype) * item
 
     @property
     def kind(self) -> str:
         """The shape, prefixed with the operation where it is not the general inverse
-        (``"thread"``, ``"group"``, ``"chol-thread"``): the key of the model and the budget."""
+        (``"thread"``, ``"group"``, ``"chol-thread"``, ``"solve-thread"``): the key of the model
+        and the budget."""
         return self.shape if self.op == "inv" else f"{self.op}-{self.shape}"
 
     def label(self) -> str:
@@ -209,8 +238,14 @@ def _check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
+def _stage_elements(n: int, op: str) -> int:
+    """Elements per matrix in the one-thread kernels' stage: A, and for the solve
+    one right-hand side column (staged when k = 1; kernels.cu's solve_thread)."""
+    return n * n + (n if op == "solve" else 0)
+
+
 def _thread_spec(dt: np.dtype, n: int, op: str) -> KernelSpec:
-    """The one-thread kernel's instantiation (either operation)."""
+    """The one-thread kernel's instantiation (any operation)."""
     item = dt.itemsize
     if n * n * item <= THREAD_DIRECT_BYTES:
         # No stage: each thread takes THREAD_DIRECT_BYTES of matrices a tile.
@@ -218,7 +253,7 @@ def _thread_spec(dt: np.dtype, n: int, op: str) -> KernelSpec:
     # The largest block whose stage fits: more matrices per block means
     # longer coalesced runs; 128 threads keeps enough blocks per SM.
     for block in (128, 64, 32):
-        if n * n * (block + 1) * item <= _SMEM_LIMIT:
+        if _stage_elements(n, op) * (block + 1) * item <= _SMEM_LIMIT:
             return KernelSpec(dt, n, "thread", block, block, 1, op)
     raise AssertionError("unreachable: n <= 8 keeps the stage under the limit")
 
@@ -227,21 +262,26 @@ def kernel_spec(n: int, dtype: Any, op: str = "inv") -> KernelSpec:
     """The instantiation that inverts (n, n) matrices of ``dtype``.
 
     ``op="chol"`` gives the Cholesky kernel for Hermitian positive definite
-    matrices (``1 <= n <= CHOL_MAX_N[dtype]``).
+    matrices (``1 <= n <= CHOL_MAX_N[dtype]``), ``op="solve"`` the LU solve
+    kernel (``1 <= n <= SOLVE_MAX_N[dtype]``).
 
     Raises
     ------
     ValueError
         If ``n`` is not in ``1..KERNEL_MAX_N[dtype]`` (``CHOL_MAX_N`` for
-        ``"chol"``), or ``op`` is unknown.
+        ``"chol"``, ``SOLVE_MAX_N`` for ``"solve"``), or ``op`` is unknown.
     """
     dt = _check_dtype(dtype)
     if op == "chol":
         if not 1 <= n <= CHOL_MAX_N[dt]:
             raise ValueError(f"the Cholesky kernel takes 1 <= n <= {CHOL_MAX_N[dt]} for {dt}, got n={n}")
         return _thread_spec(dt, n, "chol")
+    if op == "solve":
+        if not 1 <= n <= SOLVE_MAX_N[dt]:
+            raise ValueError(f"the solve kernel takes 1 <= n <= {SOLVE_MAX_N[dt]} for {dt}, got n={n}")
+        return _thread_spec(dt, n, "solve")
     if op != "inv":
-        raise ValueError(f"op must be 'inv' or 'chol', got {op!r}")
+        raise ValueError(f"op must be 'inv', 'chol' or 'solve', got {op!r}")
     if not 1 <= n <= KERNEL_MAX_N[dt]:
         raise ValueError(f"the small-matrix kernels take 1 <= n <= {KERNEL_MAX_N[dt]} for {dt}, got n={n}")
     item = dt.itemsize
@@ -257,18 +297,23 @@ def kernel_spec(n: int, dtype: Any, op: str = "inv") -> KernelSpec:
 
 def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     """Every (dtype, n, shape) instantiation dispatch can select, in order:
-    the general inverse's, then the Cholesky kernel's.
+    the general inverse's, then the Cholesky kernel's, then the solve kernel's.
 
     With ``include_non_default``, also the one-thread shape for the n just
-    above ``THREAD_MAX_N`` (up to 8), which dispatch does not select: the
-    NVRTC check reports them to show where and why the threshold lies.
+    above ``THREAD_MAX_N`` (up to 8), and the Cholesky and solve kernels
+    above their bounds (up to 8), which dispatch does not select: the NVRTC
+    check reports them to show where and why the thresholds lie.
     """
     specs = [kernel_spec(n, dt) for dt in _DTYPES for n in range(1, KERNEL_MAX_N[dt] + 1)]
     specs += [kernel_spec(n, dt, "chol") for dt in _DTYPES for n in range(1, CHOL_MAX_N[dt] + 1)]
+    specs += [kernel_spec(n, dt, "solve") for dt in _DTYPES for n in range(1, SOLVE_MAX_N[dt] + 1)]
     if include_non_default:
         for dt in _DTYPES:
             for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
                 specs.append(_thread_spec(dt, n, "chol"))
+        for dt in _DTYPES:
+            for n in range(SOLVE_MAX_N[dt] + 1, _SOLVE_CHECK_N + 1):
+                specs.append(_thread_spec(dt, n, "solve"))
         for dt in _DTYPES:
             for n in range(THREAD_MAX_N[dt] + 1, 9):
                 specs.append(_thread_spec(dt, n, "inv"))

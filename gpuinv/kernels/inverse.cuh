@@ -262,6 +262,55 @@ template <class T, int N> GPUINV_HD bool row_is_finite(const T (&row)[N]) {
     return ok;
 }
 
+// The checks and the pivoting of phase 1, shared by the LU inverse
+// (lu_in_place) and the LU solve (lu_factor): every element finite (col[i]
+// set to i on the way), and at step k the choice of the pivot and the
+// interchange of its row with row k.
+template <class T, int N>
+GPUINV_HD bool start_pivoting(const T (&a)[N][N], int (&col)[N]) {
+    bool finite = true;
+    GPUINV_UNROLL
+    for (int i = 0; i < N; ++i) {
+        col[i] = i;
+        finite = finite && row_is_finite(a[i]);
+    }
+    return finite;
+}
+
+// Partial pivoting at step k: the first entry of largest |re| + |im| on or
+// below the diagonal (getf2's rule) moves to row k. Returns the pivot.
+template <class T, int N>
+GPUINV_HD T pivot_step(T (&a)[N][N], int (&col)[N], int k) {
+    typedef typename real_of<T>::type R;
+    int p = k;
+    R best = pivot_key(a[k][k]);
+    GPUINV_UNROLL
+    for (int i = k + 1; i < N; ++i) {
+        R key = pivot_key(a[i][k]);
+        if (pivot_beats(key, i, best, p)) {
+            best = key;
+            p = i;
+        }
+    }
+    // Swap rows k and p. p is known only at run time, and a register
+    // array cannot be indexed at run time without spilling to local
+    // memory, so each candidate row is swapped under a predicate.
+    GPUINV_UNROLL
+    for (int i = k + 1; i < N; ++i) {
+        bool s = (p == i);
+        GPUINV_UNROLL
+        for (int j = 0; j < N; ++j) {
+            T t = a[k][j];
+            a[k][j] = s ? a[i][j] : t;
+            a[i][j] = s ? t : a[i][j];
+        }
+        int tc = col[k];
+        col[k] = s ? col[i] : tc;
+        col[i] = s ? tc : col[i];
+    }
+    return a[k][k];
+}
+
 // Phase 1 on a matrix held in `a` (registers on the GPU), in place.
 //
 // Partial pivoting picks the first entry of largest |re| + |im| on or below
@@ -273,43 +322,11 @@ template <class T, int N> GPUINV_HD bool row_is_finite(const T (&row)[N]) {
 template <class T, int N>
 GPUINV_HD int lu_in_place(T (&a)[N][N], int (&col)[N]) {
     typedef typename real_of<T>::type R;
-    bool finite = true;
-    GPUINV_UNROLL
-    for (int i = 0; i < N; ++i) {
-        col[i] = i;
-        finite = finite && row_is_finite(a[i]);
-    }
-    if (!finite) return -1;
+    if (!start_pivoting<T, N>(a, col)) return -1;
     int info = 0;
     GPUINV_UNROLL
     for (int k = 0; k < N; ++k) {
-        int p = k;
-        R best = pivot_key(a[k][k]);
-        GPUINV_UNROLL
-        for (int i = k + 1; i < N; ++i) {
-            R key = pivot_key(a[i][k]);
-            if (pivot_beats(key, i, best, p)) {
-                best = key;
-                p = i;
-            }
-        }
-        // Swap rows k and p. p is known only at run time, and a register
-        // array cannot be indexed at run time without spilling to local
-        // memory, so each candidate row is swapped under a predicate.
-        GPUINV_UNROLL
-        for (int i = k + 1; i < N; ++i) {
-            bool s = (p == i);
-            GPUINV_UNROLL
-            for (int j = 0; j < N; ++j) {
-                T t = a[k][j];
-                a[k][j] = s ? a[i][j] : t;
-                a[i][j] = s ? t : a[i][j];
-            }
-            int tc = col[k];
-            col[k] = s ? col[i] : tc;
-            col[i] = s ? tc : col[i];
-        }
-        T piv = a[k][k];
+        T piv = pivot_step<T, N>(a, col, k);
         bool active = cabs1(piv) != R(0);
         if (!active && info == 0) info = k + 1;
         T inv = active ? recip(piv) : make_one<T>();
@@ -424,6 +441,93 @@ GPUINV_HD int invert_matrix_by_columns(const T* in, T* out) {
         T x[N];
         back_substitute_column<T, N>(lu, N + 1, c, x);
         for (int i = 0; i < N; ++i) out[i * N + col[c]] = info == -1 ? make_nan<T>() : x[i];
+    }
+    return info;
+}
+
+// --- the LU solve (the solve_thread kernel) -------------------------------------
+//
+// What numpy.linalg.solve does through LAPACK's gesv: getrf, then getrs
+// (x = U^-1 L^-1 P b). The factorization is lu_in_place's without the
+// identity: the same pivot choice, the same reciprocal of the pivot, the
+// same multipliers l = a_ik * (1 / pivot) and the same fused updates of the
+// active part, so the pivots, U and the info code are those of the LU
+// inverse bit for bit; only the slots left of the diagonal differ: they keep
+// the multipliers (L) instead of L^-1 P, and the updates that would carry
+// the identity along are skipped (n^3 / 3 multiply-adds instead of n^3 / 2).
+// The right-hand side then takes the elimination the identity took in the
+// inverse: row interchanges, forward substitution with L in the order of
+// the elimination (y_i -= l_ik y_k, k outer), and back_substitute with the
+// stored 1 / u_kk, so a solve with b = column col[c] of the identity gives
+// column col[c] of invert_in_place's inverse (the same values; a zero can
+// differ in sign).
+
+// Phase 1 of the solve on `a`, in place: on return slots j < i of row i hold
+// L's multipliers (unit diagonal implicit), slots j > i hold U, and slot i
+// holds 1 / u_ii. col[c] is the original index of the row now at position c.
+// The info code is lu_in_place's: 0, k > 0 (first exactly zero pivot at step
+// k; the steps past it go on, as getrf's, and their results are not used),
+// -1 (NaN or Inf in the input; `a` is left as it was).
+template <class T, int N>
+GPUINV_HD int lu_factor(T (&a)[N][N], int (&col)[N]) {
+    typedef typename real_of<T>::type R;
+    if (!start_pivoting<T, N>(a, col)) return -1;
+    int info = 0;
+    GPUINV_UNROLL
+    for (int k = 0; k < N; ++k) {
+        T piv = pivot_step<T, N>(a, col, k);
+        bool active = cabs1(piv) != R(0);
+        if (!active && info == 0) info = k + 1;
+        T inv = active ? recip(piv) : make_one<T>();
+        GPUINV_UNROLL
+        for (int i = k + 1; i < N; ++i) {
+            T l = mul(a[i][k], inv);
+            GPUINV_UNROLL
+            for (int j = k + 1; j < N; ++j)
+                if (active) a[i][j] = fms(a[i][j], l, a[k][j]);
+            if (active) a[i][k] = l;
+        }
+        if (active) a[k][k] = inv;
+    }
+    return info;
+}
+
+// Phase 2 of the solve for one right-hand side: y = U^-1 L^-1 P b from
+// lu_factor's output. `load(r)` returns element r of b (row r of the
+// original system: the interchanges are applied here, by reading b at the
+// original row of each position, col[c]). The forward substitution runs in
+// the elimination's order (k outer), as getrs's trsm does; the back
+// substitution is the inverse's back_substitute.
+template <class T, int N, class Load>
+GPUINV_HD void solve_column(const T (&lu)[N][N], const int (&col)[N], Load load, T (&y)[N]) {
+    GPUINV_UNROLL
+    for (int c = 0; c < N; ++c) y[c] = load(col[c]);
+    GPUINV_UNROLL
+    for (int k = 0; k < N; ++k) {
+        GPUINV_UNROLL
+        for (int i = k + 1; i < N; ++i) y[i] = fms(y[i], lu[i][k], y[k]);
+    }
+    GPUINV_UNROLL
+    for (int k = N - 1; k >= 0; --k)
+        y[k] = back_substitute<T, N>(y[k], k, lu[k][k], [&](int j) { return lu[k][j]; },
+                                     [&](int j) { return y[j]; });
+}
+
+// Solve A X = B for one n x n C-ordered matrix `a` and its n x k C-ordered
+// right-hand sides `b` into `x` (which may not alias them) the way the
+// solve_thread kernel does: X is all NaN where the info code is not 0. The
+// host tests call it.
+template <class T, int N>
+GPUINV_HD int solve_matrix(const T* a, const T* b, T* x, int k) {
+    T lu[N][N];
+    int col[N];
+    for (int i = 0; i < N; ++i)
+        for (int j = 0; j < N; ++j) lu[i][j] = a[i * N + j];
+    int info = lu_factor<T, N>(lu, col);
+    for (int j = 0; j < k; ++j) {
+        T y[N];
+        solve_column<T, N>(lu, col, [&](int r) { return b[r * k + j]; }, y);
+        for (int r = 0; r < N; ++r) x[r * k + j] = info != 0 ? make_nan<T>() : y[r];
     }
     return info;
 }

@@ -409,3 +409,106 @@ __global__ void __launch_bounds__(B, 1)
 }
 
 }  // namespace gpuinv
+
+// --- the LU solve: A X = B ------------------------------------------------------
+
+namespace gpuinv {
+
+// One thread per system: A (m, N, N) and B, X (m, N, k), all C-contiguous.
+// A is staged as inv_thread stages it (coalesced tile loads into the
+// transposed stage; the smallest sizes stage-less, through direct_tiles),
+// factored in registers by lu_factor (inverse.cuh: the LU inverse's pivots,
+// U and info codes, bit for bit), and each right-hand side column j < k is
+// solved by solve_column in a rolled loop: k is a run-time argument, so one
+// instantiation serves every k, and the code stays the size of one column's
+// solve. info is the LU inverse's (0; k > 0 exactly zero pivot at step k;
+// -1 NaN or Inf in A); X is all NaN where info != 0, as the CUDA engine's
+// cuBLAS route and the CPU engine write it. NaN or Inf in B only propagate.
+//
+// The right-hand sides:
+// * k = 1: a tile's B is B * N contiguous elements, staged coalesced in the
+//   same shared array after A (element r of system t at NN * LD + r * LD + t),
+//   solved from there, X written back into it and stored coalesced.
+// * k > 1: each thread reads its columns straight from global memory and
+//   writes X straight back. Rows of B are k elements apart and consecutive
+//   threads N * k apart, so one warp-wide access touches 32 separate sectors
+//   for 32 useful elements: the loads of column j + 1 find the rest of each
+//   sector in L1 only while it stays there (at worst DRAM moves 32 /
+//   sizeof(T) bytes per useful byte), and every store is a partial-sector
+//   write that L2 merges. A staged B for every k would need k times the
+//   shared memory or a loop over column tiles; the k = 1 case, which the
+//   issue's targets time, is the one staged.
+template <class T, int N, int B>
+__global__ void __launch_bounds__(B, 1)
+    solve_thread(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ x, int* __restrict__ info,
+                 long long m, int k) {
+    constexpr int NN = N * N;
+    if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
+        direct_tiles<T, N, B>(
+            m, [&](long long i, int row, int col) { return a[i * NN + row * N + col]; },
+            [&](long long i, T (&r)[N][N]) {
+                int col[N];
+                const int code = lu_factor<T, N>(r, col);
+                const long long base = i * N * (long long)k;
+                GPUINV_ROLLED
+                for (int j = 0; j < k; ++j) {
+                    T y[N];
+                    solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);
+                    GPUINV_UNROLL
+                    for (int row = 0; row < N; ++row) x[base + (long long)row * k + j] = code != 0 ? make_nan<T>() : y[row];
+                }
+                info[i] = code;
+            });
+    } else {
+        constexpr int LD = B + 1;
+        // One array for A and (k = 1) b: the CPU emulation maps every
+        // kernel's `stage` to one buffer of the instantiation's size.
+        __shared__ T stage[(NN + N) * LD];
+        T* const stage_b = stage + NN * LD;
+        const int t = threadIdx.x;
+        const long long tiles = (m + B - 1) / B;
+        for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            const long long first = tile * B;
+            const int count = (m - first) < B ? (int)(m - first) : B;
+            stage_in<T, NN, B>(stage, a + first * NN, t, count * NN);
+            if (k == 1) stage_in<T, N, B>(stage_b, b + first * N, t, count * N);
+            __syncthreads();
+            // Threads past the stack's end only take part in the barriers.
+            if (t < count) {
+                T r[N][N];
+                int col[N];
+                GPUINV_UNROLL
+                for (int i = 0; i < N; ++i) {
+                    GPUINV_UNROLL
+                    for (int j = 0; j < N; ++j) r[i][j] = stage[(i * N + j) * LD + t];
+                }
+                const int code = lu_factor<T, N>(r, col);
+                if (k == 1) {
+                    T y[N];
+                    solve_column<T, N>(r, col, [&](int row) { return stage_b[row * LD + t]; }, y);
+                    // Only thread t touches column t of the stage.
+                    GPUINV_UNROLL
+                    for (int row = 0; row < N; ++row) stage_b[row * LD + t] = code != 0 ? make_nan<T>() : y[row];
+                } else {
+                    const long long base = (first + t) * N * (long long)k;
+                    GPUINV_ROLLED
+                    for (int j = 0; j < k; ++j) {
+                        T y[N];
+                        solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);
+                        GPUINV_UNROLL
+                        for (int row = 0; row < N; ++row)
+                            x[base + (long long)row * k + j] = code != 0 ? make_nan<T>() : y[row];
+                    }
+                }
+                info[first + t] = code;
+            }
+            if (k == 1) {
+                __syncthreads();
+                stage_out<T, N, B>(stage_b, x + first * N, t, count * N);
+            }
+            __syncthreads();  // the next tile's loads overwrite the stage
+        }
+    }
+}
+
+}  // namespace gpuinv
