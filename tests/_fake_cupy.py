@@ -769,16 +769,18 @@ KERNEL_GARBAGE = 7.0  # what the CPU-engine fallback leaves in the inverse of a 
 
 from gpuinv.kernels import invert_small as _real_invert_small  # noqa: E402 - before any patching
 from gpuinv.kernels import invert_small_chol as _real_invert_small_chol  # noqa: E402
+from gpuinv.kernels import solve_small as _real_solve_small  # noqa: E402
 
 _use_emulation = False
 
 
-def _check_kernel_launch(what, a, out, info):
-    # What the GPU would fault on, and a log entry.
-    if a.ndim != 3 or not (a.flags.c_contiguous and out.flags.c_contiguous
-                           and info.flags.c_contiguous):
+def _check_kernel_launch(what, a, out, info, **more):
+    # What the GPU would fault on, and a log entry. `more`: further arrays
+    # the kernel reads (the solve's b).
+    arrays = {"a": a, "out": out, "info": info, **more}
+    if a.ndim != 3 or not all(arr.flags.c_contiguous for arr in arrays.values()):
         raise ValueError(f"{what} needs C-contiguous (m, n, n) arrays")
-    for name, arr in (("a", a), ("out", out), ("info", info)):
+    for name, arr in arrays.items():
         if arr.data.ptr % arr.itemsize:
             raise FakeCudaError(f"misaligned address: {name} at {arr.data.ptr:#x} for itemsize "
                                 f"{arr.itemsize}")
@@ -818,6 +820,22 @@ def invert_small_chol(a, out, info, *, max_blocks=None):
     info[...] = res.info
 
 
+def solve_small(a, b, x, info, *, max_blocks=None):
+    # The LU solve kernel (gpuinv.kernels.solve_small), the same way: the
+    # real launcher and the emulated solve_thread, or the CPU engine's solve
+    # (the kernel's contract: the LU inverse's info codes, x all NaN where
+    # info != 0) where g++ cannot build it.
+    _check_kernel_launch("solve_small", a, x, info, b=b)
+    if _use_emulation:
+        _real_solve_small(a, b, x, info, max_blocks=max_blocks)
+        return
+    import gpuinv
+
+    res = gpuinv.solve_ex(np.asarray(a).view(np.ndarray), np.asarray(b).view(np.ndarray), device="cpu")
+    x[...] = res.solution
+    info[...] = res.info
+
+
 emulated_kernels: dict = {}  # KernelSpec -> _cuda_emu.EmulatedKernel, shared by the tests of a session
 
 
@@ -840,6 +858,7 @@ def install_kernel_stand_in(monkeypatch):
         monkeypatch.setattr(gpuinv.kernels, "_kernel", load)
     monkeypatch.setattr(gpuinv.kernels, "invert_small", invert_small)
     monkeypatch.setattr(gpuinv.kernels, "invert_small_chol", invert_small_chol)
+    monkeypatch.setattr(gpuinv.kernels, "solve_small", solve_small)
 
 
 # --- module assembly ------------------------------------------------------------------

@@ -57,6 +57,8 @@ def fake(monkeypatch):
     # The positive definite route on cuSOLVER here; the Cholesky kernel's
     # route has its own tests below (fixture fake_kernels).
     monkeypatch.setattr(_cuda_chol, "chol_route", lambda n, dtype: "cusolver")
+    # The LU solve on cuBLAS here; the solve kernel's route: fixture fake_kernels.
+    monkeypatch.setattr(numerics, "solve_route", lambda n, dtype: "cublas")
     with _fake_cupy.installed(monkeypatch) as module:
         calls: list = []
         _extra.install(module, monkeypatch, calls)

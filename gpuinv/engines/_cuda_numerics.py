@@ -40,13 +40,17 @@ The routes, per chunk, and why:
   so the identity is solved one column at a time: n calls, each over the
   whole chunk. Cholesky halves the factorization's work against LU and the
   result is mirrored to be exactly Hermitian.
-* solve, general (and symmetric, Hermitian, triangular): cuBLAS
+* solve, general (and symmetric, Hermitian, triangular, on the matrix
+  :func:`gpuinv._numerics.structured_matrix` built): for
+  ``n <= SOLVE_MAX_N[dtype]`` (:func:`solve_route`) gpuinv's own LU solve
+  kernel (``solve_thread``, :func:`gpuinv.kernels.solve_small`): one launch
+  over the chunk, b in place of the identity of the LU inverse kernel (the
+  same pivots and info codes; x all NaN where info != 0). Above it cuBLAS
   ``<t>getrfBatched`` + ``<t>getrsBatched`` (CuPy 14: ``getrsBatched(handle,
   trans, n, nrhs, Aarray, lda, devIpiv, Barray, ldb, info, batchSize)``, where
   ``info`` is a *host* pointer that reports argument errors only, written
-  when the call is made: reading it is no device sync). All n use this route
-  for now: per-matrix cuSOLVER ``getrs`` with nrhs = k for large n is not
-  wired up yet.
+  when the call is made: reading it is no device sync); per-matrix cuSOLVER
+  ``getrs`` with nrhs = k for large n is not wired up yet.
 * solve, positive definite: potrfBatched + potrsBatched, one call per
   right-hand side column.
 
@@ -65,11 +69,12 @@ import numpy as np
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
+from ..kernels import SOLVE_MAX_N
 from . import _cuda_chol
 from . import cuda as _cuda
 from .cuda import _TYPE_LETTER, CUBLAS_MAX_BATCH, ChunkWork, _pointer_array, batch_calls
 
-__all__ = ["cuda_invert_ex", "cuda_solve_ex", "first_zero_step", "scratch_bytes"]
+__all__ = ["cuda_invert_ex", "cuda_solve_ex", "first_zero_step", "scratch_bytes", "solve_route"]
 
 # cuSOLVER / cuBLAS fill modes
 _LOWER = 0  # CUBLAS_FILL_MODE_LOWER
@@ -88,8 +93,18 @@ _INVERSE_TEMPS = {"general": 0, "symmetric": 3, "hermitian": 3, "diagonal": 3,
 #: rcond: the input chunk cast and reshaped, and |A|, |X| for the norms.
 _RCOND_TEMPS = 3
 #: Right-hand-side-sized (``s n k``) temporaries of a solve: the cast, the
-#: column-major copy the library writes, its conjugate, and the NaN mask's result.
+#: column-major copy the library writes, its conjugate, and the NaN mask's result
+#: (the kernel route: the cast or contiguous copy, x, and the NaN mask's result).
 _SOLVE_RHS_TEMPS = 4
+
+
+def solve_route(n: int, dtype: Any) -> str:
+    """The LU solve's route: ``"kernel"`` for ``1 <= n <= SOLVE_MAX_N[dtype]``, else ``"cublas"``.
+
+    Provisional as the inverse kernels' bound: no GPU has yet timed the
+    kernel against getrfBatched + getrsBatched (benchmarks/gpu_check.py should).
+    """
+    return "kernel" if 1 <= n <= SOLVE_MAX_N.get(np.dtype(dtype), 0) else "cublas"
 
 
 def _real(dtype: np.dtype) -> np.dtype:
@@ -390,6 +405,10 @@ def _solve_compute(structure: str, lower: bool, route: str,
             _potrs_columns(f, ptrs, cols)
             # The factors are of conj(A): conj(A) y = conj(b) gives y = conj(x).
             x = (cols.conj() if complex_ else cols).swapaxes(1, 2)
+        elif solve_route(n, dtype) == "kernel":
+            x, code = _kernel_solve(full, rhs)
+            if structure in ("upper triangular", "lower triangular"):
+                code = cupy.where(code == INFO_NONFINITE, code, first_zero_step(full))
         else:
             x, code = _lu_solve(full, rhs)
             if structure in ("upper triangular", "lower triangular"):
@@ -436,6 +455,26 @@ def cuda_solve_ex(engine: Any, op: Operand, b: Any, *, structure: str, lower: bo
                      f"(assume_a={structure!r})")
     results = engine.run_chunks(work)
     return results[0], results[1], results[2] if rcond else None
+
+
+def _kernel_solve(a: Any, b: Any) -> tuple[Any, Any]:
+    """gpuinv's LU solve kernel for ``a`` (batch..., n, n), ``b`` (m, n, k): ``(x, info)``.
+
+    ``a`` may have any strides and dtype (it is gathered, cast to ``b``'s
+    dtype, only where it is not already a C-contiguous stack of it); ``x``
+    is (m, n, k), NaN where info != 0. One launch, no host synchronization.
+    """
+    import cupy
+
+    from .. import kernels  # by attribute, so that the tests' stand-in is found
+
+    m, n, k = b.shape
+    stack = cupy.ascontiguousarray(a.astype(b.dtype, copy=False)).reshape(m, n, n)
+    rhs = cupy.ascontiguousarray(b)
+    x = cupy.empty((m, n, k), dtype=b.dtype)
+    info = cupy.empty(m, dtype=np.int32)
+    kernels.solve_small(stack, rhs, x, info)
+    return x, info
 
 
 def _lu_solve(a: Any, b: Any) -> tuple[Any, Any]:

@@ -618,3 +618,69 @@ def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = N
         return
     _check_same_device(a, out, info)
     _launch(spec, a, out, info, max_blocks=max_blocks)
+
+
+def _check_rhs(a: Any, b: Any, x: Any) -> int:
+    """Shapes, dtypes and layout of a solve's right-hand sides and solutions; returns k."""
+    m, n = a.shape[0], a.shape[1]
+    if b.ndim != 3 or b.shape[:2] != (m, n):
+        raise ValueError(f"b must have shape ({m}, {n}, k), got {b.shape}")
+    k = b.shape[2]
+    if b.dtype != a.dtype:
+        raise ValueError(f"b must have dtype {a.dtype}, got {b.dtype}")
+    if x.shape != b.shape or x.dtype != a.dtype:
+        raise ValueError(f"x must have shape {b.shape} and dtype {a.dtype}, got {x.shape} {x.dtype}")
+    for name, arr in (("b", b), ("x", x)):
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+    if k > np.iinfo(np.int32).max:
+        raise ValueError(f"the solve kernel takes at most {np.iinfo(np.int32).max} right-hand sides, got {k}")
+    return k
+
+
+def solve_small(a: Any, b: Any, x: Any, info: Any, *, max_blocks: int | None = None) -> None:
+    """Solve ``a[i] @ x[i] = b[i]`` for every system of a CuPy stack with the LU solve kernel.
+
+    LU with partial pivoting (the LU inverse kernel's pivots and info codes),
+    then forward and back substitution for each right-hand side column, one
+    thread per system. Runs on CuPy's current device and stream and never
+    synchronizes with the host.
+
+    Parameters
+    ----------
+    a : cupy.ndarray, shape (m, n, n)
+        C-contiguous, float32, float64, complex64 or complex128, with
+        ``1 <= n <= SOLVE_MAX_N[a.dtype]``. Not modified.
+    b : cupy.ndarray, shape (m, n, k)
+        C-contiguous, same dtype: the right-hand sides. Not modified.
+    x : cupy.ndarray, shape (m, n, k)
+        C-contiguous, same dtype; receives the solutions (all NaN where
+        info != 0; NaN or Inf in ``b`` only propagate). Must not overlap
+        ``a`` or ``b``.
+    info : cupy.ndarray, shape (m,)
+        int32, C-contiguous; receives 0 (solved), k > 0 (exactly zero pivot
+        at step k, 1-based) or -1 (NaN or Inf in ``a``), as
+        :func:`invert_small` does.
+    max_blocks : int, optional
+        Cap on the grid size (default: CUDA's limit); any cap is correct.
+
+    Raises
+    ------
+    TypeError
+        For an unsupported dtype.
+    ValueError
+        For mismatched shapes, non-contiguous arrays or n out of range.
+    """
+    m, n, dt = _check_arrays(a, a, info)
+    k = _check_rhs(a, b, x)
+    spec = kernel_spec(n, dt, "solve")
+    if m == 0:
+        return
+    device_id = a.device.id
+    for name, arr in (("b", b), ("x", x), ("info", info)):
+        if arr.device.id != device_id:
+            raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
+    grid, block = launch_config(spec, m, max_blocks)
+    with a.device:  # compile for, and launch on, the device that holds the data
+        kernel = _kernel(spec, a.device.id)
+        kernel((grid,), (block,), (a, b, x, info, np.int64(m), np.int32(k)))
