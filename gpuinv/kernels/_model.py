@@ -128,7 +128,10 @@ def staging_trips(spec: KernelSpec) -> tuple[int, int]:
     Thread kernel: ``for (g = t; g < count * NN; g += B)`` with ``count = B``
     runs ``NN`` times in every thread. Group kernel: ``for (g = lane; g <
     MPW * NN; g += 32)`` runs ``ceil(MPW * NN / 32)`` times in lane 0 and
-    ``floor(MPW * NN / 32)`` in lane 31.
+    ``floor(MPW * NN / 32)`` in lane 31. The one-thread kernels' staging
+    loops are unrolled (the solve kernel's b stage of N trips too), so these
+    counts only matter where one stays rolled (tests/test_kernels_model.py
+    checks that none does).
     """
     nn = spec.n * spec.n
     if spec.shape == "thread":
@@ -149,9 +152,24 @@ def matrices_per_warp(spec: KernelSpec) -> int:
     return 32 // spec.group
 
 
+def rhs_trips(spec: KernelSpec) -> int | None:
+    """The solve kernel's right-hand-side loop trips in the modelled case, k = 1: the
+    staged kernels solve k = 1 outside the loop (0 trips), the stage-less ones in it (1)."""
+    if spec.op != "solve":
+        return None
+    return 1 if spec.direct else 0
+
+
 def bytes_per_matrix(spec: KernelSpec) -> int:
-    """Device-memory bytes one matrix needs at least: read once, write once, one info word."""
-    return 2 * spec.n * spec.n * spec.dtype.itemsize + 4
+    """Device-memory bytes one matrix needs at least: read once, write once, one info word.
+
+    The solve reads A and b and writes x: with k right-hand sides (n^2 + 2 n k)
+    elements; the model takes k = 1.
+    """
+    n, item = spec.n, spec.dtype.itemsize
+    if spec.op == "solve":
+        return (n * n + 2 * n) * item + 4
+    return 2 * n * n * item + 4
 
 
 def _bound(rate_per_s: float, per_matrix: float) -> float | None:
@@ -161,7 +179,8 @@ def _bound(rate_per_s: float, per_matrix: float) -> float | None:
 def model_kernel(report: KernelReport, sass: str) -> dict:
     """The model's record for one compiled kernel (the JSON's keys; docs/kernels.md)."""
     spec = report.spec
-    path = count_main_path(parse_sass(sass), *staging_trips(spec), compute_trips=compute_trips(spec))
+    path = count_main_path(parse_sass(sass), *staging_trips(spec), compute_trips=compute_trips(spec),
+                           rhs_trips=rhs_trips(spec))
     mpw = matrices_per_warp(spec)
     per_trip = path.weighted()
     wipm = per_trip / mpw
@@ -222,13 +241,15 @@ def model_kernel(report: KernelReport, sass: str) -> dict:
         "staging_loops": [
             {"unroll": lp.unroll, "body_trips": lp.trips, "body_instructions": lp.body_instructions}
             for lp in path.loops
-            if lp.unroll > 0
+            if lp.unroll > 0 and not lp.rhs
         ],
         "compute_loops": [
             {"trips": lp.trips, "body_instructions": lp.body_instructions}
             for lp in path.loops
             if lp.unroll == 0 and lp.trips > 0
         ],
+        **({"rhs_loops": [{"trips": lp.trips, "body_instructions": lp.body_instructions}
+                          for lp in path.loops if lp.rhs]} if spec.op == "solve" else {}),
         "unknown_loops": path.unknown_loops,
         "slow_path_call_instructions": len(path.rare),
         "warp_instructions_per_matrix": round(wipm, 2),
@@ -305,7 +326,8 @@ BUDGET_TOLERANCE = 0.05
 
 
 def _key(r: dict) -> str:
-    # "thread"/"group" for the general inverse, "chol-thread" for the Cholesky kernel.
+    # "thread"/"group" for the general inverse, "chol-thread" for the Cholesky kernel,
+    # "solve-thread" for the LU solve kernel.
     return f"{r['arch']} {r['dtype']} n={r['n']} {r.get('kind', r['shape'])}"
 
 

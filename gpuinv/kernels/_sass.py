@@ -261,6 +261,9 @@ class Loop:
     unroll: int  # global loads or stores in the body: source iterations per body trip
     trips: int  # body trips per tile counted (0 when the trip count is unknown: counted once)
     body_instructions: int
+    #: The solve kernel's loop over right-hand side columns (loads b, stores
+    #: x: both kinds of global access in a loop that is not the tile loop).
+    rhs: bool = False
 
 
 @dataclass
@@ -302,9 +305,17 @@ class MainPath:
         return out
 
     def global_bytes_in_flight(self) -> int:
-        """Bytes one warp has in flight in its load-staging loop (32 lanes x loads per body trip)."""
-        loads = [i for i in self.instructions if i.base == "LDG"]
+        """Bytes one warp has in flight in its load-staging loop (32 lanes x loads per body trip).
+
+        The loads of a right-hand-side loop (the solve kernel's, after the
+        factorization) are not in flight with the staging loads: not counted.
+        """
+        rhs = [lp for lp in self.loops if lp.rhs]
+        loads = [i for i in self.instructions
+                 if i.base == "LDG" and not any(lp.start <= i.addr <= lp.end for lp in rhs)]
         for loop in self.loops:
+            if loop.rhs:
+                continue
             body = [i for i in loads if loop.start <= i.addr <= loop.end]
             if body:
                 loads = body
@@ -388,7 +399,8 @@ def _peel(main: list[Instr], loop_start: int, kind: str) -> tuple[int, list[int]
 
 
 def count_main_path(
-    instrs: list[Instr], staging_trips: int, staging_trips_min: int | None = None, compute_trips: int | None = None
+    instrs: list[Instr], staging_trips: int, staging_trips_min: int | None = None, compute_trips: int | None = None,
+    rhs_trips: int | None = None,
 ) -> MainPath:
     """Weight every instruction of the main path by its executions in one tile trip.
 
@@ -408,6 +420,13 @@ def count_main_path(
         kernel's elimination loop runs N times). Without it, such a loop is
         counted once and reported in ``unknown_loops``. These loops must not
         nest.
+    rhs_trips : int, optional
+        The solve kernel: trips of its loop over right-hand side columns
+        (a rolled loop, not the tile loop, that holds both global loads and
+        stores; :class:`Loop` ``rhs``). The caller models one k: the
+        staged kernels take k = 1 outside the loop (0 trips), the stage-less
+        ones in it (1 trip). Without it, such a loop is taken for a staging
+        loop.
 
     The widest backward branch whose body holds both global loads and
     stores is the tile loop (weight 1: one trip is what is counted). Every other backward branch closes a loop that stayed rolled;
@@ -458,6 +477,11 @@ def count_main_path(
             continue
         body = [i for i in main if start <= i.addr <= stop]
         unroll = sum(1 for i in body if i.base in ("LDG", "STG"))
+        if rhs_trips is not None and {"LDG", "STG"} <= {i.base for i in body}:
+            loops.append(Loop(start, stop, unroll, rhs_trips, len(body), rhs=True))
+            for i in body:
+                weights[i.addr] *= rhs_trips
+            continue
         if unroll == 0:
             if compute_trips is None:
                 unknown += 1
