@@ -97,11 +97,21 @@ def test_instantiations_cover_every_dispatched_case():
         ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "chol")
         assert ns == list(range(1, max_n + 1))
         assert max_n <= 8
-    assert {s.op for s in specs} == {"inv", "chol"}
+    for dt, max_n in kernels.SOLVE_MAX_N.items():
+        ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "solve")
+        assert ns == list(range(1, max_n + 1))
+        assert max_n <= 8
+    assert {s.op for s in specs} == {"inv", "chol", "solve"}
     for s in specs:
         assert s.shared_bytes <= 48 * 1024
         if s.op == "chol":
             assert s.shape == "thread" and s.name_expression.startswith("gpuinv::inv_chol_thread<")
+            continue
+        if s.op == "solve":
+            assert s.shape == "thread" and s.name_expression.startswith("gpuinv::solve_thread<")
+            assert s.kind == "solve-thread"
+            # A and one right-hand side column per system in the stage.
+            assert s.shared_bytes == (0 if s.direct else (s.n * s.n + s.n) * (s.block + 1) * s.dtype.itemsize)
             continue
         assert (s.shape == "thread") == (s.n <= kernels.THREAD_MAX_N[s.dtype])
         if s.shape == "group":

@@ -443,3 +443,31 @@ def test_model_of_real_instantiations(tools):
     assert group["mix"]["shuffle"] > 0 and group["main_path_bytes"] < group["kernel_bytes"]
     assert group["bytes_per_matrix"] == 2 * 81 * 4 + 4
     assert model.format_table(records)[1].startswith("sm_90 float32     2 thread")
+
+
+def test_model_of_the_solve_kernel_at_k_1(tools):
+    # The solve kernel is modelled with one right-hand side: the staged
+    # kernel solves it outside its loop over columns (0 trips), the
+    # stage-less one inside it (1 trip); that loop's loads (after the
+    # factorization) are not in flight with the staging loads.
+    specs = [kernels.kernel_spec(2, np.float32, "solve"), kernels.kernel_spec(4, np.float32, "solve")]
+    assert [s.direct for s in specs] == [True, False]
+    reports = _check.compile_report(specs, "sm_90", set(specs), keep_code=True)
+    direct, staged = model.model_reports(reports, workers=1)
+    for r in (direct, staged):
+        assert r["kind"] == "solve-thread" and r["op"] == "solve"
+        assert r["unknown_loops"] == 0 and r["spill_bytes"] == 0
+        assert r["staging_loops"] == [] and r["compute_loops"] == []
+        assert sum(r["mix"].values()) == pytest.approx(r["warp_instructions_per_matrix"], abs=0.05)
+    # Stage-less, a thread solves two 2x2 systems a tile: one loop each.
+    assert direct["matrices_per_block"] == 256
+    assert [lp["trips"] for lp in direct["rhs_loops"]] == [1, 1]
+    assert [lp["trips"] for lp in staged["rhs_loops"]] == [0]
+    # A (n^2) and b (n) read, x (n) written, one info word.
+    assert direct["bytes_per_matrix"] == (4 + 2 * 2) * 4 + 4
+    assert staged["bytes_per_matrix"] == (16 + 2 * 4) * 4 + 4
+    # Staged: A's 16 and b's 4 loads of a thread in flight at once; stage-less:
+    # the two systems' A (4 + 4 floats) of a thread, not b.
+    assert staged["bytes_in_flight_per_warp"] == 32 * (16 + 4) * 4
+    assert staged["shared_bytes"] == (16 + 4) * 129 * 4
+    assert direct["bytes_in_flight_per_warp"] == 32 * 8 * 4
