@@ -425,8 +425,8 @@ def warm_up(
     extra : sequence of KernelSpec, optional
         Further instantiations, compiled with the others: shapes dispatch does
         not pick (``benchmarks/gpu_check.py`` times both shapes where both exist),
-        or the Cholesky kernels (``kernel_spec(n, dtype, "chol")``), which
-        ``dtypes`` and ``ns`` do not select.
+        or the Cholesky and solve kernels (``kernel_spec(n, dtype, "chol")``,
+        ``kernel_spec(n, dtype, "solve")``), which ``dtypes`` and ``ns`` do not select.
 
     Returns
     -------
