@@ -650,3 +650,103 @@ def test_positive_definite_numpy_input_and_solve_rcond_use_the_kernel(fake_kerne
     sol = gpuinv.solve_ex(dev(fake, a), dev(fake, b), assume_a="pos", rcond=True)
     close(sol.rcond, gpuinv.inv_ex(a, assume_a="pos", rcond=True, device="cpu").rcond, np.float64)
     assert len(chol_launches(fake)) == 2
+
+
+# --- the LU solve kernel's route (n <= SOLVE_MAX_N) ---------------------------------
+
+
+def solve_launches(fake):
+    return [entry for entry in fake.state.log if entry[0] == "solve_small"]
+
+
+def cublas_solves(fake):
+    return [c for c in fake.extra_calls if c[0] in ("getrfBatched", "getrsBatched")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_n_solve_runs_the_solve_kernel(fake_kernels, monkeypatch, rng, dtype):
+    fake = fake_kernels
+    top = gpuinv.kernels.SOLVE_MAX_N[np.dtype(dtype)]
+    for n in sorted({1, 3, top}):
+        assert numerics.solve_route(n, dtype) == "kernel"
+        a = rng.standard_normal((2, 5, n, n)).astype(dtype) + 2 * n * np.eye(n, dtype=dtype)
+        a[0, 1, :, n // 2] = 0  # singular: info n // 2 + 1
+        a[1, 3, n - 1, 0] = np.nan  # info -1
+        for b in (rng.standard_normal(n).astype(dtype), rng.standard_normal((2, 5, n, n + 1)).astype(dtype)):
+            before = len(solve_launches(fake))
+            with no_host_sync(fake, monkeypatch):
+                res = gpuinv.solve_ex(dev(fake, a), dev(fake, b))
+            assert len(solve_launches(fake)) == before + 1  # one launch for the whole stack
+            want = gpuinv.solve_ex(a, b, device="cpu")
+            assert host(res.solution).shape == want.solution.shape
+            np.testing.assert_array_equal(host(res.info), want.info)
+            assert host(res.info)[0, 1] == n // 2 + 1 and host(res.info)[1, 3] == -1
+            close(res.solution, want.solution, dtype)
+    assert not cublas_solves(fake)
+
+
+@pytest.mark.parametrize("structure", ["symmetric", "hermitian", "upper triangular", "lower triangular"])
+@pytest.mark.parametrize("lower", [False, True])
+def test_structured_small_n_solve_runs_the_solve_kernel(fake_kernels, monkeypatch, rng, structure, lower):
+    fake = fake_kernels
+    n, dtype = 4, np.complex128
+    a = spd(rng, (5,), n, dtype)
+    a[1, 2, 2] = 0
+    a[3, 0, 0] = -1
+    # Inf only in the triangle read (triangular structures name theirs; `lower` is for the others).
+    reads_lower = structure == "lower triangular" or (lower and "triangular" not in structure)
+    a[4, 3, 0] = np.inf if reads_lower else a[4, 3, 0]
+    a[4, 0, 3] = a[4, 0, 3] if reads_lower else np.inf
+    b = rng.standard_normal((5, n, 2)).astype(dtype)
+    with no_host_sync(fake, monkeypatch):
+        res = gpuinv.solve_ex(dev(fake, a), dev(fake, b), assume_a=structure, lower=lower, rcond=True)
+    want = gpuinv.solve_ex(a, b, assume_a=structure, lower=lower, rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(res.info), want.info)
+    assert host(res.info)[4] == -1
+    close(res.solution, want.solution, dtype)
+    close(res.rcond, want.rcond, dtype)
+    assert len(solve_launches(fake)) == 1 and not cublas_solves(fake)
+
+
+def test_solve_above_solve_max_n_stays_on_cublas(fake_kernels, rng):
+    fake = fake_kernels
+    n = gpuinv.kernels.SOLVE_MAX_N[np.dtype(np.float64)] + 1
+    assert numerics.solve_route(n, np.float64) == "cublas"
+    a = rng.standard_normal((3, n, n)) + 2 * n * np.eye(n)
+    b = rng.standard_normal((3, n, 2))
+    res = gpuinv.solve_ex(dev(fake, a), dev(fake, b))
+    close(res.solution, gpuinv.solve_ex(a, b, device="cpu").solution, np.float64)
+    assert not solve_launches(fake)
+    assert ("getrsBatched", 3, 2) in fake.extra_calls
+
+
+def test_solve_kernel_route_with_numpy_input_and_strided_cast_a(fake_kernels, rng):
+    # NumPy input streams through the pipeline; a transposed int view is
+    # gathered and cast before the kernel, which needs C-contiguous stacks.
+    fake = fake_kernels
+    a = rng.integers(-4, 5, (6, 3, 3)) + 12 * np.eye(3, dtype=np.int64)
+    b = rng.standard_normal((6, 3))
+    got = gpuinv.solve_ex(a, b[..., None], device="cuda")
+    want = gpuinv.solve_ex(a, b[..., None], device="cpu")
+    assert isinstance(got.solution, np.ndarray)
+    close(got.solution, want.solution, np.float64)
+    view = dev(fake, a).swapaxes(-1, -2)
+    got = gpuinv.solve_ex(view, dev(fake, b[..., None]))
+    close(got.solution, gpuinv.solve_ex(np.swapaxes(a, -1, -2), b[..., None], device="cpu").solution,
+          np.float64)
+    assert len(solve_launches(fake)) == 2
+
+
+def test_solve_kernel_route_broadcasts_a_and_b(fake_kernels, rng):
+    fake = fake_kernels
+    a = rng.standard_normal((1, 4, 4)) + 8 * np.eye(4)
+    b = rng.standard_normal((3, 2, 4, 2))
+    got = gpuinv.solve_ex(dev(fake, a), dev(fake, b))
+    want = gpuinv.solve_ex(a, b, device="cpu")
+    assert host(got.solution).shape == want.solution.shape == (3, 2, 4, 2)
+    close(got.solution, want.solution, np.float64)
+    vec = rng.standard_normal(4)
+    many = rng.standard_normal((5, 4, 4)) + 8 * np.eye(4)
+    got = gpuinv.solve_ex(dev(fake, many), dev(fake, vec))
+    close(got.solution, gpuinv.solve_ex(many, vec, device="cpu").solution, np.float64)
+    assert len(solve_launches(fake)) == 2

@@ -1,0 +1,210 @@
+"""Every dispatched LU solve kernel instantiation (``solve_thread``), executed on the CPU.
+
+The same harness as tests/test_kernels_emu.py (kernels.cu compiled unchanged
+against the CUDA emulation header, under AddressSanitizer and UBSan, the
+real launcher's grid and block, thread orders that must agree bit for bit,
+exact-size buffers, the inputs checked unwritten). Results are compared bit
+for bit with the host build of inverse.cuh's solve (tests/_kernel_cases.py),
+which tests/test_kernels_solve_host.py holds to LAPACK's accuracy, so any
+difference here is the kernel's staging, tiling or indexing. Every
+instantiation runs k = 1 (b staged through shared memory), k = 2 and
+k = n + 1 (b and x straight from and to global memory).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import _cuda_emu
+import numpy as np
+import pytest
+from _kernel_cases import (
+    build_solve_host_lib,
+    eps,
+    exact_singular,
+    host_solve,
+    random_matrices,
+    solve_backward_error,
+)
+
+import gpuinv.kernels as kernels
+
+pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
+
+SOLVE_SPECS = [s for s in kernels.instantiations() if s.op == "solve"]
+
+
+def spec_id(spec: kernels.KernelSpec) -> str:
+    return f"{spec.dtype.name}-n{spec.n}-{spec.kind}"
+
+
+@pytest.fixture(scope="module")
+def builds():
+    return _cuda_emu.build_all(SOLVE_SPECS)
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    return build_solve_host_lib(tmp_path_factory.mktemp("emu_solve_host"))
+
+
+def run(builds, spec, a, b, **kwargs):
+    return _cuda_emu.run(spec, a, b=b, exe=builds[spec], **kwargs)
+
+
+def _bits(x: np.ndarray) -> np.dtype:
+    return np.dtype(f"u{x.dtype.itemsize // (2 if x.dtype.kind == 'c' else 1)}")
+
+
+def assert_same_bits(x, y):
+    np.testing.assert_array_equal(x.view(_bits(x)), y.view(_bits(y)))
+
+
+def assert_same_as_host(host_lib, a, b, x, info):
+    """The emulated kernel computed exactly what the host build of its math computes
+    (NaN included: info != 0 gives the same NaN bits on both)."""
+    ref, ref_info = host_solve(host_lib, a, b)
+    np.testing.assert_array_equal(info, ref_info)
+    assert_same_bits(x, ref)
+
+
+def rhs(rng, m, n, k, dtype):
+    return random_matrices(rng, m, max(n, k), dtype)[:, :n, :k].copy()
+
+
+def ks(spec):
+    return sorted({1, 2, spec.n + 1})
+
+
+@pytest.mark.parametrize("spec", SOLVE_SPECS, ids=spec_id)
+def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
+    rng = np.random.default_rng(70 * spec.n + spec.dtype.num)
+    m = 2 * spec.per_block + 3  # not a multiple of the tile
+    a = random_matrices(rng, m, spec.n, spec.dtype)
+    for k in ks(spec):
+        b = rhs(rng, m, spec.n, k, spec.dtype)
+        a_before, b_before = a.copy(), b.copy()
+        x, info = run(builds, spec, a, b)
+        np.testing.assert_array_equal(a, a_before)
+        np.testing.assert_array_equal(b, b_before)
+        np.testing.assert_array_equal(info, 0)
+        assert x.shape == (m, spec.n, k)
+        assert_same_as_host(host_lib, a, b, x, info)
+        lapack = solve_backward_error(a, np.linalg.solve(a, b), b)
+        assert np.all(solve_backward_error(a, x, b) <= 10 * np.maximum(lapack, eps(spec.dtype)))
+        for cap in (1, 2):
+            capped, capped_info = run(builds, spec, a, b, max_blocks=cap, orders=("f", "s2"))
+            np.testing.assert_array_equal(capped_info, info)
+            assert_same_bits(capped, x)
+
+
+@pytest.mark.parametrize("spec", SOLVE_SPECS, ids=spec_id)
+def test_one_system_and_one_past_a_full_tile(builds, host_lib, spec):
+    rng = np.random.default_rng(80 * spec.n + spec.dtype.num)
+    for m in (1, spec.per_block + 1):
+        a = random_matrices(rng, m, spec.n, spec.dtype)
+        for k in (1, spec.n + 1):
+            b = rhs(rng, m, spec.n, k, spec.dtype)
+            x, info = run(builds, spec, a, b, orders=("f", "r"))
+            np.testing.assert_array_equal(info, 0)
+            assert_same_as_host(host_lib, a, b, x, info)
+
+
+@pytest.mark.parametrize("spec", SOLVE_SPECS, ids=spec_id)
+def test_singular_nonfinite_and_identity_among_good(builds, host_lib, spec):
+    rng = np.random.default_rng(90 * spec.n + spec.dtype.num)
+    n, dt = spec.n, spec.dtype
+    good = random_matrices(rng, 6, n, dt)
+    singular, steps = exact_singular(rng, 4, n, dt)
+    zero = np.zeros((1, n, n), dtype=dt)
+    nonfinite = random_matrices(rng, 3, n, dt)
+    for i, value in enumerate((np.nan, np.inf, -np.inf)):
+        nonfinite[i, int(rng.integers(n)), int(rng.integers(n))] = value
+    eye = np.broadcast_to(np.eye(n, dtype=dt), (2, n, n))
+    parts = [
+        ("good", good, np.zeros(len(good), np.int32)),
+        ("singular", singular, steps),
+        ("singular", zero, np.array([1], np.int32)),
+        ("nonfinite", nonfinite, np.full(len(nonfinite), -1, np.int32)),
+        ("eye", eye, np.zeros(2, np.int32)),
+    ]
+    stack = np.concatenate([p[1] for p in parts])
+    expected = np.concatenate([p[2] for p in parts])
+    kinds = np.concatenate([[p[0]] * len(p[1]) for p in parts])
+    order = rng.permutation(len(stack))
+    a, expected, kinds = stack[order], expected[order], kinds[order]
+    for k in ks(spec):
+        b = rhs(rng, len(a), n, k, dt)
+        x, info = run(builds, spec, a, b)
+        np.testing.assert_array_equal(info, expected)
+        assert np.all(np.isnan(x[info != 0]))
+        np.testing.assert_array_equal(x[kinds == "eye"], b[kinds == "eye"])  # exact: I x = b
+        assert_same_as_host(host_lib, a, b, x, info)
+        good_mask = kinds == "good"
+        alone, alone_info = run(builds, spec, a[good_mask], b[good_mask], orders=("f",))
+        np.testing.assert_array_equal(alone_info, 0)
+        assert_same_bits(x[good_mask], alone)
+
+
+def test_every_dispatched_solve_instantiation_is_emulated():
+    dispatched = {kernels.kernel_spec(n, dt, "solve") for dt in kernels._DTYPES
+                  for n in range(1, kernels.SOLVE_MAX_N[dt] + 1)}  # fmt: skip
+    assert set(SOLVE_SPECS) == dispatched
+
+
+# --- mutation tests: the harness catches the solve kernel's staging bugs ----------------
+
+
+def _spec(dtype, n):
+    return kernels.kernel_spec(n, np.dtype(dtype), "solve")
+
+
+MUTATIONS = [
+    # (id, spec, k, original, mutated, how caught); each original occurs once in kernels.cu.
+    ("solve-b-stage-overruns-the-tile", _spec(np.float64, 3), 1,
+     "stage_in<T, N, B>(stage_b, b + first * N, t, count * N);",
+     "stage_in<T, N, B>(stage_b, b + first * N, t, count * N + 1);", "asan"),
+    ("solve-missing-syncthreads-before-x-store", _spec(np.float32, 4), 1,
+     "                __syncthreads();\n                stage_out<T, N, B>(stage_b,",
+     "                stage_out<T, N, B>(stage_b,", "race"),
+    ("solve-b-read-from-the-neighbour", _spec(np.complex64, 3), 1,
+     "[&](int row) { return stage_b[row * LD + t]; }", "[&](int row) { return stage_b[row * LD + (t ^ 1)]; }",
+     "wrong"),
+    ("solve-global-column-stride", _spec(np.float64, 4), 3,
+     "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);\n"
+     "                        GPUINV_UNROLL",
+     "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * (k - 1) + j]; }, y);\n"
+     "                        GPUINV_UNROLL", "wrong"),
+    ("solve-direct-x-past-the-end", _spec(np.float32, 2), 2,
+     "for (int row = 0; row < N; ++row) x[base + (long long)row * k + j] = code",
+     "for (int row = 0; row < N; ++row) x[base + (long long)row * k + j + 1] = code", "asan"),
+]  # fmt: skip
+
+CAUGHT_BY = {
+    "asan": lambda exc: "ERROR: AddressSanitizer" in exc.stderr,
+    "race": lambda exc: exc.returncode == 4 and "differs between thread orders" in exc.stderr,
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_mutated_solve_kernel_is_caught(tmp_path, host_lib, mutation):
+    name, spec, k, original, mutated, how = mutation
+    source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
+    assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
+    (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
+    for header in _cuda_emu.HEADERS:
+        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
+    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+    rng = np.random.default_rng(9)
+    m = 2 * spec.per_block + 3
+    a = random_matrices(rng, m, spec.n, spec.dtype)
+    b = rhs(rng, m, spec.n, k, spec.dtype)
+    if how == "wrong":
+        x, info = _cuda_emu.run(spec, a, b=b, exe=exe, max_blocks=2)
+        ref, ref_info = host_solve(host_lib, a, b)
+        same = np.array_equal(info, ref_info) and np.array_equal(x.view(_bits(x)), ref.view(_bits(ref)))
+        assert not same, f"{name}: the mutated kernel gave the right results"
+        return
+    with pytest.raises(_cuda_emu.EmulationError) as caught:
+        _cuda_emu.run(spec, a, b=b, exe=exe, max_blocks=2)
+    assert CAUGHT_BY[how](caught.value), f"{name}: expected to be caught as {how}, got:\n{caught.value.stderr}"
