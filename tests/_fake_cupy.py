@@ -773,12 +773,12 @@ from gpuinv.kernels import invert_small_chol as _real_invert_small_chol  # noqa:
 _use_emulation = False
 
 
-def _check_kernel_launch(what, a, out, info):
+def _check_kernel_launch(what, a, out, info, rcond=None):
     # What the GPU would fault on, and a log entry.
-    if a.ndim != 3 or not (a.flags.c_contiguous and out.flags.c_contiguous
-                           and info.flags.c_contiguous):
+    arrays = [("a", a), ("out", out), ("info", info)] + ([("rcond", rcond)] if rcond is not None else [])
+    if a.ndim != 3 or not all(arr.flags.c_contiguous for _, arr in arrays):
         raise ValueError(f"{what} needs C-contiguous (m, n, n) arrays")
-    for name, arr in (("a", a), ("out", out), ("info", info)):
+    for name, arr in arrays:
         if arr.data.ptr % arr.itemsize:
             raise FakeCudaError(f"misaligned address: {name} at {arr.data.ptr:#x} for itemsize "
                                 f"{arr.itemsize}")
@@ -788,34 +788,38 @@ def _check_kernel_launch(what, a, out, info):
     state.log.append((what, stream, _current_device(), a.shape[0]))
 
 
-def invert_small(a, out, info, *, max_blocks=None):
-    _check_kernel_launch("invert_small", a, out, info)
+def invert_small(a, out, info, *, rcond=None, max_blocks=None):
+    _check_kernel_launch("invert_small", a, out, info, rcond)
     if _use_emulation:
-        _real_invert_small(a, out, info, max_blocks=max_blocks)
+        _real_invert_small(a, out, info, rcond=rcond, max_blocks=max_blocks)
         return
     import gpuinv  # the CPU engine: its info codes are the kernels' (getrf's steps)
 
-    res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), device="cpu")
+    res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), rcond=rcond is not None, device="cpu")
     out[...] = res.inverse
     info[...] = res.info
+    if rcond is not None:
+        rcond[...] = res.rcond
     out[res.info > 0] = KERNEL_GARBAGE
 
 
-def invert_small_chol(a, out, info, *, max_blocks=None):
+def invert_small_chol(a, out, info, *, rcond=None, max_blocks=None):
     # The Cholesky kernel (gpuinv.kernels.invert_small_chol), the same way:
     # the real launcher and the emulated inv_chol_thread, or the CPU engine's
     # positive definite inverse (the kernel's contract: potrf's info, NaN
     # where info != 0, only the lower triangle read) where g++ cannot build it.
-    _check_kernel_launch("invert_small_chol", a, out, info)
+    _check_kernel_launch("invert_small_chol", a, out, info, rcond)
     if _use_emulation:
-        _real_invert_small_chol(a, out, info, max_blocks=max_blocks)
+        _real_invert_small_chol(a, out, info, rcond=rcond, max_blocks=max_blocks)
         return
     import gpuinv
 
     res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), assume_a="positive definite", lower=True,
-                        device="cpu")
+                        rcond=rcond is not None, device="cpu")
     out[...] = res.inverse
     info[...] = res.info
+    if rcond is not None:
+        rcond[...] = res.rcond
 
 
 emulated_kernels: dict = {}  # KernelSpec -> _cuda_emu.EmulatedKernel, shared by the tests of a session

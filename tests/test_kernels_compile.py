@@ -90,13 +90,21 @@ def test_check_fails_on_a_spill_in_a_dispatched_kernel_only(monkeypatch):
 
 def test_instantiations_cover_every_dispatched_case():
     specs = kernels.instantiations()
+    plain = [s for s in specs if not s.rcond]
     for dt, max_n in kernels.KERNEL_MAX_N.items():
-        ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "inv")
+        ns = sorted(s.n for s in plain if s.dtype == dt and s.op == "inv")
         assert ns == list(range(1, max_n + 1))
     for dt, max_n in kernels.CHOL_MAX_N.items():
-        ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "chol")
+        ns = sorted(s.n for s in plain if s.dtype == dt and s.op == "chol")
         assert ns == list(range(1, max_n + 1))
         assert max_n <= 8
+    # Every kernel has its rcond variant: the same shape and launch, RC = true.
+    from dataclasses import replace
+
+    assert sorted((s for s in specs if s.rcond), key=str) == sorted((replace(s, rcond=True) for s in plain), key=str)
+    for s in specs:
+        assert s.name_expression.endswith(", true>") == s.rcond
+        assert s.params == ("a", "out", "info", "rcond", "m")
     assert {s.op for s in specs} == {"inv", "chol"}
     for s in specs:
         assert s.shared_bytes <= 48 * 1024

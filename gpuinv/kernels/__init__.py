@@ -30,7 +30,7 @@ compiles many in parallel ahead of time. Importing this module does not import C
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,11 @@ class KernelSpec:
     op : str
         ``"inv"`` (the general inverse, LU) or ``"chol"`` (the Hermitian
         positive definite inverse, Cholesky; thread shape only).
+    rcond : bool
+        Whether the kernel also writes each matrix's reciprocal condition
+        number in the 1-norm, ``1 / (||A||_1 ||X||_1)``, computed from the A
+        and X it holds (the ``RC`` template argument). Without it the
+        kernel's code is the same as before rcond existed.
     """
 
     dtype: np.dtype
@@ -157,17 +162,28 @@ class KernelSpec:
     per_block: int
     group: int
     op: str = "inv"
+    rcond: bool = False
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The kernel's arguments, in order, by the names :func:`_launch` and the
+        CPU emulation (tests/_cuda_emu.py, tests/cuda_emu/emu_main.cpp) give
+        them, from: ``a`` and ``b`` (the inputs), ``out``, ``info`` and
+        ``rcond`` (the outputs; ``rcond`` a null pointer where the kernel
+        writes none), ``m`` (matrices) and ``k`` (right-hand sides)."""
+        return ("a", "out", "info", "rcond", "m")
 
     @property
     def name_expression(self) -> str:
         """The C++ name of the instantiation, as NVRTC's addNameExpression takes it."""
         cxx = _CXX_TYPES[self.dtype]
+        rc = ", true" if self.rcond else ""
         if self.op == "chol":
-            return f"gpuinv::inv_chol_thread<{cxx}, {self.n}, {self.block}>"
+            return f"gpuinv::inv_chol_thread<{cxx}, {self.n}, {self.block}{rc}>"
         if self.shape == "thread":
-            return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}>"
+            return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}{rc}>"
         warps = self.block // 32
-        return f"gpuinv::inv_group<{cxx}, {self.n}, {self.group}, {warps}>"
+        return f"gpuinv::inv_group<{cxx}, {self.n}, {self.group}, {warps}{rc}>"
 
     @property
     def direct(self) -> bool:
@@ -188,10 +204,11 @@ class KernelSpec:
     def kind(self) -> str:
         """The shape, prefixed with the operation where it is not the general inverse
         (``"thread"``, ``"group"``, ``"chol-thread"``): the key of the model and the budget."""
-        return self.shape if self.op == "inv" else f"{self.op}-{self.shape}"
+        kind = self.shape if self.op == "inv" else f"{self.op}-{self.shape}"
+        return kind + "-rcond" if self.rcond else kind
 
     def label(self) -> str:
-        return f"{self.dtype.name:<10} n={self.n:<2} {self.kind:<11} block={self.block:<3}"
+        return f"{self.dtype.name:<10} n={self.n:<2} {self.kind:<17} block={self.block:<3}"
 
 
 def group_ld(n: int, dtype: Any) -> int:
@@ -209,25 +226,27 @@ def _check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def _thread_spec(dt: np.dtype, n: int, op: str) -> KernelSpec:
+def _thread_spec(dt: np.dtype, n: int, op: str, rcond: bool = False) -> KernelSpec:
     """The one-thread kernel's instantiation (either operation)."""
     item = dt.itemsize
     if n * n * item <= THREAD_DIRECT_BYTES:
         # No stage: each thread takes THREAD_DIRECT_BYTES of matrices a tile.
-        return KernelSpec(dt, n, "thread", 128, 128 * (THREAD_DIRECT_BYTES // (n * n * item)), 1, op)
+        return KernelSpec(dt, n, "thread", 128, 128 * (THREAD_DIRECT_BYTES // (n * n * item)), 1, op, rcond)
     # The largest block whose stage fits: more matrices per block means
     # longer coalesced runs; 128 threads keeps enough blocks per SM.
     for block in (128, 64, 32):
         if n * n * (block + 1) * item <= _SMEM_LIMIT:
-            return KernelSpec(dt, n, "thread", block, block, 1, op)
+            return KernelSpec(dt, n, "thread", block, block, 1, op, rcond)
     raise AssertionError("unreachable: n <= 8 keeps the stage under the limit")
 
 
-def kernel_spec(n: int, dtype: Any, op: str = "inv") -> KernelSpec:
+def kernel_spec(n: int, dtype: Any, op: str = "inv", rcond: bool = False) -> KernelSpec:
     """The instantiation that inverts (n, n) matrices of ``dtype``.
 
     ``op="chol"`` gives the Cholesky kernel for Hermitian positive definite
-    matrices (``1 <= n <= CHOL_MAX_N[dtype]``).
+    matrices (``1 <= n <= CHOL_MAX_N[dtype]``). With ``rcond``, the variant
+    that also writes each matrix's reciprocal condition number (the same
+    shape and launch; :attr:`KernelSpec.rcond`).
 
     Raises
     ------
@@ -239,25 +258,26 @@ def kernel_spec(n: int, dtype: Any, op: str = "inv") -> KernelSpec:
     if op == "chol":
         if not 1 <= n <= CHOL_MAX_N[dt]:
             raise ValueError(f"the Cholesky kernel takes 1 <= n <= {CHOL_MAX_N[dt]} for {dt}, got n={n}")
-        return _thread_spec(dt, n, "chol")
+        return _thread_spec(dt, n, "chol", rcond)
     if op != "inv":
         raise ValueError(f"op must be 'inv' or 'chol', got {op!r}")
     if not 1 <= n <= KERNEL_MAX_N[dt]:
         raise ValueError(f"the small-matrix kernels take 1 <= n <= {KERNEL_MAX_N[dt]} for {dt}, got n={n}")
     item = dt.itemsize
     if n <= THREAD_MAX_N[dt]:
-        return _thread_spec(dt, n, "inv")
+        return _thread_spec(dt, n, "inv", rcond)
     group = 1 << (n - 1).bit_length()
     per_warp = 32 // group
     for warps in (4, 2, 1):
         if warps * per_warp * n * group_ld(n, dt) * item <= _SMEM_LIMIT:
-            return KernelSpec(dt, n, "group", 32 * warps, warps * per_warp, group)
+            return KernelSpec(dt, n, "group", 32 * warps, warps * per_warp, group, "inv", rcond)
     raise AssertionError("unreachable: one warp's stage of a 32x32 complex128 is 16.5 KiB")
 
 
 def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     """Every (dtype, n, shape) instantiation dispatch can select, in order:
-    the general inverse's, then the Cholesky kernel's.
+    the general inverse's, then the Cholesky kernel's, then the same again
+    with rcond (:attr:`KernelSpec.rcond`).
 
     With ``include_non_default``, also the one-thread shape for the n just
     above ``THREAD_MAX_N`` (up to 8), which dispatch does not select: the
@@ -265,6 +285,7 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     """
     specs = [kernel_spec(n, dt) for dt in _DTYPES for n in range(1, KERNEL_MAX_N[dt] + 1)]
     specs += [kernel_spec(n, dt, "chol") for dt in _DTYPES for n in range(1, CHOL_MAX_N[dt] + 1)]
+    specs += [replace(s, rcond=True) for s in list(specs)]
     if include_non_default:
         for dt in _DTYPES:
             for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
@@ -468,7 +489,7 @@ def launch_config(spec: KernelSpec, m: int, max_blocks: int | None = None) -> tu
     return min(tiles, cap), spec.block
 
 
-def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+def invert_small(a: Any, out: Any, info: Any, *, rcond: Any = None, max_blocks: int | None = None) -> None:
     """Invert every matrix of a CuPy stack with the small-matrix kernels.
 
     Runs on CuPy's current device and stream and never synchronizes with
@@ -485,6 +506,12 @@ def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) 
     info : cupy.ndarray, shape (m,)
         int32, C-contiguous; receives 0 (inverted), k > 0 (exactly zero
         pivot at step k, 1-based) or -1 (NaN or Inf in the input).
+    rcond : cupy.ndarray, shape (m,), optional
+        C-contiguous, of the real dtype of ``a``; receives each matrix's
+        ``1 / (||A||_1 ||X||_1)`` from the A and X the kernel holds (0 where
+        info > 0 or the product is 0 or not finite, NaN where info is -1:
+        :func:`gpuinv._numerics.rcond_from_inverse`'s conventions). Given,
+        the kernel's ``rcond`` variant runs.
     max_blocks : int, optional
         Cap on the grid size (default: CUDA's limit). The kernels loop over
         the remaining tiles, so any cap is correct; tests use a small one.
@@ -496,15 +523,19 @@ def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) 
     ValueError
         For mismatched shapes, non-contiguous arrays or n out of range.
     """
-    m, n, dt = _check_arrays(a, out, info)
+    m, n, dt = _check_arrays(a, out, info, rcond)
     if m == 0:
         return
-    spec = kernel_spec(n, dt)
-    _check_same_device(a, out, info)
-    _launch(spec, a, out, info, max_blocks=max_blocks)
+    spec = kernel_spec(n, dt, rcond=rcond is not None)
+    _check_same_device(a, out, info, rcond)
+    _launch(spec, a, out, info, rcond, max_blocks=max_blocks)
 
 
-def _check_arrays(a: Any, out: Any, info: Any) -> tuple[int, int, np.dtype]:
+def _real_dtype(dt: np.dtype) -> np.dtype:
+    return np.dtype(dt.char.lower()) if dt.kind == "c" else dt
+
+
+def _check_arrays(a: Any, out: Any, info: Any, rcond: Any = None) -> tuple[int, int, np.dtype]:
     """Shapes, dtypes and layout of a kernel launch's arrays; returns (m, n, dtype)."""
     if a.ndim != 3 or a.shape[1] != a.shape[2]:
         raise ValueError(f"a must have shape (m, n, n), got {a.shape}")
@@ -514,30 +545,40 @@ def _check_arrays(a: Any, out: Any, info: Any) -> tuple[int, int, np.dtype]:
         raise ValueError(f"out must have shape {a.shape} and dtype {dt}, got {out.shape} {out.dtype}")
     if info.shape != (m,) or info.dtype != np.int32:
         raise ValueError(f"info must have shape ({m},) and dtype int32, got {info.shape} {info.dtype}")
-    for name, arr in (("a", a), ("out", out), ("info", info)):
-        if not arr.flags.c_contiguous:
+    real = _real_dtype(dt)
+    if rcond is not None and (rcond.shape != (m,) or rcond.dtype != real):
+        raise ValueError(f"rcond must have shape ({m},) and dtype {real}, got {rcond.shape} {rcond.dtype}")
+    for name, arr in (("a", a), ("out", out), ("info", info), ("rcond", rcond)):
+        if arr is not None and not arr.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous")
     return m, n, dt
 
 
-def _check_same_device(a: Any, out: Any, info: Any) -> None:
+def _check_same_device(a: Any, out: Any, info: Any, rcond: Any = None) -> None:
     device_id = a.device.id
-    for name, arr in (("out", out), ("info", info)):
-        if arr.device.id != device_id:
+    for name, arr in (("out", out), ("info", info), ("rcond", rcond)):
+        if arr is not None and arr.device.id != device_id:
             raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
 
 
-def _launch(spec: KernelSpec, a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+def _launch(spec: KernelSpec, a: Any, out: Any, info: Any, rcond: Any = None, *,
+            max_blocks: int | None = None) -> None:
     # The launch itself, for any instantiation (benchmarks/gpu_check.py also
     # times the shape dispatch does not pick); arguments already checked.
     m = a.shape[0]
     grid, block = launch_config(spec, m, max_blocks)
+    if (rcond is not None) != spec.rcond:
+        raise ValueError(f"{spec.name_expression} {'needs' if spec.rcond else 'takes no'} rcond array")
+    # A null pointer where the kernel writes no rcond (its RC = false ignores it).
+    values = {"a": a, "out": out, "info": info, "rcond": np.uint64(0) if rcond is None else rcond,
+              "m": np.int64(m)}
     with a.device:  # compile for, and launch on, the device that holds the data
         kernel = _kernel(spec, a.device.id)
-        kernel((grid,), (block,), (a, out, info, np.int64(m)))
+        kernel((grid,), (block,), tuple(values[name] for name in spec.params))
 
 
-def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+def invert_small_chol(a: Any, out: Any, info: Any, *, rcond: Any = None,
+                      max_blocks: int | None = None) -> None:
     """Invert every Hermitian positive definite matrix of a CuPy stack with the Cholesky kernel.
 
     Only the lower triangle of each matrix is read, and of its diagonal
@@ -557,6 +598,9 @@ def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = N
         int32, C-contiguous; receives 0 (inverted), k > 0 (the leading minor
         of order k is not positive definite, potrf's code) or -1 (NaN or Inf
         in the part read).
+    rcond : cupy.ndarray, shape (m,), optional
+        As :func:`invert_small`'s, with ``||A||_1`` of the Hermitian matrix
+        the lower triangle (and the real part of the diagonal) defines.
     max_blocks : int, optional
         Cap on the grid size (default: CUDA's limit); any cap is correct.
 
@@ -567,9 +611,9 @@ def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = N
     ValueError
         For mismatched shapes, non-contiguous arrays or n out of range.
     """
-    m, n, dt = _check_arrays(a, out, info)
-    spec = kernel_spec(n, dt, "chol")
+    m, n, dt = _check_arrays(a, out, info, rcond)
+    spec = kernel_spec(n, dt, "chol", rcond=rcond is not None)
     if m == 0:
         return
-    _check_same_device(a, out, info)
-    _launch(spec, a, out, info, max_blocks=max_blocks)
+    _check_same_device(a, out, info, rcond)
+    _launch(spec, a, out, info, rcond, max_blocks=max_blocks)

@@ -150,8 +150,10 @@ def matrices_per_warp(spec: KernelSpec) -> int:
 
 
 def bytes_per_matrix(spec: KernelSpec) -> int:
-    """Device-memory bytes one matrix needs at least: read once, write once, one info word."""
-    return 2 * spec.n * spec.n * spec.dtype.itemsize + 4
+    """Device-memory bytes one matrix needs at least: read once, write once, one
+    info word, and one real rcond for the rcond variants."""
+    rcond = spec.dtype.itemsize // (2 if spec.dtype.kind == "c" else 1) if spec.rcond else 0
+    return 2 * spec.n * spec.n * spec.dtype.itemsize + 4 + rcond
 
 
 def _bound(rate_per_s: float, per_matrix: float) -> float | None:
