@@ -648,3 +648,74 @@ def test_positive_definite_numpy_input_and_solve_rcond_use_the_kernel(fake_kerne
     sol = gpuinv.solve_ex(dev(fake, a), dev(fake, b), assume_a="pos", rcond=True)
     close(sol.rcond, gpuinv.inv_ex(a, assume_a="pos", rcond=True, device="cpu").rcond, np.float64)
     assert len(chol_launches(fake)) == 2
+
+
+def rcond_launches(fake, op):
+    """Launches of the rcond variants of ``op`` ("inv" or "chol") on the CPU emulation."""
+    return sum(len(k.launches) for spec, k in _fake_cupy.emulated_kernels.items()
+               if spec.rcond and spec.op == op)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rcond_from_the_kernels_in_the_same_launch(fake_kernels, monkeypatch, rng, dtype):
+    # On the kernel route rcond comes from the kernel's rcond variant: one
+    # launch writes the inverse, info and rcond, with no reduction after it.
+    fake = fake_kernels
+    dt = np.dtype(dtype)
+    emulated = _fake_cupy._use_emulation
+    for n in sorted({1, 3, gpuinv.kernels.THREAD_MAX_N[dt] + 1, 12}):
+        assert cuda_mod.cuda_route(n, dt) == "kernel"
+        a = rng.standard_normal((2, 4, n, n)).astype(dt)
+        a[0, 1] = 0  # singular: rcond 0
+        a[1, 2, 0, n - 1] = np.inf  # non-finite: rcond NaN
+        a[1, 3] *= np.logspace(0, -8, n).astype(a.real.dtype)  # graded: small rcond
+        before = rcond_launches(fake, "inv")
+        with no_host_sync(fake, monkeypatch):
+            res = gpuinv.inv_ex(dev(fake, a), rcond=True)
+            sym = gpuinv.inv_ex(dev(fake, a), assume_a="sym", rcond=True)
+        if emulated:
+            assert rcond_launches(fake, "inv") == before + 2
+        want = gpuinv.inv_ex(a, rcond=True, device="cpu")
+        np.testing.assert_array_equal(host(res.info), want.info)
+        close(res.rcond, want.rcond, dtype)
+        assert host(res.rcond).dtype == want.rcond.dtype
+        assert host(res.rcond)[0, 1] == 0 and np.isnan(host(res.rcond)[1, 2])
+        close(sym.rcond, gpuinv.inv_ex(a, assume_a="sym", rcond=True, device="cpu").rcond, dtype)
+        # Without rcond the plain kernel runs: no rcond launch.
+        gpuinv.inv_ex(dev(fake, a))
+        if emulated:
+            assert rcond_launches(fake, "inv") == before + 2
+
+
+def test_cholesky_rcond_from_the_kernel(fake_kernels, monkeypatch, rng):
+    fake = fake_kernels
+    a = spd(rng, (5,), 4, np.complex64)
+    a[2] = -a[2]  # not positive definite: rcond 0
+    before = rcond_launches(fake, "chol")
+    with no_host_sync(fake, monkeypatch):
+        res = gpuinv.inv_ex(dev(fake, a), assume_a="pos", rcond=True)
+    if _fake_cupy._use_emulation:
+        assert rcond_launches(fake, "chol") == before + 1
+    want = gpuinv.inv_ex(a, assume_a="pos", rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(res.info), want.info)
+    close(res.rcond, want.rcond, np.complex64)
+    assert host(res.rcond)[2] == 0
+
+
+def test_solve_rcond_from_the_kernel_with_the_solve_info(fake_kernels, monkeypatch, rng):
+    # solve_ex's rcond is a's, from the inverse kernel's rcond variant, with
+    # the solve's own info codes (0 where singular, NaN where non-finite).
+    fake = fake_kernels
+    a = rng.standard_normal((6, 3, 3))
+    a[1] = 0
+    a[4, 2, 2] = np.nan
+    b = rng.standard_normal((6, 3, 2))
+    before = rcond_launches(fake, "inv")
+    with no_host_sync(fake, monkeypatch):
+        res = gpuinv.solve_ex(dev(fake, a), dev(fake, b), rcond=True)
+    if _fake_cupy._use_emulation:
+        assert rcond_launches(fake, "inv") == before + 1
+    want = gpuinv.solve_ex(a, b, rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(res.info), want.info)
+    close(res.rcond, want.rcond, np.float64)
+    close(res.solution, want.solution, np.float64)
