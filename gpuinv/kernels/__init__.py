@@ -122,22 +122,35 @@ _CHOL_CHECK_N = 8
 
 # The largest n that the triangular kernel takes (either triangle), per
 # dtype: one thread per matrix, the triangle read (n(n+1)/2 elements) in
-# registers, so the bound is registers, as for CHOL_MAX_N, and set the same
-# way (`python -m gpuinv.kernels --check --all`, NVRTC 12.9, sm_80 and
-# sm_90): the largest n that stays under about 200 registers without
-# spilling, at most 8 (the one-thread kernels' limit; above it the CUDA
-# engine keeps its cuBLAS route). TRI_NUMBERS_PLACEHOLDER
-# Provisional as CHOL_MAX_N: no GPU has timed the kernel against the
-# cuBLAS route.
-TRI_MAX_N: dict[np.dtype, int] = {dt: 8 for dt in _DTYPES}
-# The largest n that the diagonal kernel takes, per dtype. It holds only the
-# n diagonal elements in registers (DIAG_NUMBERS_PLACEHOLDER), so registers
-# set no bound; the stage does: the one-thread staging keeps a tile of
-# whole matrices in shared memory, and at n = 8 a complex128 tile already
-# needs the smallest block (32 threads, 33 KiB of the 48 KiB) that
-# _thread_spec offers. So 8 for every dtype, the triangular kernel's bound.
-DIAG_MAX_N: dict[np.dtype, int] = {dt: 8 for dt in _DTYPES}
-# The largest n --check --all compiles the triangular kernels at (dispatched or not).
+# registers. The bound is registers, as for CHOL_MAX_N, and set the same way
+# (`python -m gpuinv.kernels --check --all`, NVRTC 12.9, sm_80 and sm_90,
+# the larger of the two; tril and triu compile alike): the largest n that
+# stays under about 200 registers without spilling, at most 8 (above it
+# the CUDA engine keeps its cuBLAS route). float32 needs 167 registers at
+# n = 8; float64 180 at n = 7 and 254 at n = 8; complex64 186 at n = 6, 172
+# at n = 7 (a block of 64 there) and 231 at n = 8; complex128 182 at n = 5,
+# 255 at n = 6 and spills at n = 7. Provisional as CHOL_MAX_N: no GPU has
+# timed the kernel against the cuBLAS route.
+TRI_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 7,
+    np.dtype(np.complex64): 7,
+    np.dtype(np.complex128): 5,
+}
+# The largest n that the diagonal kernel takes, per dtype, by the same rule
+# and check. Its own state is n elements, but the staging's unrolled loads
+# and stores (all of a tile's elements in flight, kernels.cu) set its
+# registers as they do the others': float32 needs 120 registers at n = 7
+# and 108 at n = 8; float64 125 at n = 7 and 254 at n = 8; complex64 114 at
+# n = 6 and 209 at n = 7; complex128 182 at n = 5 and spills at n = 6 on
+# sm_90 (16 bytes) and at n = 7 on both.
+DIAG_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 7,
+    np.dtype(np.complex64): 6,
+    np.dtype(np.complex128): 5,
+}
+# The largest n --check --all compiles the triangular and diagonal kernels at (dispatched or not).
 _TRI_CHECK_N = 8
 
 # Each op's largest dispatched n, and the words of its range error.
@@ -318,9 +331,10 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
         for dt in _DTYPES:
             for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
                 specs.append(_thread_spec(dt, n, "chol"))
-        for op in ("tril", "triu"):
+        for op in ("tril", "triu", "diag"):
+            bounds = _OP_MAX_N[op][0]
             for dt in _DTYPES:
-                for n in range(TRI_MAX_N[dt] + 1, _TRI_CHECK_N + 1):
+                for n in range(bounds[dt] + 1, _TRI_CHECK_N + 1):
                     specs.append(_thread_spec(dt, n, op))
         for dt in _DTYPES:
             for n in range(THREAD_MAX_N[dt] + 1, 9):

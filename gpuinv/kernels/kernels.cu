@@ -451,13 +451,13 @@ __global__ void __launch_bounds__(B, 1)
         __shared__ T stage[NN * LD];
         const int t = threadIdx.x;
         const long long tiles = (m + B - 1) / B;
-        for (long long tl = blockIdx.x; tl < tiles; tl += gridDim.x) {
-            const long long first = tl * B;
+        for (long long tri_t = blockIdx.x; tri_t < tiles; tri_t += gridDim.x) {
+            const long long first = tri_t * B;
             const int count = (m - first) < B ? (int)(m - first) : B;
-            const long long off = first * NN;
-            stage_in<T, NN, B>(stage, a + off, t, count * NN);
+            const long long tri_off = first * NN;
+            stage_in<T, NN, B>(stage, a + tri_off, t, count * NN);
             __syncthreads();
-            // Threads past the stack's end only take part in the barriers.
+            // Threads without a matrix (past the stack's end) only wait at the barriers.
             if (t < count) {
                 T r[N][N];
                 GPUINV_UNROLL
@@ -477,7 +477,7 @@ __global__ void __launch_bounds__(B, 1)
                 info[first + t] = code;
             }
             __syncthreads();
-            stage_out<T, NN, B>(stage, out + off, t, count * NN);
+            stage_out<T, NN, B>(stage, out + tri_off, t, count * NN);
             __syncthreads();  // the next tile's loads overwrite the stage
         }
     }
@@ -513,12 +513,13 @@ __global__ void __launch_bounds__(B, 1)
         __shared__ T stage[NN * LD];
         const int t = threadIdx.x;
         const long long tiles = (m + B - 1) / B;
-        for (long long tl = blockIdx.x; tl < tiles; tl += gridDim.x) {
-            const long long first = tl * B;
+        for (long long diag_t = blockIdx.x; diag_t < tiles; diag_t += gridDim.x) {
+            const long long first = diag_t * B;
             const int count = (m - first) < B ? (int)(m - first) : B;
-            const long long off = first * NN;
-            stage_in<T, NN, B>(stage, a + off, t, count * NN);
+            const long long diag_off = first * NN;
+            stage_in<T, NN, B>(stage, a + diag_off, t, count * NN);
             __syncthreads();
+            // Threads without a matrix (past the stack's end) only wait at the barriers.
             if (t < count) {
                 T d[N];
                 GPUINV_UNROLL
@@ -533,7 +534,7 @@ __global__ void __launch_bounds__(B, 1)
                 info[first + t] = code;
             }
             __syncthreads();
-            stage_out<T, NN, B>(stage, out + off, t, count * NN);
+            stage_out<T, NN, B>(stage, out + diag_off, t, count * NN);
             __syncthreads();  // the next tile's loads overwrite the stage
         }
     }
