@@ -319,7 +319,8 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     (lower, upper) and diagonal kernels'.
 
     With ``include_non_default``, also the one-thread shape for the n just
-    above ``THREAD_MAX_N`` (up to 8), which dispatch does not select: the
+    above ``THREAD_MAX_N``, and the structured kernels for the n just above
+    their bounds (all up to 8), which dispatch does not select: the
     NVRTC check reports them to show where and why the threshold lies.
     """
     specs = [kernel_spec(n, dt) for dt in _DTYPES for n in range(1, KERNEL_MAX_N[dt] + 1)]
