@@ -41,7 +41,7 @@ EMU_DIR = Path(__file__).resolve().parent / "cuda_emu"
 KERNEL_DIR = Path(kernels.__file__).resolve().parent
 GXX = shutil.which("g++")
 #: The headers kernels.cu includes (a mutated copy of kernels.cu needs them beside it).
-HEADERS = ("inverse.cuh", "cholesky.cuh")
+HEADERS = ("inverse.cuh", "cholesky.cuh", "triangular.cuh")
 
 # -O1 keeps the builds quick and the runs fast enough; -ffp-contract=off
 # gives the same arithmetic as the host build of the kernels' math

@@ -769,6 +769,7 @@ KERNEL_GARBAGE = 7.0  # what the CPU-engine fallback leaves in the inverse of a 
 
 from gpuinv.kernels import invert_small as _real_invert_small  # noqa: E402 - before any patching
 from gpuinv.kernels import invert_small_chol as _real_invert_small_chol  # noqa: E402
+from gpuinv.kernels import invert_small_structured as _real_invert_small_structured  # noqa: E402
 
 _use_emulation = False
 
@@ -825,6 +826,26 @@ def invert_small_chol(a, out, info, *, rcond=None, max_blocks=None):
 emulated_kernels: dict = {}  # KernelSpec -> _cuda_emu.EmulatedKernel, shared by the tests of a session
 
 
+def invert_small_structured(a, out, info, structure, *, rcond=None, max_blocks=None):
+    # The triangular and diagonal kernels (gpuinv.kernels.invert_small_structured),
+    # the same way: the real launcher and the emulated inv_tri_thread /
+    # inv_diag_thread, or the CPU engine's inverse of that structure (the
+    # kernels' contract: trtri's info, NaN where info != 0, only the triangle
+    # or the diagonal read) where g++ cannot build them.
+    _check_kernel_launch("invert_small_structured", a, out, info, rcond)
+    if _use_emulation:
+        _real_invert_small_structured(a, out, info, structure, rcond=rcond, max_blocks=max_blocks)
+        return
+    import gpuinv
+
+    res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), assume_a=structure, rcond=rcond is not None,
+                        device="cpu")
+    out[...] = res.inverse
+    info[...] = res.info
+    if rcond is not None:
+        rcond[...] = res.rcond
+
+
 def install_kernel_stand_in(monkeypatch):
     global _use_emulation
     import gpuinv.kernels
@@ -844,6 +865,7 @@ def install_kernel_stand_in(monkeypatch):
         monkeypatch.setattr(gpuinv.kernels, "_kernel", load)
     monkeypatch.setattr(gpuinv.kernels, "invert_small", invert_small)
     monkeypatch.setattr(gpuinv.kernels, "invert_small_chol", invert_small_chol)
+    monkeypatch.setattr(gpuinv.kernels, "invert_small_structured", invert_small_structured)
 
 
 # --- module assembly ------------------------------------------------------------------

@@ -98,6 +98,11 @@ def test_instantiations_cover_every_dispatched_case():
         ns = sorted(s.n for s in plain if s.dtype == dt and s.op == "chol")
         assert ns == list(range(1, max_n + 1))
         assert max_n <= 8
+    for op, bounds in (("tril", kernels.TRI_MAX_N), ("triu", kernels.TRI_MAX_N), ("diag", kernels.DIAG_MAX_N)):
+        for dt, max_n in bounds.items():
+            ns = sorted(s.n for s in plain if s.dtype == dt and s.op == op)
+            assert ns == list(range(1, max_n + 1))
+            assert max_n <= 8
     # Every kernel has its rcond variant: the same shape and launch, RC = true.
     from dataclasses import replace
 
@@ -105,11 +110,13 @@ def test_instantiations_cover_every_dispatched_case():
     for s in specs:
         assert s.name_expression.endswith(", true>") == s.rcond
         assert s.params == ("a", "out", "info", "rcond", "m")
-    assert {s.op for s in specs} == {"inv", "chol"}
+    assert {s.op for s in specs} == {"inv", "chol", "tril", "triu", "diag"}
+    names = {"chol": "inv_chol_thread<", "tril": "inv_tri_thread<", "triu": "inv_tri_thread<",
+             "diag": "inv_diag_thread<"}
     for s in specs:
         assert s.shared_bytes <= 48 * 1024
-        if s.op == "chol":
-            assert s.shape == "thread" and s.name_expression.startswith("gpuinv::inv_chol_thread<")
+        if s.op != "inv":
+            assert s.shape == "thread" and s.name_expression.startswith(f"gpuinv::{names[s.op]}")
             continue
         assert (s.shape == "thread") == (s.n <= kernels.THREAD_MAX_N[s.dtype])
         if s.shape == "group":

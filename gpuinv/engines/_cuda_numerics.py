@@ -29,12 +29,16 @@ The routes, per chunk, and why:
   :func:`gpuinv._dispatch.cuda_route`); without rcond, :meth:`CudaEngine.invert`.
 * symmetric / Hermitian: the general chunk inverse of the matrix mirrored
   from the triangle read, the inverse mirrored back so it is exactly symmetric.
-* diagonal: elementwise ``1 / d``; info from the diagonal.
-* triangular: the general chunk inverse of the triangle read (for an upper
-  triangular matrix getrf exchanges no rows; a lower one is inverted as the
-  transpose of its upper transpose), masked back to the triangle. info is
-  the first zero on the diagonal, computed on the device from the diagonal
-  itself, as LAPACK ``trtri`` reports it.
+* diagonal: for ``n <= DIAG_MAX_N[dtype]`` gpuinv's own kernel
+  (:mod:`gpuinv.engines._cuda_tri`), one launch; above it elementwise
+  ``1 / d`` and info from the diagonal, in CuPy passes.
+* triangular: for ``n <= TRI_MAX_N[dtype]`` gpuinv's own kernel
+  (:mod:`gpuinv.engines._cuda_tri`: trtri's algorithm, one launch, trtri's
+  info); above it the general chunk inverse of the triangle read (for an
+  upper triangular matrix getrf exchanges no rows; a lower one is inverted
+  as the transpose of its upper transpose), masked back to the triangle.
+  info is the first zero on the diagonal, computed on the device from the
+  diagonal itself, as LAPACK ``trtri`` reports it.
 * positive definite: for ``n <= CHOL_MAX_N[dtype]`` gpuinv's own Cholesky
   kernel (:mod:`gpuinv.engines._cuda_chol`), one launch; above it cuSOLVER ``<t>potrfBatched`` (CuPy 14 wraps it:
   ``potrfBatched(handle, uplo, n, Aarray, lda, infoArray, batchSize)``), its
@@ -68,7 +72,7 @@ import numpy as np
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
-from . import _cuda_chol
+from . import _cuda_chol, _cuda_tri
 from . import cuda as _cuda
 from .cuda import _TYPE_LETTER, CUBLAS_MAX_BATCH, ChunkWork, _pointer_array, batch_calls
 
@@ -213,6 +217,9 @@ def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool,
         written = _cuda._invert_chunk(full, out, info, route, rcond=rc)  # NaN for failed matrices
         cupy.copyto(out, _mirror_lower(out, conjugate=structure == "hermitian"))
         return full, written
+    if _cuda_tri.structured_route(n, dtype, structure) == "kernel":  # our kernels for the small n
+        _cuda_tri.kernel_structured_inverse_into(full, out, info, structure, rcond=rc)
+        return full, rc is not None
     if structure == "diagonal":
         _diagonal_inverse(full, out, info)
     elif structure in ("upper triangular", "lower triangular"):

@@ -16,6 +16,12 @@ For Hermitian positive definite matrices (``assume_a="positive definite"``)
 a third kernel, ``inv_chol_thread`` (``cholesky.cuh``: Cholesky, ``inv(L)``,
 ``L^-H L^-1``, one thread per matrix, the lower triangle read), serves
 ``n <= CHOL_MAX_N``: :func:`invert_small_chol`, ``kernel_spec(n, dtype, "chol")``.
+Triangular and diagonal matrices (``assume_a="lower triangular"``,
+``"upper triangular"``, ``"diagonal"``) have ``inv_tri_thread`` and
+``inv_diag_thread`` (``triangular.cuh``: trtri's column order, or ``1 / d``;
+one thread per matrix, only the triangle or the diagonal read) for
+``n <= TRI_MAX_N`` and ``n <= DIAG_MAX_N``: :func:`invert_small_structured`,
+``kernel_spec(n, dtype, "tril" | "triu" | "diag")``.
 
 Kernels are compiled at run time by NVRTC with :data:`NVRTC_OPTIONS` (not
 through ``cupy.RawModule``, which adds ``-ftz=true``; see ``_nvrtc.py``), one
@@ -39,6 +45,8 @@ import numpy as np
 __all__ = [
     "KERNEL_MAX_N",
     "CHOL_MAX_N",
+    "TRI_MAX_N",
+    "DIAG_MAX_N",
     "INPUT_READ_ONLY",
     "THREAD_MAX_N",
     "KernelSpec",
@@ -47,6 +55,7 @@ __all__ = [
     "kernel_source",
     "invert_small",
     "invert_small_chol",
+    "invert_small_structured",
     "launch_config",
     "warm_up",
     "NVRTC_OPTIONS",
@@ -111,7 +120,45 @@ CHOL_MAX_N: dict[np.dtype, int] = {
 # The largest n --check --all compiles the Cholesky kernel at (dispatched or not).
 _CHOL_CHECK_N = 8
 
-# Both kernels take the input as ``const T* __restrict__`` and only read it,
+# The largest n that the triangular kernel takes (either triangle), per
+# dtype: one thread per matrix, the triangle read (n(n+1)/2 elements) in
+# registers. The bound is registers, as for CHOL_MAX_N, and set the same way
+# (`python -m gpuinv.kernels --check --all`, NVRTC 12.9, sm_80 and sm_90,
+# the larger of the two; tril and triu compile alike): the largest n that
+# stays under about 200 registers without spilling, at most 8 (above it
+# the CUDA engine keeps its cuBLAS route). float32 needs 167 registers at
+# n = 8; float64 180 at n = 7 and 254 at n = 8; complex64 186 at n = 6, 172
+# at n = 7 (a block of 64 there) and 231 at n = 8; complex128 182 at n = 5,
+# 255 at n = 6 and spills at n = 7. Provisional as CHOL_MAX_N: no GPU has
+# timed the kernel against the cuBLAS route.
+TRI_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 7,
+    np.dtype(np.complex64): 7,
+    np.dtype(np.complex128): 5,
+}
+# The largest n that the diagonal kernel takes, per dtype, by the same rule
+# and check. Its own state is n elements, but the staging's unrolled loads
+# and stores (all of a tile's elements in flight, kernels.cu) set its
+# registers as they do the others': float32 needs 120 registers at n = 7
+# and 108 at n = 8; float64 125 at n = 7 and 254 at n = 8; complex64 114 at
+# n = 6 and 209 at n = 7; complex128 182 at n = 5 and spills at n = 6 on
+# sm_90 (16 bytes) and at n = 7 on both.
+DIAG_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 7,
+    np.dtype(np.complex64): 6,
+    np.dtype(np.complex128): 5,
+}
+# The largest n --check --all compiles the triangular and diagonal kernels at (dispatched or not).
+_TRI_CHECK_N = 8
+
+# Each op's largest dispatched n, and the words of its range error.
+_OP_MAX_N = {"chol": (CHOL_MAX_N, "the Cholesky kernel"), "tril": (TRI_MAX_N, "the triangular kernel"),
+             "triu": (TRI_MAX_N, "the triangular kernel"), "diag": (DIAG_MAX_N, "the diagonal kernel")}
+_OPS = ("inv", *_OP_MAX_N)
+
+# Every kernel takes the input as ``const T* __restrict__`` and only reads it,
 # so the CUDA engine may hand them the caller's own contiguous stack without
 # a gather copy (gpuinv/engines/cuda.py, route "kernel").
 INPUT_READ_ONLY = True
@@ -146,8 +193,10 @@ class KernelSpec:
     group : int
         Lanes per matrix (1 for the thread shape).
     op : str
-        ``"inv"`` (the general inverse, LU) or ``"chol"`` (the Hermitian
-        positive definite inverse, Cholesky; thread shape only).
+        ``"inv"`` (the general inverse, LU), ``"chol"`` (the Hermitian
+        positive definite inverse, Cholesky), ``"tril"`` / ``"triu"`` (the
+        lower / upper triangular inverse) or ``"diag"`` (the diagonal
+        inverse); all but ``"inv"`` have the thread shape only.
     rcond : bool
         Whether the kernel also writes each matrix's reciprocal condition
         number in the 1-norm, ``1 / (||A||_1 ||X||_1)``, computed from the A
@@ -180,6 +229,11 @@ class KernelSpec:
         rc = ", true" if self.rcond else ""
         if self.op == "chol":
             return f"gpuinv::inv_chol_thread<{cxx}, {self.n}, {self.block}{rc}>"
+        if self.op in ("tril", "triu"):
+            lower = "true" if self.op == "tril" else "false"
+            return f"gpuinv::inv_tri_thread<{cxx}, {self.n}, {self.block}, {lower}{rc}>"
+        if self.op == "diag":
+            return f"gpuinv::inv_diag_thread<{cxx}, {self.n}, {self.block}{rc}>"
         if self.shape == "thread":
             return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}{rc}>"
         warps = self.block // 32
@@ -203,7 +257,8 @@ class KernelSpec:
     @property
     def kind(self) -> str:
         """The shape, prefixed with the operation where it is not the general inverse
-        (``"thread"``, ``"group"``, ``"chol-thread"``): the key of the model and the budget."""
+        (``"thread"``, ``"group"``, ``"chol-thread"``, ``"tril-thread"``, ...), with
+        ``"-rcond"`` for the rcond variants: the key of the model and the budget."""
         kind = self.shape if self.op == "inv" else f"{self.op}-{self.shape}"
         return kind + "-rcond" if self.rcond else kind
 
@@ -244,23 +299,26 @@ def kernel_spec(n: int, dtype: Any, op: str = "inv", rcond: bool = False) -> Ker
     """The instantiation that inverts (n, n) matrices of ``dtype``.
 
     ``op="chol"`` gives the Cholesky kernel for Hermitian positive definite
-    matrices (``1 <= n <= CHOL_MAX_N[dtype]``). With ``rcond``, the variant
-    that also writes each matrix's reciprocal condition number (the same
-    shape and launch; :attr:`KernelSpec.rcond`).
+    matrices (``1 <= n <= CHOL_MAX_N[dtype]``); ``"tril"`` and ``"triu"``
+    the triangular kernel for lower and upper triangular matrices
+    (``TRI_MAX_N``), ``"diag"`` the diagonal kernel (``DIAG_MAX_N``). With
+    ``rcond``, the variant that also writes each matrix's reciprocal
+    condition number (the same shape and launch; :attr:`KernelSpec.rcond`).
 
     Raises
     ------
     ValueError
-        If ``n`` is not in ``1..KERNEL_MAX_N[dtype]`` (``CHOL_MAX_N`` for
-        ``"chol"``), or ``op`` is unknown.
+        If ``n`` is not in ``1..KERNEL_MAX_N[dtype]`` (the op's own bound for
+        the others), or ``op`` is unknown.
     """
     dt = _check_dtype(dtype)
-    if op == "chol":
-        if not 1 <= n <= CHOL_MAX_N[dt]:
-            raise ValueError(f"the Cholesky kernel takes 1 <= n <= {CHOL_MAX_N[dt]} for {dt}, got n={n}")
-        return _thread_spec(dt, n, "chol", rcond)
+    if op in _OP_MAX_N:
+        bounds, what = _OP_MAX_N[op]
+        if not 1 <= n <= bounds[dt]:
+            raise ValueError(f"{what} takes 1 <= n <= {bounds[dt]} for {dt}, got n={n}")
+        return _thread_spec(dt, n, op, rcond)
     if op != "inv":
-        raise ValueError(f"op must be 'inv' or 'chol', got {op!r}")
+        raise ValueError(f"op must be one of {', '.join(map(repr, _OPS))}, got {op!r}")
     if not 1 <= n <= KERNEL_MAX_N[dt]:
         raise ValueError(f"the small-matrix kernels take 1 <= n <= {KERNEL_MAX_N[dt]} for {dt}, got n={n}")
     item = dt.itemsize
@@ -276,20 +334,30 @@ def kernel_spec(n: int, dtype: Any, op: str = "inv", rcond: bool = False) -> Ker
 
 def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     """Every (dtype, n, shape) instantiation dispatch can select, in order:
-    the general inverse's, then the Cholesky kernel's, then the same again
-    with rcond (:attr:`KernelSpec.rcond`).
+    the general inverse's, then the Cholesky kernel's, then the triangular
+    (lower, upper) and diagonal kernels', then the same again with rcond
+    (:attr:`KernelSpec.rcond`).
 
     With ``include_non_default``, also the one-thread shape for the n just
-    above ``THREAD_MAX_N`` (up to 8), which dispatch does not select: the
+    above ``THREAD_MAX_N``, and the structured kernels for the n just above
+    their bounds (all up to 8), which dispatch does not select: the
     NVRTC check reports them to show where and why the threshold lies.
     """
     specs = [kernel_spec(n, dt) for dt in _DTYPES for n in range(1, KERNEL_MAX_N[dt] + 1)]
     specs += [kernel_spec(n, dt, "chol") for dt in _DTYPES for n in range(1, CHOL_MAX_N[dt] + 1)]
+    for op in ("tril", "triu", "diag"):
+        bounds = _OP_MAX_N[op][0]
+        specs += [kernel_spec(n, dt, op) for dt in _DTYPES for n in range(1, bounds[dt] + 1)]
     specs += [replace(s, rcond=True) for s in list(specs)]
     if include_non_default:
         for dt in _DTYPES:
             for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
                 specs.append(_thread_spec(dt, n, "chol"))
+        for op in ("tril", "triu", "diag"):
+            bounds = _OP_MAX_N[op][0]
+            for dt in _DTYPES:
+                for n in range(bounds[dt] + 1, _TRI_CHECK_N + 1):
+                    specs.append(_thread_spec(dt, n, op))
         for dt in _DTYPES:
             for n in range(THREAD_MAX_N[dt] + 1, 9):
                 specs.append(_thread_spec(dt, n, "inv"))
@@ -299,13 +367,13 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
 @functools.lru_cache(maxsize=None)
 def kernel_source() -> str:
     """The CUDA source compiled for every instantiation: kernels.cu with the
-    headers it includes (inverse.cuh, cholesky.cuh) pasted in.
+    headers it includes (inverse.cuh, cholesky.cuh, triangular.cuh) pasted in.
 
     The headers are pasted in rather than included so that the text hashed
     for the disk cache covers all of the code.
     """
     kernels = (_HERE / "kernels.cu").read_text()
-    for name in ("inverse.cuh", "cholesky.cuh"):
+    for name in ("inverse.cuh", "cholesky.cuh", "triangular.cuh"):
         include = f'#include "{name}"'
         if include not in kernels:
             raise RuntimeError(f"kernels.cu no longer includes {name}; update kernel_source()")
@@ -401,7 +469,7 @@ def warm_up(
     extra : sequence of KernelSpec, optional
         Further instantiations, compiled with the others: shapes dispatch does
         not pick (``benchmarks/gpu_check.py`` times both shapes where both exist),
-        or the Cholesky kernels (``kernel_spec(n, dtype, "chol")``), which
+        or the structured kernels (``kernel_spec(n, dtype, "chol")``, ``"tril"``, ...), which
         ``dtypes`` and ``ns`` do not select.
 
     Returns
@@ -613,6 +681,66 @@ def invert_small_chol(a: Any, out: Any, info: Any, *, rcond: Any = None,
     """
     m, n, dt = _check_arrays(a, out, info, rcond)
     spec = kernel_spec(n, dt, "chol", rcond=rcond is not None)
+    if m == 0:
+        return
+    _check_same_device(a, out, info, rcond)
+    _launch(spec, a, out, info, rcond, max_blocks=max_blocks)
+
+
+#: :func:`invert_small_structured`'s structures (SciPy's ``assume_a`` names) and their kernels.
+_STRUCTURE_OPS = {"lower triangular": "tril", "upper triangular": "triu", "diagonal": "diag"}
+
+
+def invert_small_structured(a: Any, out: Any, info: Any, structure: str, *, rcond: Any = None,
+                            max_blocks: int | None = None) -> None:
+    """Invert every triangular or diagonal matrix of a CuPy stack with its kernel.
+
+    Only the part of each matrix that ``structure`` names is read (the
+    triangle, or the diagonal), as LAPACK ``trtri`` and SciPy's
+    ``assume_a`` do: the rest may hold anything, NaN included. The inverse
+    is written whole, with exact zeros outside the structure. Runs on CuPy's
+    current device and stream and never synchronizes with the host.
+
+    Parameters
+    ----------
+    a : cupy.ndarray, shape (m, n, n)
+        C-contiguous, float32, float64, complex64 or complex128, with
+        ``1 <= n <= TRI_MAX_N[a.dtype]`` (``DIAG_MAX_N`` for the diagonal).
+        Not modified.
+    out : cupy.ndarray, shape (m, n, n)
+        C-contiguous, same dtype; receives the inverses (all NaN where
+        info != 0). Must not overlap ``a``.
+    info : cupy.ndarray, shape (m,)
+        int32, C-contiguous; receives 0 (inverted), k > 0 (the k-th diagonal
+        element, 1-based, is the first exactly zero one: trtri's code) or -1
+        (NaN or Inf in the part read).
+    structure : {"lower triangular", "upper triangular", "diagonal"}
+        What the matrices are.
+    rcond : cupy.ndarray, shape (m,), optional
+        As :func:`invert_small`'s, with the norms of the matrix as read (the
+        triangle or the diagonal, zeros elsewhere).
+    max_blocks : int, optional
+        Cap on the grid size (default: CUDA's limit); any cap is correct.
+
+    Raises
+    ------
+    TypeError
+        For an unsupported dtype.
+    ValueError
+        For an unknown structure, mismatched shapes, non-contiguous arrays or
+        n out of range.
+
+    Examples
+    --------
+    >>> import cupy  # doctest: +SKIP
+    >>> a = cupy.tril(cupy.random.rand(1000, 4, 4)) + 4 * cupy.eye(4)  # doctest: +SKIP
+    >>> out, info = cupy.empty_like(a), cupy.empty(1000, dtype=cupy.int32)  # doctest: +SKIP
+    >>> invert_small_structured(a, out, info, "lower triangular")  # doctest: +SKIP
+    """
+    if structure not in _STRUCTURE_OPS:
+        raise ValueError(f"structure must be one of {', '.join(map(repr, _STRUCTURE_OPS))}, got {structure!r}")
+    m, n, dt = _check_arrays(a, out, info, rcond)
+    spec = kernel_spec(n, dt, _STRUCTURE_OPS[structure], rcond=rcond is not None)
     if m == 0:
         return
     _check_same_device(a, out, info, rcond)

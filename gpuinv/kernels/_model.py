@@ -307,7 +307,8 @@ BUDGET_TOLERANCE = 0.05
 
 
 def _key(r: dict) -> str:
-    # "thread"/"group" for the general inverse, "chol-thread" for the Cholesky kernel.
+    # "thread"/"group" for the general inverse, "chol-thread", "tril-thread", "triu-thread"
+    # and "diag-thread" for the structured kernels.
     return f"{r['arch']} {r['dtype']} n={r['n']} {r.get('kind', r['shape'])}"
 
 

@@ -502,6 +502,31 @@ GPUINV_HD typename real_of<T>::type one_norm(const T (&a)[N][N]) {
     return norm;
 }
 
+// ||a||_inf: the largest row sum of |a_ij| (the 1-norm of a's transpose).
+template <class T, int N>
+GPUINV_HD typename real_of<T>::type inf_norm(const T (&a)[N][N]) {
+    typedef typename real_of<T>::type R;
+    R norm = R(0);
+    GPUINV_UNROLL
+    for (int i = 0; i < N; ++i) {
+        R s = R(0);
+        GPUINV_UNROLL
+        for (int j = 0; j < N; ++j) s += modulus(a[i][j]);
+        norm = max_keep_nan(norm, s);
+    }
+    return norm;
+}
+
+// The largest |d_j|: the 1-norm of diag(d).
+template <class T, int N>
+GPUINV_HD typename real_of<T>::type max_modulus(const T (&d)[N]) {
+    typedef typename real_of<T>::type R;
+    R norm = R(0);
+    GPUINV_UNROLL
+    for (int j = 0; j < N; ++j) norm = max_keep_nan(norm, modulus(d[j]));
+    return norm;
+}
+
 // rcond from the two norms and the kernel's info code.
 template <class R>
 GPUINV_HD R rcond_of(int info, R a_norm, R x_norm) {
