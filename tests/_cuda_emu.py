@@ -41,7 +41,7 @@ EMU_DIR = Path(__file__).resolve().parent / "cuda_emu"
 KERNEL_DIR = Path(kernels.__file__).resolve().parent
 GXX = shutil.which("g++")
 #: The headers kernels.cu includes (a mutated copy of kernels.cu needs them beside it).
-HEADERS = ("inverse.cuh", "cholesky.cuh")
+HEADERS = ("inverse.cuh", "cholesky.cuh", "triangular.cuh")
 
 # -O1 keeps the builds quick and the runs fast enough; -ffp-contract=off
 # gives the same arithmetic as the host build of the kernels' math
@@ -119,6 +119,7 @@ def build(spec: kernels.KernelSpec, kernel_dir: Path | None = None) -> Path:
     defines = [
         f"-DEMU_T={element_type(spec)}",
         f"-DEMU_KERNEL={spec.name_expression}",
+        f"-DEMU_CALL=EMU_KERNEL({', '.join(spec.params)})",
         # A kernel without a stage still declares the array: one byte it never touches.
         f"-DEMU_SHARED_BYTES={max(spec.shared_bytes, 1)}",
         "-DEMU_SHARED_NAMES(X)=" + " ".join(f"X({name})" for name in names),
@@ -151,52 +152,75 @@ def build_all(specs: Iterable[kernels.KernelSpec], jobs: int | None = None) -> d
         return dict(zip(specs, pool.map(build, specs)))
 
 
+def real_dtype(spec: kernels.KernelSpec) -> np.dtype:
+    return np.dtype(spec.dtype.char.lower()) if spec.dtype.kind == "c" else spec.dtype
+
+
 def run(
     spec: kernels.KernelSpec,
     a: np.ndarray,
     *,
+    b: np.ndarray | None = None,
     max_blocks: int | None = None,
     orders: Iterable[str] = DEFAULT_ORDERS,
     exe: Path | None = None,
     timeout: float = 600,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Launch ``spec`` on the stack ``a`` (shape (m, n, n)) as ``invert_small`` would.
+) -> tuple[np.ndarray, ...]:
+    """Launch ``spec`` on the stack ``a`` (shape (m, n, n)) as the real launcher would.
 
-    Returns ``(out, info)``. Raises :class:`EmulationError` if the run fails
-    in any way (sanitizers, divergent collectives, deadlock, results that
-    depend on the thread order, a write to the input).
+    ``b`` (shape (m, n, k)) is the right-hand sides of a kernel that takes
+    them (``"b" in spec.params``). Returns ``(out, info)``, and ``rcond``
+    after them for a kernel that writes it (``spec.rcond``). Raises
+    :class:`EmulationError` if the run fails in any way (sanitizers,
+    divergent collectives, deadlock, results that depend on the thread
+    order, a write to an input).
     """
     a = np.ascontiguousarray(a, dtype=spec.dtype)
     m = a.shape[0]
     if a.shape != (m, spec.n, spec.n) or m < 1:
         raise ValueError(f"a must have shape (m >= 1, {spec.n}, {spec.n}), got {a.shape}")
+    if ("b" in spec.params) != (b is not None):
+        raise ValueError(f"{spec.name_expression} {'needs' if b is None else 'takes no'} right-hand sides b")
+    if b is not None:
+        b = np.ascontiguousarray(b, dtype=spec.dtype)
+        if b.ndim != 3 or b.shape[:2] != (m, spec.n):
+            raise ValueError(f"b must have shape ({m}, {spec.n}, k), got {b.shape}")
     grid, block = kernels.launch_config(spec, m, max_blocks)
-    return _launch(spec, exe or build(spec), a, grid, block, orders, timeout)
+    return _launch(spec, exe or build(spec), a, grid, block, orders, timeout, b=b)
 
 
-def _launch(spec, exe, a, grid, block, orders=DEFAULT_ORDERS, timeout=600.0):
+def _launch(spec, exe, a, grid, block, orders=DEFAULT_ORDERS, timeout=600.0, b=None):
     m = a.shape[0]
+    k = 0 if b is None else b.shape[-1]
     with tempfile.TemporaryDirectory(prefix="gpuinv-emu-") as tmp:
-        src, out_path, info_path = (Path(tmp) / name for name in ("a.bin", "out.bin", "info.bin"))
-        a.tofile(src)
-        cmd = [str(exe), str(m), str(grid), str(block), ",".join(orders), str(src), str(out_path), str(info_path)]
+        paths = {name: Path(tmp) / f"{name}.bin" for name in ("a", "b", "out", "info", "rcond")}
+        a.tofile(paths["a"])
+        if b is not None:
+            b.tofile(paths["b"])
+        b_arg = str(paths["b"]) if b is not None else "-"
+        rcond_arg = str(paths["rcond"]) if spec.rcond else "-"
+        cmd = [str(exe), str(m), str(k), str(grid), str(block), ",".join(orders), str(paths["a"]), b_arg,
+               str(paths["out"]), str(paths["info"]), rcond_arg]  # fmt: skip
         env = {**os.environ, **SANITIZER_ENV}
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
         if result.returncode != 0:
             raise EmulationError(spec.name_expression, result.returncode, result.stderr)
-        out = np.fromfile(out_path, dtype=spec.dtype).reshape(a.shape)
-        info = np.fromfile(info_path, dtype=np.int32)
-    return out, info
+        out = np.fromfile(paths["out"], dtype=spec.dtype).reshape(a.shape if b is None else b.shape)
+        info = np.fromfile(paths["info"], dtype=np.int32)
+        if not spec.rcond:
+            return out, info
+        return out, info, np.fromfile(paths["rcond"], dtype=real_dtype(spec))
 
 
 class EmulatedKernel:
     """A loaded kernel for the CuPy stand-in (tests/_fake_cupy.py): launches run on the emulation.
 
-    Called as CuPy calls a ``RawKernel``: ``kernel(grid, block, (a, out,
-    info, m))``, with the stand-in's device arrays (host memory). The stack is
-    handed to the emulated kernel with exactly the grid and block that
-    :func:`gpuinv.kernels.invert_small` chose, and the results are written
-    into ``out`` and ``info`` in place, as the GPU would. ``launches`` records
+    Called as CuPy calls a ``RawKernel``: ``kernel(grid, block, args)``, the
+    arguments in the order of ``spec.params`` (the stand-in's device arrays,
+    host memory, and a null pointer for an unwritten ``rcond``). The inputs
+    are handed to the emulated kernel with exactly the grid and block that
+    :func:`gpuinv.kernels.invert_small` chose, and the outputs are written
+    into ``out``, ``info`` (and ``rcond``) in place, as the GPU would. ``launches`` records
     each launch's (m, grid, block).
     """
 
@@ -206,17 +230,30 @@ class EmulatedKernel:
         self.launches: list[tuple[int, int, int]] = []
 
     def __call__(self, grid, block, args, **kwargs) -> None:
-        a, out, info, m = args
-        m = int(m)
+        if len(args) != len(self.spec.params):
+            raise AssertionError(f"kernel launched with {len(args)} arguments, it takes {self.spec.params}")
+        arg = dict(zip(self.spec.params, args))
+        m = int(arg["m"])
         (grid_x,) = tuple(grid)
         (block_x,) = tuple(block)
         self.launches.append((m, grid_x, block_x))
-        for name, arr in (("a", a), ("out", out), ("info", info)):
-            if not arr.flags.c_contiguous:
+        arrays = [name for name in ("a", "b", "out", "info") if name in arg]
+        if self.spec.rcond:
+            arrays.append("rcond")
+        elif "rcond" in arg and int(arg["rcond"]) != 0:
+            raise AssertionError("the kernel writes no rcond, yet it was given a pointer")
+        for name in arrays:
+            if not arg[name].flags.c_contiguous:
                 raise AssertionError(f"kernel argument {name} is not C-contiguous")
-        if out.shape != (m, self.spec.n, self.spec.n) or info.shape != (m,):
+        out, info = arg["out"], arg["info"]
+        n = self.spec.n
+        want = (m, n, n) if "b" not in arg else (m, n, arg["b"].shape[-1])
+        if out.shape != want or info.shape != (m,):
             raise AssertionError(f"kernel launched with m={m} on out {out.shape} and info {info.shape}")
-        host_a = np.array(a, dtype=self.spec.dtype, copy=True).view(np.ndarray)
-        result, codes = _launch(self.spec, self.exe, host_a, grid_x, block_x, orders=("f",))
-        np.copyto(out.view(np.ndarray), result)
-        np.copyto(info.view(np.ndarray), codes)
+        if self.spec.rcond and arg["rcond"].shape != (m,):
+            raise AssertionError(f"kernel launched with m={m} on rcond {arg['rcond'].shape}")
+        host_a = np.array(arg["a"], dtype=self.spec.dtype, copy=True).view(np.ndarray)
+        host_b = None if "b" not in arg else np.array(arg["b"], dtype=self.spec.dtype, copy=True).view(np.ndarray)
+        results = _launch(self.spec, self.exe, host_a, grid_x, block_x, orders=("f",), b=host_b)
+        for name, value in zip(("out", "info", "rcond"), results):
+            np.copyto(arg[name].view(np.ndarray), value)

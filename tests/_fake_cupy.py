@@ -769,18 +769,19 @@ KERNEL_GARBAGE = 7.0  # what the CPU-engine fallback leaves in the inverse of a 
 
 from gpuinv.kernels import invert_small as _real_invert_small  # noqa: E402 - before any patching
 from gpuinv.kernels import invert_small_chol as _real_invert_small_chol  # noqa: E402
+from gpuinv.kernels import invert_small_structured as _real_invert_small_structured  # noqa: E402
 from gpuinv.kernels import solve_small as _real_solve_small  # noqa: E402
 
 _use_emulation = False
 
 
-def _check_kernel_launch(what, a, out, info, **more):
-    # What the GPU would fault on, and a log entry. `more`: further arrays
-    # the kernel reads (the solve's b).
-    arrays = {"a": a, "out": out, "info": info, **more}
-    if a.ndim != 3 or not all(arr.flags.c_contiguous for arr in arrays.values()):
+def _check_kernel_launch(what, a, out, info, rcond=None, b=None):
+    # What the GPU would fault on, and a log entry. `b`: the solve's right-hand sides.
+    arrays = [("a", a), ("out", out), ("info", info)] + ([("rcond", rcond)] if rcond is not None else [])
+    arrays += [("b", b)] if b is not None else []
+    if a.ndim != 3 or not all(arr.flags.c_contiguous for _, arr in arrays):
         raise ValueError(f"{what} needs C-contiguous (m, n, n) arrays")
-    for name, arr in arrays.items():
+    for name, arr in arrays:
         if arr.data.ptr % arr.itemsize:
             raise FakeCudaError(f"misaligned address: {name} at {arr.data.ptr:#x} for itemsize "
                                 f"{arr.itemsize}")
@@ -790,34 +791,61 @@ def _check_kernel_launch(what, a, out, info, **more):
     state.log.append((what, stream, _current_device(), a.shape[0]))
 
 
-def invert_small(a, out, info, *, max_blocks=None):
-    _check_kernel_launch("invert_small", a, out, info)
+def invert_small(a, out, info, *, rcond=None, max_blocks=None):
+    _check_kernel_launch("invert_small", a, out, info, rcond)
     if _use_emulation:
-        _real_invert_small(a, out, info, max_blocks=max_blocks)
+        _real_invert_small(a, out, info, rcond=rcond, max_blocks=max_blocks)
         return
     import gpuinv  # the CPU engine: its info codes are the kernels' (getrf's steps)
 
-    res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), device="cpu")
+    res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), rcond=rcond is not None, device="cpu")
     out[...] = res.inverse
     info[...] = res.info
+    if rcond is not None:
+        rcond[...] = res.rcond
     out[res.info > 0] = KERNEL_GARBAGE
 
 
-def invert_small_chol(a, out, info, *, max_blocks=None):
+def invert_small_chol(a, out, info, *, rcond=None, max_blocks=None):
     # The Cholesky kernel (gpuinv.kernels.invert_small_chol), the same way:
     # the real launcher and the emulated inv_chol_thread, or the CPU engine's
     # positive definite inverse (the kernel's contract: potrf's info, NaN
     # where info != 0, only the lower triangle read) where g++ cannot build it.
-    _check_kernel_launch("invert_small_chol", a, out, info)
+    _check_kernel_launch("invert_small_chol", a, out, info, rcond)
     if _use_emulation:
-        _real_invert_small_chol(a, out, info, max_blocks=max_blocks)
+        _real_invert_small_chol(a, out, info, rcond=rcond, max_blocks=max_blocks)
         return
     import gpuinv
 
     res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), assume_a="positive definite", lower=True,
+                        rcond=rcond is not None, device="cpu")
+    out[...] = res.inverse
+    info[...] = res.info
+    if rcond is not None:
+        rcond[...] = res.rcond
+
+
+emulated_kernels: dict = {}  # KernelSpec -> _cuda_emu.EmulatedKernel, shared by the tests of a session
+
+
+def invert_small_structured(a, out, info, structure, *, rcond=None, max_blocks=None):
+    # The triangular and diagonal kernels (gpuinv.kernels.invert_small_structured),
+    # the same way: the real launcher and the emulated inv_tri_thread /
+    # inv_diag_thread, or the CPU engine's inverse of that structure (the
+    # kernels' contract: trtri's info, NaN where info != 0, only the triangle
+    # or the diagonal read) where g++ cannot build them.
+    _check_kernel_launch("invert_small_structured", a, out, info, rcond)
+    if _use_emulation:
+        _real_invert_small_structured(a, out, info, structure, rcond=rcond, max_blocks=max_blocks)
+        return
+    import gpuinv
+
+    res = gpuinv.inv_ex(np.asarray(a).view(np.ndarray), assume_a=structure, rcond=rcond is not None,
                         device="cpu")
     out[...] = res.inverse
     info[...] = res.info
+    if rcond is not None:
+        rcond[...] = res.rcond
 
 
 def solve_small(a, b, x, info, *, max_blocks=None):
@@ -834,9 +862,6 @@ def solve_small(a, b, x, info, *, max_blocks=None):
     res = gpuinv.solve_ex(np.asarray(a).view(np.ndarray), np.asarray(b).view(np.ndarray), device="cpu")
     x[...] = res.solution
     info[...] = res.info
-
-
-emulated_kernels: dict = {}  # KernelSpec -> _cuda_emu.EmulatedKernel, shared by the tests of a session
 
 
 def install_kernel_stand_in(monkeypatch):
@@ -858,6 +883,7 @@ def install_kernel_stand_in(monkeypatch):
         monkeypatch.setattr(gpuinv.kernels, "_kernel", load)
     monkeypatch.setattr(gpuinv.kernels, "invert_small", invert_small)
     monkeypatch.setattr(gpuinv.kernels, "invert_small_chol", invert_small_chol)
+    monkeypatch.setattr(gpuinv.kernels, "invert_small_structured", invert_small_structured)
     monkeypatch.setattr(gpuinv.kernels, "solve_small", solve_small)
 
 

@@ -355,6 +355,108 @@ def indefinite_at(rng, m, n, dtype):
     return out, steps
 
 
+# --- the triangular and diagonal kernels' math: triangular.cuh -----------------
+
+TRI_SHIM = r"""
+#include "inverse.cuh"
+#include "cholesky.cuh"
+#include "triangular.cuh"
+
+using gpuinv::cplx;
+
+// op 0: lower triangular, 1: upper triangular, 2: diagonal.
+template <class T, int N>
+struct TriDispatch {
+    static int go(int op, int n, const void* a, void* out, int* info, long long m) {
+        if (n != N) return TriDispatch<T, N - 1>::go(op, n, a, out, info, m);
+        const T* src = static_cast<const T*>(a);
+        T* dst = static_cast<T*>(out);
+        for (long long i = 0; i < m; ++i) {
+            const T* x = src + i * N * N;
+            T* y = dst + i * N * N;
+            info[i] = op == 0 ? gpuinv::tri_invert_matrix<T, N, true>(x, y)
+                    : op == 1 ? gpuinv::tri_invert_matrix<T, N, false>(x, y)
+                              : gpuinv::diag_invert_matrix<T, N>(x, y);
+        }
+        return 0;
+    }
+};
+template <class T>
+struct TriDispatch<T, 0> {
+    static int go(int, int, const void*, void*, int*, long long) { return -1; }
+};
+
+extern "C" int gpuinv_host_tri_invert(int type, int op, int n, const void* a, void* out, int* info,
+                                      long long m) {
+    switch (type) {
+        case 0: return TriDispatch<float, GPUINV_MAX_N>::go(op, n, a, out, info, m);
+        case 1: return TriDispatch<double, GPUINV_MAX_N>::go(op, n, a, out, info, m);
+        case 2: return TriDispatch<cplx<float>, GPUINV_MAX_N>::go(op, n, a, out, info, m);
+        case 3: return TriDispatch<cplx<double>, GPUINV_MAX_N>::go(op, n, a, out, info, m);
+    }
+    return -2;
+}
+"""
+
+#: The host build's op codes, by KernelSpec.op.
+TRI_OPS = {"tril": 0, "triu": 1, "diag": 2}
+
+
+def build_tri_host_lib(build: Path) -> ctypes.CDLL:
+    """Compile triangular.cuh (after inverse.cuh and cholesky.cuh) with TRI_SHIM into a
+    shared library and load it; built for every n up to 8, the largest n ``--check
+    --all`` compiles, whatever ``TRI_MAX_N`` and ``DIAG_MAX_N`` dispatch."""
+    src = build / "tri_shim.cpp"
+    src.write_text(TRI_SHIM)
+    lib = build / "libgpuinv_tri_host.so"
+    top = max(8, *kernels.TRI_MAX_N.values(), *kernels.DIAG_MAX_N.values())
+    cmd = [
+        GXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",
+        "-Wno-unknown-pragmas", f"-DGPUINV_MAX_N={top}", f"-I{HEADER_DIR}", str(src), "-o", str(lib),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"g++ failed:\n{result.stderr}"
+    handle = ctypes.CDLL(str(lib))
+    handle.gpuinv_host_tri_invert.restype = ctypes.c_int
+    handle.gpuinv_host_tri_invert.argtypes = [
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_longlong,
+    ]  # fmt: skip
+    return handle
+
+
+def host_tri_invert(lib, a: np.ndarray, op: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(inverse, info)`` of the host build of the triangular (``"tril"``, ``"triu"``) or
+    diagonal (``"diag"``) kernel's math."""
+    a = np.ascontiguousarray(a)
+    m, n, _ = a.shape
+    out = np.full_like(a, 7)  # a value the code must overwrite
+    info = np.full(m, 99, dtype=np.int32)
+    status = lib.gpuinv_host_tri_invert(TYPECODE[a.dtype], TRI_OPS[op], n, a.ctypes.data, out.ctypes.data,
+                                        info.ctypes.data, m)
+    assert status == 0
+    return out, info
+
+
+def triangular_matrices(rng, m, n, dtype, lower, grade=None):
+    """Well conditioned triangular matrices: diagonal entries of size 1 to 2 with
+    random signs (phases), off-diagonal entries uniform in [-0.5, 0.5) (both parts);
+    with ``grade``, the rows scaled from 1 down to ``1 / grade``, so that the condition
+    number is about ``grade``. Zeros outside the triangle."""
+    complex_ = np.dtype(dtype).kind == "c"
+    x = rng.uniform(-0.5, 0.5, (m, n, n))
+    d = rng.uniform(1, 2, (m, n)) * rng.choice([-1.0, 1.0], (m, n))
+    if complex_:
+        x = x + 1j * rng.uniform(-0.5, 0.5, (m, n, n))
+        d = d * np.exp(1j * rng.uniform(0, 2 * np.pi, (m, n)))
+    idx = np.arange(n)
+    x[:, idx, idx] = d
+    if grade is not None:
+        x = x * np.logspace(0, -np.log10(grade), n)[None, :, None]
+    x = np.tril(x) if lower else np.triu(x)
+    return x.astype(dtype)
+
+
 # --- the LU solve kernel's math: inverse.cuh's lu_factor and solve_column ------
 
 SOLVE_MAX_N = max(kernels.SOLVE_MAX_N.values())

@@ -24,7 +24,7 @@ import gpuinv.kernels
 from gpuinv._numerics import STRUCTURES
 from gpuinv.engines import _cuda_numerics as numerics
 from gpuinv.engines import cuda as cuda_mod
-from gpuinv.engines import _cuda_chol
+from gpuinv.engines import _cuda_chol, _cuda_tri
 
 
 def _load(name, file):
@@ -59,6 +59,9 @@ def fake(monkeypatch):
     monkeypatch.setattr(_cuda_chol, "chol_route", lambda n, dtype: "cusolver")
     # The LU solve on cuBLAS here; the solve kernel's route: fixture fake_kernels.
     monkeypatch.setattr(numerics, "solve_route", lambda n, dtype: "cublas")
+    # Likewise the triangular and diagonal inverses on their CuPy/cuBLAS
+    # routes; their kernels' route is tested below (fixture fake_kernels).
+    monkeypatch.setattr(_cuda_tri, "structured_route", lambda n, dtype, structure: "cupy")
     with _fake_cupy.installed(monkeypatch) as module:
         calls: list = []
         _extra.install(module, monkeypatch, calls)
@@ -650,6 +653,171 @@ def test_positive_definite_numpy_input_and_solve_rcond_use_the_kernel(fake_kerne
     sol = gpuinv.solve_ex(dev(fake, a), dev(fake, b), assume_a="pos", rcond=True)
     close(sol.rcond, gpuinv.inv_ex(a, assume_a="pos", rcond=True, device="cpu").rcond, np.float64)
     assert len(chol_launches(fake)) == 2
+
+
+def rcond_launches(fake, op):
+    """Launches of the rcond variants of ``op`` (a ``KernelSpec.op``) on the CPU emulation."""
+    return sum(len(k.launches) for spec, k in _fake_cupy.emulated_kernels.items()
+               if spec.rcond and spec.op == op)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rcond_from_the_kernels_in_the_same_launch(fake_kernels, monkeypatch, rng, dtype):
+    # On the kernel route rcond comes from the kernel's rcond variant: one
+    # launch writes the inverse, info and rcond, with no reduction after it.
+    fake = fake_kernels
+    dt = np.dtype(dtype)
+    emulated = _fake_cupy._use_emulation
+    for n in sorted({1, 3, gpuinv.kernels.THREAD_MAX_N[dt] + 1, 12}):
+        assert cuda_mod.cuda_route(n, dt) == "kernel"
+        a = rng.standard_normal((2, 4, n, n)).astype(dt)
+        a[0, 1] = 0  # singular: rcond 0
+        a[1, 2, 0, n - 1] = np.inf  # non-finite: rcond NaN
+        a[1, 3] *= np.logspace(0, -8, n).astype(a.real.dtype)  # graded: small rcond
+        before = rcond_launches(fake, "inv")
+        with no_host_sync(fake, monkeypatch):
+            res = gpuinv.inv_ex(dev(fake, a), rcond=True)
+            sym = gpuinv.inv_ex(dev(fake, a), assume_a="sym", rcond=True)
+        if emulated:
+            assert rcond_launches(fake, "inv") == before + 2
+        want = gpuinv.inv_ex(a, rcond=True, device="cpu")
+        np.testing.assert_array_equal(host(res.info), want.info)
+        close(res.rcond, want.rcond, dtype)
+        assert host(res.rcond).dtype == want.rcond.dtype
+        assert host(res.rcond)[0, 1] == 0 and np.isnan(host(res.rcond)[1, 2])
+        close(sym.rcond, gpuinv.inv_ex(a, assume_a="sym", rcond=True, device="cpu").rcond, dtype)
+        # Without rcond the plain kernel runs: no rcond launch.
+        gpuinv.inv_ex(dev(fake, a))
+        if emulated:
+            assert rcond_launches(fake, "inv") == before + 2
+
+
+def test_cholesky_rcond_from_the_kernel(fake_kernels, monkeypatch, rng):
+    fake = fake_kernels
+    a = spd(rng, (5,), 4, np.complex64)
+    a[2] = -a[2]  # not positive definite: rcond 0
+    before = rcond_launches(fake, "chol")
+    with no_host_sync(fake, monkeypatch):
+        res = gpuinv.inv_ex(dev(fake, a), assume_a="pos", rcond=True)
+    if _fake_cupy._use_emulation:
+        assert rcond_launches(fake, "chol") == before + 1
+    want = gpuinv.inv_ex(a, assume_a="pos", rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(res.info), want.info)
+    close(res.rcond, want.rcond, np.complex64)
+    assert host(res.rcond)[2] == 0
+
+
+def test_solve_rcond_from_the_kernel_with_the_solve_info(fake_kernels, monkeypatch, rng):
+    # solve_ex's rcond is a's, from the inverse kernel's rcond variant, with
+    # the solve's own info codes (0 where singular, NaN where non-finite).
+    fake = fake_kernels
+    a = rng.standard_normal((6, 3, 3))
+    a[1] = 0
+    a[4, 2, 2] = np.nan
+    b = rng.standard_normal((6, 3, 2))
+    before = rcond_launches(fake, "inv")
+    with no_host_sync(fake, monkeypatch):
+        res = gpuinv.solve_ex(dev(fake, a), dev(fake, b), rcond=True)
+    if _fake_cupy._use_emulation:
+        assert rcond_launches(fake, "inv") == before + 1
+    want = gpuinv.solve_ex(a, b, rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(res.info), want.info)
+    close(res.rcond, want.rcond, np.float64)
+    close(res.solution, want.solution, np.float64)
+
+
+# --- triangular and diagonal, small n: gpuinv's kernels (inv_tri_thread, inv_diag_thread) ---
+
+
+def structured_launches(fake):
+    return [entry for entry in fake.state.log if entry[0] == "invert_small_structured"]
+
+
+def structured(rng, batch, n, dtype, structure):
+    """Invertible matrices of ``structure`` with random values (NaN included) outside it."""
+    x = rng.uniform(-0.5, 0.5, batch + (n, n)) + 2 * np.eye(n)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.uniform(-0.5, 0.5, batch + (n, n))
+    rows, cols = np.indices((n, n))
+    unread = {"lower triangular": rows < cols, "upper triangular": rows > cols, "diagonal": rows != cols}[structure]
+    x[..., unread] = rng.standard_normal(batch + (int(unread.sum()),)) * 1e3
+    if unread.any():
+        x[(0,) * len(batch)][unread] = np.nan
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("structure", ["lower triangular", "upper triangular", "diagonal"])
+def test_triangular_and_diagonal_small_n_run_the_kernels(fake_kernels, monkeypatch, rng, dtype, structure):
+    fake = fake_kernels
+    bounds = gpuinv.kernels.DIAG_MAX_N if structure == "diagonal" else gpuinv.kernels.TRI_MAX_N
+    top = bounds[np.dtype(dtype)]
+    for size in sorted({1, 3, top}):
+        assert _cuda_tri.structured_route(size, dtype, structure) == "kernel"
+        a = structured(rng, (2, 5), size, dtype, structure)
+        a[0, 1, size - 1, size - 1] = 0  # a zero on the diagonal: info n
+        a[1, 3, 0, 0] = np.inf  # non-finite where it is read: -1
+        before = len(structured_launches(fake))
+        with no_host_sync(fake, monkeypatch):
+            res = gpuinv.inv_ex(dev(fake, a), assume_a=structure, rcond=True)
+        assert len(structured_launches(fake)) == before + 1  # one launch for the whole stack
+        want = gpuinv.inv_ex(a, assume_a=structure, rcond=True, device="cpu")
+        np.testing.assert_array_equal(host(res.info), want.info)
+        assert host(res.info)[0, 1] == size and host(res.info)[1, 3] == -1
+        close(res.inverse, want.inverse, dtype)
+        close(res.rcond, want.rcond, dtype)
+        # Exact zeros outside the structure, as the CPU engine writes.
+        x, ok = host(res.inverse), want.info == 0
+        np.testing.assert_array_equal(x[ok] == 0, np.asarray(want.inverse)[ok] == 0)
+    # Neither the LU route nor its info pass ran.
+    assert not [c for c in fake.extra_calls if c[0] in ("getrfBatched", "getriBatched")]
+
+
+def test_structured_above_the_kernel_bounds_stay_on_cupy(fake_kernels, rng):
+    fake = fake_kernels
+    for structure, bounds in (("lower triangular", gpuinv.kernels.TRI_MAX_N),
+                              ("upper triangular", gpuinv.kernels.TRI_MAX_N),
+                              ("diagonal", gpuinv.kernels.DIAG_MAX_N)):
+        n = bounds[np.dtype(np.complex128)] + 1
+        assert _cuda_tri.structured_route(n, np.complex128, structure) == "cupy"
+        a = structured(rng, (3,), n, np.complex128, structure)
+        res = gpuinv.inv_ex(dev(fake, a), assume_a=structure)
+        close(res.inverse, gpuinv.inv_ex(a, assume_a=structure, device="cpu").inverse, np.complex128)
+    assert not structured_launches(fake)
+    assert _cuda_tri.structured_route(3, np.float64, "symmetric") == "cupy"
+
+
+def test_structured_numpy_input_and_solve_rcond_use_the_kernel(fake_kernels, rng):
+    fake = fake_kernels
+    a = structured(rng, (4,), 4, np.float64, "upper triangular")
+    got = gpuinv.inv_ex(a, assume_a="upper triangular", device="cuda")
+    want = gpuinv.inv_ex(a, assume_a="upper triangular", device="cpu")
+    assert isinstance(got.inverse, np.ndarray)
+    close(got.inverse, want.inverse, np.float64)
+    np.testing.assert_array_equal(got.info, want.info)
+    b = rng.standard_normal((4, 4, 2))
+    sol = gpuinv.solve_ex(dev(fake, a), dev(fake, b), assume_a="upper triangular", rcond=True)
+    close(sol.rcond, gpuinv.inv_ex(a, assume_a="upper triangular", rcond=True, device="cpu").rcond, np.float64)
+    assert len(structured_launches(fake)) == 2
+
+
+@pytest.mark.parametrize("structure", ["lower triangular", "upper triangular", "diagonal"])
+def test_structured_rcond_from_the_kernel(fake_kernels, monkeypatch, rng, structure):
+    fake = fake_kernels
+    a = rng.standard_normal((6, 4, 4)).astype(np.complex128) + 4 * np.eye(4)
+    a[1, 2, 2] = 0  # trtri's info 3: rcond 0
+    a[3] *= np.logspace(0, -9, 4)[None, :]  # graded columns: a small rcond
+    before = rcond_launches(fake, {"lower triangular": "tril", "upper triangular": "triu",
+                                   "diagonal": "diag"}[structure])
+    with no_host_sync(fake, monkeypatch):
+        res = gpuinv.inv_ex(dev(fake, a), assume_a=structure, rcond=True)
+    if _fake_cupy._use_emulation:
+        assert rcond_launches(fake, {"lower triangular": "tril", "upper triangular": "triu",
+                                     "diagonal": "diag"}[structure]) == before + 1
+    want = gpuinv.inv_ex(a, assume_a=structure, rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(res.info), want.info)
+    close(res.rcond, want.rcond, np.complex128)
+    assert host(res.rcond)[1] == 0
 
 
 # --- the LU solve kernel's route (n <= SOLVE_MAX_N) ---------------------------------

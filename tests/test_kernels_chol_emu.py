@@ -29,7 +29,8 @@ import gpuinv.kernels as kernels
 
 pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
 
-CHOL_SPECS = [s for s in kernels.instantiations() if s.op == "chol"]
+CHOL_SPECS = [s for s in kernels.instantiations() if s.op == "chol" and not s.rcond]
+RC_CHOL_SPECS = [s for s in kernels.instantiations() if s.op == "chol" and s.rcond]
 
 
 def spec_id(spec: kernels.KernelSpec) -> str:
@@ -39,6 +40,11 @@ def spec_id(spec: kernels.KernelSpec) -> str:
 @pytest.fixture(scope="module")
 def builds():
     return _cuda_emu.build_all(CHOL_SPECS)
+
+
+@pytest.fixture(scope="module")
+def rc_builds():
+    return _cuda_emu.build_all(RC_CHOL_SPECS)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +163,54 @@ def test_every_dispatched_cholesky_instantiation_is_emulated():
     dispatched = {kernels.kernel_spec(n, dt, "chol") for dt in kernels._DTYPES
                   for n in range(1, kernels.CHOL_MAX_N[dt] + 1)}  # fmt: skip
     assert set(CHOL_SPECS) == dispatched
+
+
+def hermitian_as_read(a):
+    """The Hermitian matrix the kernel reads: the lower triangle, the real part of
+    the diagonal, the strict upper triangle the conjugate mirror."""
+    low = np.tril(a, -1)
+    d = np.real(np.diagonal(a, axis1=-2, axis2=-1))
+    n = a.shape[-1]
+    full = low + np.conj(np.swapaxes(low, -1, -2))
+    full[..., np.arange(n), np.arange(n)] = d
+    return full
+
+
+@pytest.mark.parametrize("spec", RC_CHOL_SPECS, ids=spec_id)
+def test_rcond_variant(rc_builds, host_lib, spec):
+    from gpuinv._numerics import rcond_from_inverse
+
+    rng = np.random.default_rng(70 * spec.n + spec.dtype.num)
+    n, dt = spec.n, spec.dtype
+    parts = [spd_matrices(rng, 4, n, dt)]
+    if n > 1:
+        parts += [spd_matrices(rng, 1, n, dt, cond=c) for c in (1e2, 1e6, 1e12)]
+    bad, _ = indefinite_at(rng, 2, n, dt)
+    nonfinite = spd_matrices(rng, 1, n, dt)
+    nonfinite[0, n - 1, 0] = np.nan
+    big, tiny = (1e30, 1e-30) if np.finfo(dt).bits == 32 else (1e150, 1e-150)
+    scaled = spd_matrices(rng, 2, n, dt)
+    scaled[0] *= np.finfo(dt).dtype.type(big)
+    scaled[1] *= np.finfo(dt).dtype.type(tiny)
+    a = with_garbage_upper(rng, np.concatenate(parts + [bad, nonfinite, scaled]))
+    before = a.copy()
+    out, info, rc = _cuda_emu.run(spec, a, exe=rc_builds[spec])
+    np.testing.assert_array_equal(a, before)
+    assert_same_as_host(host_lib, a, out, info)  # out and info: the plain kernel's math, bit for bit
+    real = np.finfo(dt).dtype
+    assert rc.dtype == real
+    want = rcond_from_inverse(hermitian_as_read(a), out, info)
+    np.testing.assert_array_equal(np.isnan(rc), info == -1)
+    np.testing.assert_array_equal(rc[info > 0], 0)
+    ok = info == 0
+    np.testing.assert_allclose(rc[ok], want[ok], rtol=8 * (n + 2) * eps(real), atol=0)
+    capped, capped_info, capped_rc = _cuda_emu.run(spec, a, exe=rc_builds[spec], max_blocks=1, orders=("f",))
+    np.testing.assert_array_equal(capped_info, info)
+    assert_same_bits(capped_rc, rc)
+
+
+def test_rcond_variants_cover_the_dispatched_cholesky_instantiations():
+    assert {kernels.kernel_spec(s.n, s.dtype, "chol", rcond=True) for s in CHOL_SPECS} == set(RC_CHOL_SPECS)
 
 
 # --- mutation tests: the harness catches the Cholesky kernel's staging bugs ------------

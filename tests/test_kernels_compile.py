@@ -90,33 +90,54 @@ def test_check_fails_on_a_spill_in_a_dispatched_kernel_only(monkeypatch):
 
 def test_instantiations_cover_every_dispatched_case():
     specs = kernels.instantiations()
+    solve = [s for s in specs if s.op == "solve"]
+    specs = [s for s in specs if s.op != "solve"]
+    plain = [s for s in specs if not s.rcond]
     for dt, max_n in kernels.KERNEL_MAX_N.items():
-        ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "inv")
+        ns = sorted(s.n for s in plain if s.dtype == dt and s.op == "inv")
         assert ns == list(range(1, max_n + 1))
     for dt, max_n in kernels.CHOL_MAX_N.items():
-        ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "chol")
+        ns = sorted(s.n for s in plain if s.dtype == dt and s.op == "chol")
         assert ns == list(range(1, max_n + 1))
         assert max_n <= 8
-    for dt, max_n in kernels.SOLVE_MAX_N.items():
-        ns = sorted(s.n for s in specs if s.dtype == dt and s.op == "solve")
-        assert ns == list(range(1, max_n + 1))
-        assert max_n <= 8
-    assert {s.op for s in specs} == {"inv", "chol", "solve"}
+    for op, bounds in (("tril", kernels.TRI_MAX_N), ("triu", kernels.TRI_MAX_N), ("diag", kernels.DIAG_MAX_N)):
+        for dt, max_n in bounds.items():
+            ns = sorted(s.n for s in plain if s.dtype == dt and s.op == op)
+            assert ns == list(range(1, max_n + 1))
+            assert max_n <= 8
+    # Every kernel has its rcond variant: the same shape and launch, RC = true.
+    from dataclasses import replace
+
+    assert sorted((s for s in specs if s.rcond), key=str) == sorted((replace(s, rcond=True) for s in plain), key=str)
+    for s in specs:
+        assert s.name_expression.endswith(", true>") == s.rcond
+        assert s.params == ("a", "out", "info", "rcond", "m")
+    assert {s.op for s in specs} == {"inv", "chol", "tril", "triu", "diag"}
+    names = {"chol": "inv_chol_thread<", "tril": "inv_tri_thread<", "triu": "inv_tri_thread<",
+             "diag": "inv_diag_thread<"}
     for s in specs:
         assert s.shared_bytes <= 48 * 1024
-        if s.op == "chol":
-            assert s.shape == "thread" and s.name_expression.startswith("gpuinv::inv_chol_thread<")
-            continue
-        if s.op == "solve":
-            assert s.shape == "thread" and s.name_expression.startswith("gpuinv::solve_thread<")
-            assert s.kind == "solve-thread"
-            # A and one right-hand side column per system in the stage.
-            assert s.shared_bytes == (0 if s.direct else (s.n * s.n + s.n) * (s.block + 1) * s.dtype.itemsize)
+        if s.op != "inv":
+            assert s.shape == "thread" and s.name_expression.startswith(f"gpuinv::{names[s.op]}")
             continue
         assert (s.shape == "thread") == (s.n <= kernels.THREAD_MAX_N[s.dtype])
         if s.shape == "group":
             assert s.n <= s.group <= 32 and s.group & (s.group - 1) == 0
     assert len({s.name_expression for s in specs}) == len(specs)
+    # The LU solve kernel: no rcond variant, a b input and a run-time k.
+    for dt, max_n in kernels.SOLVE_MAX_N.items():
+        assert sorted(s.n for s in solve if s.dtype == dt) == list(range(1, max_n + 1))
+        assert max_n <= 8
+    for s in solve:
+        assert s.shape == "thread" and not s.rcond and s.kind == "solve-thread"
+        assert s.name_expression.startswith("gpuinv::solve_thread<")
+        assert s.params == ("a", "b", "out", "info", "m", "k")
+        # A and one right-hand side column per system in the stage.
+        assert s.shared_bytes == (0 if s.direct else (s.n * s.n + s.n) * (s.block + 1) * s.dtype.itemsize)
+        assert s.shared_bytes <= 48 * 1024
+    assert len({s.name_expression for s in solve}) == len(solve)
+    with pytest.raises(ValueError, match="no rcond variant"):
+        kernels.kernel_spec(2, np.float64, "solve", rcond=True)
 
 
 def nvrtc_or_skip():

@@ -29,18 +29,25 @@ import gpuinv.kernels as kernels
 pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
 
 # The general inverse's instantiations; the Cholesky kernel's run in
-# tests/test_kernels_chol_emu.py against their own host build.
-SPECS = [s for s in kernels.instantiations() if s.op == "inv"]
+# tests/test_kernels_chol_emu.py against their own host build. The rcond
+# variants (the same kernels with RC) run in the rcond tests below.
+SPECS = [s for s in kernels.instantiations() if s.op == "inv" and not s.rcond]
+RC_SPECS = [s for s in kernels.instantiations() if s.op == "inv" and s.rcond]
 
 
 def spec_id(spec: kernels.KernelSpec) -> str:
-    return f"{spec.dtype.name}-n{spec.n}-{spec.shape}"
+    return f"{spec.dtype.name}-n{spec.n}-{spec.kind}"
 
 
 @pytest.fixture(scope="session")
 def builds():
     """Every dispatched instantiation, built in parallel once per session (and cached on disk)."""
     return _cuda_emu.build_all(SPECS)
+
+
+@pytest.fixture(scope="session")
+def rc_builds():
+    return _cuda_emu.build_all(RC_SPECS)
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +169,67 @@ def test_every_dispatched_instantiation_is_emulated():
     assert {s.shape for s in SPECS} == {"thread", "group"}
 
 
+# --- the rcond variants ------------------------------------------------------------
+
+
+def rcond_stack(rng, spec):
+    """special_stack's kinds plus graded conditions (1e2 to 1e15, and past 1/eps) and
+    matrices scaled to the edges of the range (the modulus's hypot path for complex)."""
+    a, expected, kinds = special_stack(rng, spec)
+    n, dtype = spec.n, spec.dtype
+    graded = random_matrices(rng, 5, n, dtype)
+    for k, cond in enumerate((1e2, 1e6, 1e10, 1e15, 1e20)):
+        graded[k] *= np.logspace(0, -np.log10(cond), n).astype(graded.real.dtype)[None, :]
+    big, tiny = (1e30, 1e-30) if np.finfo(dtype).bits == 32 or dtype == np.complex64 else (1e150, 1e-150)
+    scaled = random_matrices(rng, 2, n, dtype)
+    scaled[0] *= dtype.type(big)
+    scaled[1] *= dtype.type(tiny)
+    stack = np.concatenate([a, graded, scaled])
+    info = np.concatenate([expected, np.zeros(len(graded) + len(scaled), np.int32)])
+    return stack, info
+
+
+def assert_rcond(spec, a, out, info, rc):
+    """rcond is gpuinv._numerics.rcond_from_inverse's, computed in NumPy from the same
+    A and X, to a few ulps per term (the kernel sums in its own order and takes the
+    complex modulus through an approximate square root)."""
+    from gpuinv._numerics import rcond_from_inverse
+
+    real = np.finfo(spec.dtype).dtype
+    assert rc.dtype == real and rc.shape == info.shape
+    want = rcond_from_inverse(a, out, info)
+    np.testing.assert_array_equal(np.isnan(rc), info == -1)
+    np.testing.assert_array_equal(rc[info > 0], 0)
+    ok = info == 0
+    np.testing.assert_allclose(rc[ok], want[ok], rtol=8 * (spec.n + 2) * eps(real), atol=0)
+
+
+@pytest.mark.parametrize("spec", RC_SPECS, ids=spec_id)
+def test_rcond_variant(rc_builds, host_lib, spec):
+    rng = np.random.default_rng(40 * spec.n + spec.dtype.num)
+    a, expected = rcond_stack(rng, spec)
+    before = a.copy()
+    out, info, rc = _cuda_emu.run(spec, a, exe=rc_builds[spec])
+    np.testing.assert_array_equal(a, before)
+    assert_same_as_host(host_lib, a, out, info)  # out and info: the plain kernel's math, bit for bit
+    np.testing.assert_array_equal(info[expected != 0], expected[expected != 0])
+    assert_rcond(spec, a, out, info, rc)
+    # The condition numbers of the well-conditioned ones, as NumPy states them.
+    good = (info == 0) & (rc > 1e-3)
+    with np.errstate(all="ignore"):
+        cond = np.linalg.cond(a[good].astype(np.complex128 if spec.dtype.kind == "c" else np.float64), 1)
+    np.testing.assert_allclose(rc[good], 1 / cond, rtol=1e5 * eps(np.finfo(spec.dtype).dtype))
+    # The grid-stride loop and a partial tile: the same bits.
+    m = min(len(a), spec.per_block + 1)
+    capped, capped_info, capped_rc = _cuda_emu.run(spec, a[:m], exe=rc_builds[spec], max_blocks=1, orders=("f",))
+    np.testing.assert_array_equal(capped_info, info[:m])
+    np.testing.assert_array_equal(capped_rc.view(_bits(capped_rc)), rc[:m].view(_bits(rc)))
+
+
+def test_rcond_variants_cover_the_dispatched_instantiations():
+    assert {kernels.kernel_spec(s.n, s.dtype, rcond=True) for s in SPECS} == set(RC_SPECS)
+
+
 # --- mutation tests: the harness catches the bugs it exists for ----------------
 
 
@@ -245,3 +313,43 @@ def test_unmutated_copy_runs_clean(tmp_path, host_lib):
     a = random_matrices(np.random.default_rng(7), tile_count(spec), spec.n, spec.dtype)
     out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
     assert_same_as_host(host_lib, a, out, info)
+
+
+RC_MUTATIONS = [
+    # The rcond variants' own code: (id, spec, original, mutated, how caught).
+    ("thread-rcond-index-off-by-one", kernels.kernel_spec(3, np.float64, rcond=True),
+     "invert_in_place<T, N>(r, col);\n                if constexpr (RC) rcond[first + t] =",
+     "invert_in_place<T, N>(r, col);\n                if constexpr (RC) rcond[first + t + 1] =", "asan"),
+    ("thread-rcond-norm-after-the-inverse", kernels.kernel_spec(2, np.complex64, rcond=True),
+     "if constexpr (RC) a_norm = one_norm<T, N>(r);\n                int code = invert_in_place<T, N>(r, col);\n"
+     "                if constexpr (RC) rcond[i]",
+     "int code = invert_in_place<T, N>(r, col);\n                if constexpr (RC) a_norm = one_norm<T, N>(r);\n"
+     "                if constexpr (RC) rcond[i]", "wrong"),
+    ("group-rcond-a-norm-of-one-column", kernels.kernel_spec(12, np.float32, rcond=True),
+     "a_norm = max_keep_nan(a_norm, shfl_xor(a_norm, off, G));", "", "wrong"),
+    ("group-rcond-x-norm-from-the-wrong-lane", kernels.kernel_spec(20, np.complex128, rcond=True),
+     "x_norm = max_keep_nan(x_norm, shfl_xor(x_norm, off, G));",
+     "x_norm = max_keep_nan(x_norm, shfl_xor(x_sum, off ^ 1, G));", "wrong"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mutation", RC_MUTATIONS, ids=[m[0] for m in RC_MUTATIONS])
+def test_mutated_rcond_is_caught(tmp_path, host_lib, mutation):
+    name, spec, original, mutated, how = mutation
+    source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
+    assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
+    (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
+    for header in _cuda_emu.HEADERS:
+        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
+    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+    rng = np.random.default_rng(9)
+    a = random_matrices(rng, tile_count(spec), spec.n, spec.dtype)
+    a[::3] *= np.logspace(0, -3, spec.n).astype(a.real.dtype)  # columns of unequal norm
+    if how == "wrong":
+        out, info, rc = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+        with pytest.raises(AssertionError):
+            assert_rcond(spec, a, out, info, rc)
+        return
+    with pytest.raises(_cuda_emu.EmulationError) as caught:
+        _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+    assert CAUGHT_BY[how](caught.value), f"{name}: expected to be caught as {how}, got:\n{caught.value.stderr}"

@@ -307,6 +307,36 @@ def test_cli_rejects_one_json_path_for_two_archs(capsys):
     assert "{arch}" in capsys.readouterr().err
 
 
+def test_cli_op_selects_kernels_but_not_for_the_budget(capsys, monkeypatch):
+    from gpuinv.kernels import __main__ as cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--budget", "--op", "tril"])
+    assert "leave out --op" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--check", "--op", "lu"])
+    seen = {}
+
+    def collect(archs, include_non_default=False, keep_code=False, ops=None):
+        seen.update(archs=archs, ops=ops)
+        return []
+
+    monkeypatch.setattr(cli, "collect_reports", collect)
+    monkeypatch.setattr(cli, "run_check", lambda archs, include_non_default, reports: 0)
+    assert cli.main(["--check", "--op", "tril", "--op", "diag", "--arch", "sm_90"]) == 0
+    assert seen == {"archs": ("sm_90",), "ops": ("tril", "diag")}
+
+
+def test_collect_reports_keeps_only_the_ops_asked_for(monkeypatch):
+    jobs = []
+    monkeypatch.setattr(_check, "_load_nvrtc", lambda: None)
+    monkeypatch.setattr(_check, "_compile_job", lambda job: jobs.append(job) or [])
+    _check.collect_reports(("sm_90",), include_non_default=True, workers=1, ops=("triu", "diag"))
+    specs = [s for job in jobs for s in job[0]]
+    assert {s.op for s in specs} == {"triu", "diag"}
+    assert len(specs) == sum(1 for s in kernels.instantiations(True) if s.op in ("triu", "diag"))
+
+
 # --- end to end: NVRTC and nvdisasm ------------------------------------------------
 
 

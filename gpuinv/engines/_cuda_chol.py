@@ -47,13 +47,15 @@ def kernel_cholesky_inverse(full: Any) -> tuple[Any, Any]:
     return out.reshape(batch + (n, n)), info.reshape(batch)
 
 
-def kernel_cholesky_inverse_into(full: Any, out: Any, info: Any) -> None:
+def kernel_cholesky_inverse_into(full: Any, out: Any, info: Any, rcond: Any = None) -> None:
     """Write the inverses of the CuPy stack ``full`` (m, n, n) to ``out`` (m, n, n) and
     potrf's info codes to ``info`` (m,): one chunk of the CUDA engine's route.
 
-    Runs on the current device and stream; ``full`` is not written. ``out``
-    and ``info`` may be views: the kernel writes through temporaries where
-    they are not C-contiguous.
+    With ``rcond`` (m,), the kernel's rcond variant also writes each matrix's
+    reciprocal condition number there (:func:`gpuinv.kernels.invert_small_chol`).
+    Runs on the current device and stream; ``full`` is not written. The
+    outputs may be views: the kernel writes through temporaries where they
+    are not C-contiguous.
     """
     import cupy
 
@@ -63,10 +65,15 @@ def kernel_cholesky_inverse_into(full: Any, out: Any, info: Any) -> None:
     if not m:
         return
     a = cupy.ascontiguousarray(full)
-    dst = out if out.flags.c_contiguous else cupy.empty(out.shape, dtype=out.dtype)
-    codes = info if info.flags.c_contiguous else cupy.empty(info.shape, dtype=np.int32)
-    kernels.invert_small_chol(a, dst, codes)
-    if dst is not out:
-        cupy.copyto(out, dst)
-    if codes is not info:
-        cupy.copyto(info, codes)
+
+    def contiguous(x: Any) -> Any:
+        return x if x is None or x.flags.c_contiguous else cupy.empty(x.shape, dtype=x.dtype)
+
+    dst, codes, rc = contiguous(out), contiguous(info), contiguous(rcond)
+    if rcond is None:
+        kernels.invert_small_chol(a, dst, codes)
+    else:
+        kernels.invert_small_chol(a, dst, codes, rcond=rc)
+    for target, written in ((out, dst), (info, codes), (rcond, rc)):
+        if written is not target:
+            cupy.copyto(target, written)

@@ -16,22 +16,29 @@ input waits for each chunk's download, as the inverse does).
 
 The routes, per chunk, and why:
 
-* rcond: the two 1-norms of :func:`gpuinv._numerics.rcond_from_inverse` as
-  CuPy reductions over the chunk of input (cast to the compute dtype) and its
-  inverse. Our kernels could produce it for free while they hold A and X;
-  that is left to the kernels' owner (a kernel change needs the CPU
-  emulation harness first).
+* rcond: where the inverse runs on our own kernels (the general,
+  symmetric and Hermitian inverse at ``n <= KERNEL_MAX_N``, and the
+  positive definite one at ``n <= CHOL_MAX_N``), their rcond variant writes
+  it in the same launch, from the A and X each thread or lane group already
+  holds (gpuinv/kernels, ``KernelSpec.rcond``): no extra pass over the
+  stack. Elsewhere, the two 1-norms of
+  :func:`gpuinv._numerics.rcond_from_inverse` as CuPy reductions over the
+  chunk of input (cast to the compute dtype) and its inverse.
 * general inverse: the engine's own chunk inverse
   (:func:`gpuinv.engines.cuda._invert_chunk`, the route of
   :func:`gpuinv._dispatch.cuda_route`); without rcond, :meth:`CudaEngine.invert`.
 * symmetric / Hermitian: the general chunk inverse of the matrix mirrored
   from the triangle read, the inverse mirrored back so it is exactly symmetric.
-* diagonal: elementwise ``1 / d``; info from the diagonal.
-* triangular: the general chunk inverse of the triangle read (for an upper
-  triangular matrix getrf exchanges no rows; a lower one is inverted as the
-  transpose of its upper transpose), masked back to the triangle. info is
-  the first zero on the diagonal, computed on the device from the diagonal
-  itself, as LAPACK ``trtri`` reports it.
+* diagonal: for ``n <= DIAG_MAX_N[dtype]`` gpuinv's own kernel
+  (:mod:`gpuinv.engines._cuda_tri`), one launch; above it elementwise
+  ``1 / d`` and info from the diagonal, in CuPy passes.
+* triangular: for ``n <= TRI_MAX_N[dtype]`` gpuinv's own kernel
+  (:mod:`gpuinv.engines._cuda_tri`: trtri's algorithm, one launch, trtri's
+  info); above it the general chunk inverse of the triangle read (for an
+  upper triangular matrix getrf exchanges no rows; a lower one is inverted
+  as the transpose of its upper transpose), masked back to the triangle.
+  info is the first zero on the diagonal, computed on the device from the
+  diagonal itself, as LAPACK ``trtri`` reports it.
 * positive definite: for ``n <= CHOL_MAX_N[dtype]`` gpuinv's own Cholesky
   kernel (:mod:`gpuinv.engines._cuda_chol`), one launch; above it cuSOLVER ``<t>potrfBatched`` (CuPy 14 wraps it:
   ``potrfBatched(handle, uplo, n, Aarray, lda, infoArray, batchSize)``), its
@@ -70,7 +77,7 @@ from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
 from ..kernels import SOLVE_MAX_N
-from . import _cuda_chol
+from . import _cuda_chol, _cuda_tri
 from . import cuda as _cuda
 from .cuda import _TYPE_LETTER, CUBLAS_MAX_BATCH, ChunkWork, _pointer_array, batch_calls
 
@@ -203,9 +210,11 @@ def _write_rcond(full: Any, inverse: Any, info: Any, rc: Any) -> None:
 
 
 def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool,
-                   route: str) -> Any:
+                   route: str, rc: Any = None) -> tuple[Any, bool]:
     """Write one chunk's inverses ``out`` (m, n, n) and ``info`` (m,); return the
-    matrices as read (the chunk's batch shape + (n, n)), for rcond.
+    matrices as read (the chunk's batch shape + (n, n)), for rcond, and
+    whether ``rc`` (m,), when given, was written already (by one of our
+    kernels' rcond variants, which compute it from the A and X they hold).
 
     The engine's chunk inverse is never told that it owns its input, even
     where it does: rcond reads the matrices afterwards.
@@ -216,32 +225,37 @@ def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool,
     dtype = out.dtype
     view = _aligned(view)
     if structure == "general":
-        _cuda._invert_chunk(view, out, info, route)
-        return view
+        return view, _cuda._invert_chunk(view, out, info, route, rcond=rc)
     full = structured_matrix(view.astype(dtype, copy=False), structure, lower).reshape(m, n, n)
     if structure in ("symmetric", "hermitian"):
-        _cuda._invert_chunk(full, out, info, route)  # NaN for failed matrices
+        # The mirrored matrix is what was read, so the kernel's rcond is its rcond.
+        written = _cuda._invert_chunk(full, out, info, route, rcond=rc)  # NaN for failed matrices
         cupy.copyto(out, _mirror_lower(out, conjugate=structure == "hermitian"))
-    elif structure == "diagonal":
+        return full, written
+    if _cuda_tri.structured_route(n, dtype, structure) == "kernel":  # our kernels for the small n
+        _cuda_tri.kernel_structured_inverse_into(full, out, info, structure, rcond=rc)
+        return full, rc is not None
+    if structure == "diagonal":
         _diagonal_inverse(full, out, info)
     elif structure in ("upper triangular", "lower triangular"):
         _triangular_inverse(full, out, info, structure == "lower triangular", route)
     elif structure == "positive definite":
         if _cuda_chol.chol_route(n, dtype) == "kernel":  # our kernel for the small n
-            _cuda_chol.kernel_cholesky_inverse_into(full, out, info)
-        else:
-            _cholesky_inverse(full, out, info)
+            _cuda_chol.kernel_cholesky_inverse_into(full, out, info, rcond=rc)
+            return full, rc is not None
+        _cholesky_inverse(full, out, info)
     else:
         raise ValueError(f"unknown structure {structure!r}")
-    return full
+    return full, False
 
 
 def _inverse_compute(structure: str, lower: bool, route: str,
                      rcond: bool) -> Callable[[list[Any], list[Any], bool], None]:
     def compute(ins: list[Any], outs: list[Any], owned: bool) -> None:
-        full = _inverse_chunk(ins[0], outs[0], outs[1], structure, lower, route)
-        if rcond:
-            _write_rcond(full, outs[0], outs[1], outs[2])
+        rc = outs[2] if rcond else None
+        full, written = _inverse_chunk(ins[0], outs[0], outs[1], structure, lower, route, rc)
+        if rcond and not written:
+            _write_rcond(full, outs[0], outs[1], rc)
 
     return compute
 
@@ -419,8 +433,15 @@ def _solve_compute(structure: str, lower: bool, route: str,
         if rcond:  # the condition of a: its inverse, on the same route as inv_ex's
             inverse = cupy.empty((m, n, n), dtype=dtype)
             inverse_info = cupy.empty(m, dtype=np.int32)
-            read = _inverse_chunk(full, inverse, inverse_info, structure, lower, route)
-            _write_rcond(read, inverse, info, outs[2])
+            rc = cupy.empty(m, dtype=outs[2].dtype)
+            read, written = _inverse_chunk(full, inverse, inverse_info, structure, lower, route, rc)
+            if not written:
+                _write_rcond(read, inverse, info, rc)
+            else:  # the kernel's rcond follows its own info; the solve's is the one reported
+                real = rc.dtype.type
+                rc = cupy.where(info > 0, real(0), rc)
+                rc = cupy.where(info == INFO_NONFINITE, real(np.nan), rc)
+            cupy.copyto(outs[2], rc)
 
     return compute
 

@@ -226,10 +226,16 @@ def _available_bytes() -> int:
     return available_device_bytes(free, pool.free_bytes(), pool.used_bytes(), pool.get_limit())
 
 
-def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = False) -> None:
+def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = False,
+                  rcond: Any = None) -> bool:
     """Invert ``view`` (any batch shape + (n, n), any strides and dtype, read
     only unless ``owned``) into ``out`` (m, n, n) and ``info`` (m,), both
     C-contiguous, on the current device and stream. Never waits for the host.
+
+    With ``rcond`` (m,) given and the ``"kernel"`` route, the kernel's rcond
+    variant also writes each matrix's rcond there (free while it holds A and
+    X). Returns whether ``rcond`` was written; the other routes leave it to
+    the caller.
     """
     import cupy
 
@@ -251,11 +257,18 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
         else:
             x = cupy.empty((m, n, n), dtype=dtype)
             cupy.copyto(x.reshape(view.shape), view, casting="unsafe")
-        kernels.invert_small(x, out, info)
+        rc = None
+        if rcond is not None:
+            rc = rcond if rcond.flags.c_contiguous else cupy.empty(m, dtype=rcond.dtype)
+            kernels.invert_small(x, out, info, rcond=rc)
+        else:
+            kernels.invert_small(x, out, info)
+        if rc is not None and rc is not rcond:
+            cupy.copyto(rcond, rc)
         # The kernels leave a singular matrix's inverse unspecified: NaN, as
         # the CPU engine and the other routes give (a mask, no host sync).
         cupy.copyto(out, dtype.type(np.nan), where=(info != 0)[:, None, None])
-        return
+        return rcond is not None
 
     # x[i] = A_i^T in C order, i.e. A_i in column-major order: cuBLAS and
     # cuSOLVER factor A_i itself (see the module docstring).
@@ -287,6 +300,7 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
     # NaN for every failed matrix: getri may skip a matrix whose factorization
     # failed, leaving another call's data from the pool in c.
     cupy.copyto(out, dtype.type(np.nan), where=(info != 0)[:, None, None])
+    return False
 
 
 def _is_aligned(view: Any) -> bool:

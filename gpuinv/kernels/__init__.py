@@ -16,6 +16,12 @@ For Hermitian positive definite matrices (``assume_a="positive definite"``)
 a third kernel, ``inv_chol_thread`` (``cholesky.cuh``: Cholesky, ``inv(L)``,
 ``L^-H L^-1``, one thread per matrix, the lower triangle read), serves
 ``n <= CHOL_MAX_N``: :func:`invert_small_chol`, ``kernel_spec(n, dtype, "chol")``.
+Triangular and diagonal matrices (``assume_a="lower triangular"``,
+``"upper triangular"``, ``"diagonal"``) have ``inv_tri_thread`` and
+``inv_diag_thread`` (``triangular.cuh``: trtri's column order, or ``1 / d``;
+one thread per matrix, only the triangle or the diagonal read) for
+``n <= TRI_MAX_N`` and ``n <= DIAG_MAX_N``: :func:`invert_small_structured`,
+``kernel_spec(n, dtype, "tril" | "triu" | "diag")``.
 
 For ``solve`` (``A X = B``), ``solve_thread`` (one thread per system: the
 LU inverse's factorization without the identity, then the forward and back
@@ -35,7 +41,7 @@ compiles many in parallel ahead of time. Importing this module does not import C
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,8 @@ import numpy as np
 __all__ = [
     "KERNEL_MAX_N",
     "CHOL_MAX_N",
+    "TRI_MAX_N",
+    "DIAG_MAX_N",
     "SOLVE_MAX_N",
     "INPUT_READ_ONLY",
     "THREAD_MAX_N",
@@ -53,6 +61,7 @@ __all__ = [
     "kernel_source",
     "invert_small",
     "invert_small_chol",
+    "invert_small_structured",
     "solve_small",
     "launch_config",
     "warm_up",
@@ -118,15 +127,49 @@ CHOL_MAX_N: dict[np.dtype, int] = {
 # The largest n --check --all compiles the Cholesky kernel at (dispatched or not).
 _CHOL_CHECK_N = 8
 
+# The largest n that the triangular kernel takes (either triangle), per
+# dtype: one thread per matrix, the triangle read (n(n+1)/2 elements) in
+# registers. The bound is registers, as for CHOL_MAX_N, and set the same way
+# (`python -m gpuinv.kernels --check --all`, NVRTC 12.9, sm_80 and sm_90,
+# the larger of the two; tril and triu compile alike): the largest n that
+# stays under about 200 registers without spilling, at most 8 (above it
+# the CUDA engine keeps its cuBLAS route). float32 needs 167 registers at
+# n = 8; float64 180 at n = 7 and 254 at n = 8; complex64 186 at n = 6, 172
+# at n = 7 (a block of 64 there) and 231 at n = 8; complex128 182 at n = 5,
+# 255 at n = 6 and spills at n = 7. Provisional as CHOL_MAX_N: no GPU has
+# timed the kernel against the cuBLAS route.
+TRI_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 7,
+    np.dtype(np.complex64): 7,
+    np.dtype(np.complex128): 5,
+}
+# The largest n that the diagonal kernel takes, per dtype, by the same rule
+# and check. Its own state is n elements, but the staging's unrolled loads
+# and stores (all of a tile's elements in flight, kernels.cu) set its
+# registers as they do the others': float32 needs 120 registers at n = 7
+# and 108 at n = 8; float64 125 at n = 7 and 254 at n = 8; complex64 114 at
+# n = 6 and 209 at n = 7; complex128 182 at n = 5 and spills at n = 6 on
+# sm_90 (16 bytes) and at n = 7 on both.
+DIAG_MAX_N: dict[np.dtype, int] = {
+    np.dtype(np.float32): 8,
+    np.dtype(np.float64): 7,
+    np.dtype(np.complex64): 6,
+    np.dtype(np.complex128): 5,
+}
+# The largest n --check --all compiles the triangular and diagonal kernels at (dispatched or not).
+_TRI_CHECK_N = 8
+
 # The largest n that the LU solve kernel (solve_thread, one thread per
 # system) takes, per dtype; above it the CUDA engine solves with cuBLAS
 # getrfBatched + getrsBatched. The bound is registers, as for THREAD_MAX_N
 # (the matrix in registers, plus one right-hand side column), set with
 # `python -m gpuinv.kernels --check --all` (NVRTC 12.9, sm_80 and sm_90;
 # docs/kernels.md has the numbers): the largest n that stays under about
-# 200 registers without spilling. Whether the kernel beats getrf + getrs up
-# to these sizes is provisional: no GPU has measured it
-# (benchmarks/gpu_check.py times both).
+# 200 registers without spilling. float32 needs 202 at n = 8; float64 196
+# at n = 6 and 228 at n = 7; complex64 168 at n = 6 and 226 at n = 7;
+# complex128 204 at n = 5 and spills at n = 6. Whether the kernel beats
+# getrf + getrs up to these sizes is provisional: no GPU has measured it.
 SOLVE_MAX_N: dict[np.dtype, int] = {
     np.dtype(np.float32): 8,
     np.dtype(np.float64): 6,
@@ -136,7 +179,13 @@ SOLVE_MAX_N: dict[np.dtype, int] = {
 # The largest n --check --all compiles the solve kernel at (dispatched or not).
 _SOLVE_CHECK_N = 8
 
-# Both kernels take the input as ``const T* __restrict__`` and only read it,
+# Each op's largest dispatched n, and the words of its range error.
+_OP_MAX_N = {"chol": (CHOL_MAX_N, "the Cholesky kernel"), "tril": (TRI_MAX_N, "the triangular kernel"),
+             "triu": (TRI_MAX_N, "the triangular kernel"), "diag": (DIAG_MAX_N, "the diagonal kernel"),
+             "solve": (SOLVE_MAX_N, "the solve kernel")}
+_OPS = ("inv", *_OP_MAX_N)
+
+# Every kernel takes the input as ``const T* __restrict__`` and only reads it,
 # so the CUDA engine may hand them the caller's own contiguous stack without
 # a gather copy (gpuinv/engines/cuda.py, route "kernel").
 INPUT_READ_ONLY = True
@@ -172,8 +221,15 @@ class KernelSpec:
         Lanes per matrix (1 for the thread shape).
     op : str
         ``"inv"`` (the general inverse, LU), ``"chol"`` (the Hermitian
-        positive definite inverse, Cholesky) or ``"solve"`` (``A X = B`` by
-        LU); the last two in the thread shape only.
+        positive definite inverse, Cholesky), ``"tril"`` / ``"triu"`` (the
+        lower / upper triangular inverse), ``"diag"`` (the diagonal
+        inverse) or ``"solve"`` (``A X = B`` by LU); all but ``"inv"`` have
+        the thread shape only.
+    rcond : bool
+        Whether the kernel also writes each matrix's reciprocal condition
+        number in the 1-norm, ``1 / (||A||_1 ||X||_1)``, computed from the A
+        and X it holds (the ``RC`` template argument). Without it the
+        kernel's code is the same as before rcond existed.
     """
 
     dtype: np.dtype
@@ -183,19 +239,37 @@ class KernelSpec:
     per_block: int
     group: int
     op: str = "inv"
+    rcond: bool = False
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The kernel's arguments, in order, by the names :func:`_launch` and the
+        CPU emulation (tests/_cuda_emu.py, tests/cuda_emu/emu_main.cpp) give
+        them, from: ``a`` and ``b`` (the inputs), ``out``, ``info`` and
+        ``rcond`` (the outputs; ``rcond`` a null pointer where the kernel
+        writes none), ``m`` (matrices) and ``k`` (right-hand sides)."""
+        if self.op == "solve":
+            return ("a", "b", "out", "info", "m", "k")
+        return ("a", "out", "info", "rcond", "m")
 
     @property
     def name_expression(self) -> str:
         """The C++ name of the instantiation, as NVRTC's addNameExpression takes it."""
         cxx = _CXX_TYPES[self.dtype]
+        rc = ", true" if self.rcond else ""
         if self.op == "chol":
-            return f"gpuinv::inv_chol_thread<{cxx}, {self.n}, {self.block}>"
+            return f"gpuinv::inv_chol_thread<{cxx}, {self.n}, {self.block}{rc}>"
+        if self.op in ("tril", "triu"):
+            lower = "true" if self.op == "tril" else "false"
+            return f"gpuinv::inv_tri_thread<{cxx}, {self.n}, {self.block}, {lower}{rc}>"
+        if self.op == "diag":
+            return f"gpuinv::inv_diag_thread<{cxx}, {self.n}, {self.block}{rc}>"
         if self.op == "solve":
             return f"gpuinv::solve_thread<{cxx}, {self.n}, {self.block}>"
         if self.shape == "thread":
-            return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}>"
+            return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}{rc}>"
         warps = self.block // 32
-        return f"gpuinv::inv_group<{cxx}, {self.n}, {self.group}, {warps}>"
+        return f"gpuinv::inv_group<{cxx}, {self.n}, {self.group}, {warps}{rc}>"
 
     @property
     def direct(self) -> bool:
@@ -215,12 +289,13 @@ class KernelSpec:
     @property
     def kind(self) -> str:
         """The shape, prefixed with the operation where it is not the general inverse
-        (``"thread"``, ``"group"``, ``"chol-thread"``, ``"solve-thread"``): the key of the model
-        and the budget."""
-        return self.shape if self.op == "inv" else f"{self.op}-{self.shape}"
+        (``"thread"``, ``"group"``, ``"chol-thread"``, ``"tril-thread"``, ...), with
+        ``"-rcond"`` for the rcond variants: the key of the model and the budget."""
+        kind = self.shape if self.op == "inv" else f"{self.op}-{self.shape}"
+        return kind + "-rcond" if self.rcond else kind
 
     def label(self) -> str:
-        return f"{self.dtype.name:<10} n={self.n:<2} {self.kind:<11} block={self.block:<3}"
+        return f"{self.dtype.name:<10} n={self.n:<2} {self.kind:<17} block={self.block:<3}"
 
 
 def group_ld(n: int, dtype: Any) -> int:
@@ -244,76 +319,90 @@ def _stage_elements(n: int, op: str) -> int:
     return n * n + (n if op == "solve" else 0)
 
 
-def _thread_spec(dt: np.dtype, n: int, op: str) -> KernelSpec:
+def _thread_spec(dt: np.dtype, n: int, op: str, rcond: bool = False) -> KernelSpec:
     """The one-thread kernel's instantiation (any operation)."""
     item = dt.itemsize
     if n * n * item <= THREAD_DIRECT_BYTES:
         # No stage: each thread takes THREAD_DIRECT_BYTES of matrices a tile.
-        return KernelSpec(dt, n, "thread", 128, 128 * (THREAD_DIRECT_BYTES // (n * n * item)), 1, op)
+        return KernelSpec(dt, n, "thread", 128, 128 * (THREAD_DIRECT_BYTES // (n * n * item)), 1, op, rcond)
     # The largest block whose stage fits: more matrices per block means
     # longer coalesced runs; 128 threads keeps enough blocks per SM.
     for block in (128, 64, 32):
         if _stage_elements(n, op) * (block + 1) * item <= _SMEM_LIMIT:
-            return KernelSpec(dt, n, "thread", block, block, 1, op)
+            return KernelSpec(dt, n, "thread", block, block, 1, op, rcond)
     raise AssertionError("unreachable: n <= 8 keeps the stage under the limit")
 
 
-def kernel_spec(n: int, dtype: Any, op: str = "inv") -> KernelSpec:
+def kernel_spec(n: int, dtype: Any, op: str = "inv", rcond: bool = False) -> KernelSpec:
     """The instantiation that inverts (n, n) matrices of ``dtype``.
 
     ``op="chol"`` gives the Cholesky kernel for Hermitian positive definite
-    matrices (``1 <= n <= CHOL_MAX_N[dtype]``), ``op="solve"`` the LU solve
-    kernel (``1 <= n <= SOLVE_MAX_N[dtype]``).
+    matrices (``1 <= n <= CHOL_MAX_N[dtype]``); ``"tril"`` and ``"triu"``
+    the triangular kernel for lower and upper triangular matrices
+    (``TRI_MAX_N``), ``"diag"`` the diagonal kernel (``DIAG_MAX_N``),
+    ``"solve"`` the LU solve kernel (``SOLVE_MAX_N``). With ``rcond``, the
+    variant that also writes each matrix's reciprocal condition number (the
+    same shape and launch; :attr:`KernelSpec.rcond`; not for ``"solve"``).
 
     Raises
     ------
     ValueError
-        If ``n`` is not in ``1..KERNEL_MAX_N[dtype]`` (``CHOL_MAX_N`` for
-        ``"chol"``, ``SOLVE_MAX_N`` for ``"solve"``), or ``op`` is unknown.
+        If ``n`` is not in ``1..KERNEL_MAX_N[dtype]`` (the op's own bound for
+        the others), or ``op`` is unknown, or ``rcond`` is asked of the solve kernel.
     """
     dt = _check_dtype(dtype)
-    if op == "chol":
-        if not 1 <= n <= CHOL_MAX_N[dt]:
-            raise ValueError(f"the Cholesky kernel takes 1 <= n <= {CHOL_MAX_N[dt]} for {dt}, got n={n}")
-        return _thread_spec(dt, n, "chol")
-    if op == "solve":
-        if not 1 <= n <= SOLVE_MAX_N[dt]:
-            raise ValueError(f"the solve kernel takes 1 <= n <= {SOLVE_MAX_N[dt]} for {dt}, got n={n}")
-        return _thread_spec(dt, n, "solve")
+    if op == "solve" and rcond:
+        raise ValueError("the solve kernel has no rcond variant")
+    if op in _OP_MAX_N:
+        bounds, what = _OP_MAX_N[op]
+        if not 1 <= n <= bounds[dt]:
+            raise ValueError(f"{what} takes 1 <= n <= {bounds[dt]} for {dt}, got n={n}")
+        return _thread_spec(dt, n, op, rcond)
     if op != "inv":
-        raise ValueError(f"op must be 'inv', 'chol' or 'solve', got {op!r}")
+        raise ValueError(f"op must be one of {', '.join(map(repr, _OPS))}, got {op!r}")
     if not 1 <= n <= KERNEL_MAX_N[dt]:
         raise ValueError(f"the small-matrix kernels take 1 <= n <= {KERNEL_MAX_N[dt]} for {dt}, got n={n}")
     item = dt.itemsize
     if n <= THREAD_MAX_N[dt]:
-        return _thread_spec(dt, n, "inv")
+        return _thread_spec(dt, n, "inv", rcond)
     group = 1 << (n - 1).bit_length()
     per_warp = 32 // group
     for warps in (4, 2, 1):
         if warps * per_warp * n * group_ld(n, dt) * item <= _SMEM_LIMIT:
-            return KernelSpec(dt, n, "group", 32 * warps, warps * per_warp, group)
+            return KernelSpec(dt, n, "group", 32 * warps, warps * per_warp, group, "inv", rcond)
     raise AssertionError("unreachable: one warp's stage of a 32x32 complex128 is 16.5 KiB")
 
 
 def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     """Every (dtype, n, shape) instantiation dispatch can select, in order:
-    the general inverse's, then the Cholesky kernel's, then the solve kernel's.
+    the general inverse's, then the Cholesky kernel's, then the triangular
+    (lower, upper) and diagonal kernels', then the same again with rcond
+    (:attr:`KernelSpec.rcond`), then the LU solve kernel's.
 
     With ``include_non_default``, also the one-thread shape for the n just
-    above ``THREAD_MAX_N`` (up to 8), and the Cholesky and solve kernels
-    above their bounds (up to 8), which dispatch does not select: the NVRTC
-    check reports them to show where and why the thresholds lie.
+    above ``THREAD_MAX_N``, and the structured kernels for the n just above
+    their bounds (all up to 8), which dispatch does not select: the
+    NVRTC check reports them to show where and why the threshold lies.
     """
     specs = [kernel_spec(n, dt) for dt in _DTYPES for n in range(1, KERNEL_MAX_N[dt] + 1)]
     specs += [kernel_spec(n, dt, "chol") for dt in _DTYPES for n in range(1, CHOL_MAX_N[dt] + 1)]
+    for op in ("tril", "triu", "diag"):
+        bounds = _OP_MAX_N[op][0]
+        specs += [kernel_spec(n, dt, op) for dt in _DTYPES for n in range(1, bounds[dt] + 1)]
+    specs += [replace(s, rcond=True) for s in list(specs)]
     specs += [kernel_spec(n, dt, "solve") for dt in _DTYPES for n in range(1, SOLVE_MAX_N[dt] + 1)]
     if include_non_default:
         for dt in _DTYPES:
-            for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
-                specs.append(_thread_spec(dt, n, "chol"))
-        for dt in _DTYPES:
             for n in range(SOLVE_MAX_N[dt] + 1, _SOLVE_CHECK_N + 1):
                 specs.append(_thread_spec(dt, n, "solve"))
+        for dt in _DTYPES:
+            for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
+                specs.append(_thread_spec(dt, n, "chol"))
+        for op in ("tril", "triu", "diag"):
+            bounds = _OP_MAX_N[op][0]
+            for dt in _DTYPES:
+                for n in range(bounds[dt] + 1, _TRI_CHECK_N + 1):
+                    specs.append(_thread_spec(dt, n, op))
         for dt in _DTYPES:
             for n in range(THREAD_MAX_N[dt] + 1, 9):
                 specs.append(_thread_spec(dt, n, "inv"))
@@ -323,13 +412,13 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
 @functools.lru_cache(maxsize=None)
 def kernel_source() -> str:
     """The CUDA source compiled for every instantiation: kernels.cu with the
-    headers it includes (inverse.cuh, cholesky.cuh) pasted in.
+    headers it includes (inverse.cuh, cholesky.cuh, triangular.cuh) pasted in.
 
     The headers are pasted in rather than included so that the text hashed
     for the disk cache covers all of the code.
     """
     kernels = (_HERE / "kernels.cu").read_text()
-    for name in ("inverse.cuh", "cholesky.cuh"):
+    for name in ("inverse.cuh", "cholesky.cuh", "triangular.cuh"):
         include = f'#include "{name}"'
         if include not in kernels:
             raise RuntimeError(f"kernels.cu no longer includes {name}; update kernel_source()")
@@ -425,8 +514,8 @@ def warm_up(
     extra : sequence of KernelSpec, optional
         Further instantiations, compiled with the others: shapes dispatch does
         not pick (``benchmarks/gpu_check.py`` times both shapes where both exist),
-        or the Cholesky and solve kernels (``kernel_spec(n, dtype, "chol")``,
-        ``kernel_spec(n, dtype, "solve")``), which ``dtypes`` and ``ns`` do not select.
+        or the structured and solve kernels (``kernel_spec(n, dtype, "chol")``,
+        ``"tril"``, ..., ``"solve"``), which ``dtypes`` and ``ns`` do not select.
 
     Returns
     -------
@@ -513,7 +602,7 @@ def launch_config(spec: KernelSpec, m: int, max_blocks: int | None = None) -> tu
     return min(tiles, cap), spec.block
 
 
-def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+def invert_small(a: Any, out: Any, info: Any, *, rcond: Any = None, max_blocks: int | None = None) -> None:
     """Invert every matrix of a CuPy stack with the small-matrix kernels.
 
     Runs on CuPy's current device and stream and never synchronizes with
@@ -530,6 +619,12 @@ def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) 
     info : cupy.ndarray, shape (m,)
         int32, C-contiguous; receives 0 (inverted), k > 0 (exactly zero
         pivot at step k, 1-based) or -1 (NaN or Inf in the input).
+    rcond : cupy.ndarray, shape (m,), optional
+        C-contiguous, of the real dtype of ``a``; receives each matrix's
+        ``1 / (||A||_1 ||X||_1)`` from the A and X the kernel holds (0 where
+        info > 0 or the product is 0 or not finite, NaN where info is -1:
+        :func:`gpuinv._numerics.rcond_from_inverse`'s conventions). Given,
+        the kernel's ``rcond`` variant runs.
     max_blocks : int, optional
         Cap on the grid size (default: CUDA's limit). The kernels loop over
         the remaining tiles, so any cap is correct; tests use a small one.
@@ -541,15 +636,19 @@ def invert_small(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) 
     ValueError
         For mismatched shapes, non-contiguous arrays or n out of range.
     """
-    m, n, dt = _check_arrays(a, out, info)
+    m, n, dt = _check_arrays(a, out, info, rcond)
     if m == 0:
         return
-    spec = kernel_spec(n, dt)
-    _check_same_device(a, out, info)
-    _launch(spec, a, out, info, max_blocks=max_blocks)
+    spec = kernel_spec(n, dt, rcond=rcond is not None)
+    _check_same_device(a, out, info, rcond)
+    _launch(spec, a, out, info, rcond, max_blocks=max_blocks)
 
 
-def _check_arrays(a: Any, out: Any, info: Any) -> tuple[int, int, np.dtype]:
+def _real_dtype(dt: np.dtype) -> np.dtype:
+    return np.dtype(dt.char.lower()) if dt.kind == "c" else dt
+
+
+def _check_arrays(a: Any, out: Any, info: Any, rcond: Any = None) -> tuple[int, int, np.dtype]:
     """Shapes, dtypes and layout of a kernel launch's arrays; returns (m, n, dtype)."""
     if a.ndim != 3 or a.shape[1] != a.shape[2]:
         raise ValueError(f"a must have shape (m, n, n), got {a.shape}")
@@ -559,30 +658,42 @@ def _check_arrays(a: Any, out: Any, info: Any) -> tuple[int, int, np.dtype]:
         raise ValueError(f"out must have shape {a.shape} and dtype {dt}, got {out.shape} {out.dtype}")
     if info.shape != (m,) or info.dtype != np.int32:
         raise ValueError(f"info must have shape ({m},) and dtype int32, got {info.shape} {info.dtype}")
-    for name, arr in (("a", a), ("out", out), ("info", info)):
-        if not arr.flags.c_contiguous:
+    real = _real_dtype(dt)
+    if rcond is not None and (rcond.shape != (m,) or rcond.dtype != real):
+        raise ValueError(f"rcond must have shape ({m},) and dtype {real}, got {rcond.shape} {rcond.dtype}")
+    for name, arr in (("a", a), ("out", out), ("info", info), ("rcond", rcond)):
+        if arr is not None and not arr.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous")
     return m, n, dt
 
 
-def _check_same_device(a: Any, out: Any, info: Any) -> None:
+def _check_same_device(a: Any, out: Any, info: Any, rcond: Any = None) -> None:
     device_id = a.device.id
-    for name, arr in (("out", out), ("info", info)):
-        if arr.device.id != device_id:
+    for name, arr in (("out", out), ("info", info), ("rcond", rcond)):
+        if arr is not None and arr.device.id != device_id:
             raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
 
 
-def _launch(spec: KernelSpec, a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+def _launch(spec: KernelSpec, a: Any, out: Any, info: Any, rcond: Any = None, *,
+            max_blocks: int | None = None, b: Any = None) -> None:
     # The launch itself, for any instantiation (benchmarks/gpu_check.py also
     # times the shape dispatch does not pick); arguments already checked.
     m = a.shape[0]
     grid, block = launch_config(spec, m, max_blocks)
+    if (rcond is not None) != spec.rcond:
+        raise ValueError(f"{spec.name_expression} {'needs' if spec.rcond else 'takes no'} rcond array")
+    # A null pointer where the kernel writes no rcond (its RC = false ignores it).
+    values = {"a": a, "out": out, "info": info, "rcond": np.uint64(0) if rcond is None else rcond,
+              "m": np.int64(m)}
+    if b is not None:  # the solve's right-hand sides, and their count
+        values.update(b=b, k=np.int32(b.shape[-1]))
     with a.device:  # compile for, and launch on, the device that holds the data
         kernel = _kernel(spec, a.device.id)
-        kernel((grid,), (block,), (a, out, info, np.int64(m)))
+        kernel((grid,), (block,), tuple(values[name] for name in spec.params))
 
 
-def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = None) -> None:
+def invert_small_chol(a: Any, out: Any, info: Any, *, rcond: Any = None,
+                      max_blocks: int | None = None) -> None:
     """Invert every Hermitian positive definite matrix of a CuPy stack with the Cholesky kernel.
 
     Only the lower triangle of each matrix is read, and of its diagonal
@@ -602,6 +713,9 @@ def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = N
         int32, C-contiguous; receives 0 (inverted), k > 0 (the leading minor
         of order k is not positive definite, potrf's code) or -1 (NaN or Inf
         in the part read).
+    rcond : cupy.ndarray, shape (m,), optional
+        As :func:`invert_small`'s, with ``||A||_1`` of the Hermitian matrix
+        the lower triangle (and the real part of the diagonal) defines.
     max_blocks : int, optional
         Cap on the grid size (default: CUDA's limit); any cap is correct.
 
@@ -612,12 +726,72 @@ def invert_small_chol(a: Any, out: Any, info: Any, *, max_blocks: int | None = N
     ValueError
         For mismatched shapes, non-contiguous arrays or n out of range.
     """
-    m, n, dt = _check_arrays(a, out, info)
-    spec = kernel_spec(n, dt, "chol")
+    m, n, dt = _check_arrays(a, out, info, rcond)
+    spec = kernel_spec(n, dt, "chol", rcond=rcond is not None)
     if m == 0:
         return
-    _check_same_device(a, out, info)
-    _launch(spec, a, out, info, max_blocks=max_blocks)
+    _check_same_device(a, out, info, rcond)
+    _launch(spec, a, out, info, rcond, max_blocks=max_blocks)
+
+
+#: :func:`invert_small_structured`'s structures (SciPy's ``assume_a`` names) and their kernels.
+_STRUCTURE_OPS = {"lower triangular": "tril", "upper triangular": "triu", "diagonal": "diag"}
+
+
+def invert_small_structured(a: Any, out: Any, info: Any, structure: str, *, rcond: Any = None,
+                            max_blocks: int | None = None) -> None:
+    """Invert every triangular or diagonal matrix of a CuPy stack with its kernel.
+
+    Only the part of each matrix that ``structure`` names is read (the
+    triangle, or the diagonal), as LAPACK ``trtri`` and SciPy's
+    ``assume_a`` do: the rest may hold anything, NaN included. The inverse
+    is written whole, with exact zeros outside the structure. Runs on CuPy's
+    current device and stream and never synchronizes with the host.
+
+    Parameters
+    ----------
+    a : cupy.ndarray, shape (m, n, n)
+        C-contiguous, float32, float64, complex64 or complex128, with
+        ``1 <= n <= TRI_MAX_N[a.dtype]`` (``DIAG_MAX_N`` for the diagonal).
+        Not modified.
+    out : cupy.ndarray, shape (m, n, n)
+        C-contiguous, same dtype; receives the inverses (all NaN where
+        info != 0). Must not overlap ``a``.
+    info : cupy.ndarray, shape (m,)
+        int32, C-contiguous; receives 0 (inverted), k > 0 (the k-th diagonal
+        element, 1-based, is the first exactly zero one: trtri's code) or -1
+        (NaN or Inf in the part read).
+    structure : {"lower triangular", "upper triangular", "diagonal"}
+        What the matrices are.
+    rcond : cupy.ndarray, shape (m,), optional
+        As :func:`invert_small`'s, with the norms of the matrix as read (the
+        triangle or the diagonal, zeros elsewhere).
+    max_blocks : int, optional
+        Cap on the grid size (default: CUDA's limit); any cap is correct.
+
+    Raises
+    ------
+    TypeError
+        For an unsupported dtype.
+    ValueError
+        For an unknown structure, mismatched shapes, non-contiguous arrays or
+        n out of range.
+
+    Examples
+    --------
+    >>> import cupy  # doctest: +SKIP
+    >>> a = cupy.tril(cupy.random.rand(1000, 4, 4)) + 4 * cupy.eye(4)  # doctest: +SKIP
+    >>> out, info = cupy.empty_like(a), cupy.empty(1000, dtype=cupy.int32)  # doctest: +SKIP
+    >>> invert_small_structured(a, out, info, "lower triangular")  # doctest: +SKIP
+    """
+    if structure not in _STRUCTURE_OPS:
+        raise ValueError(f"structure must be one of {', '.join(map(repr, _STRUCTURE_OPS))}, got {structure!r}")
+    m, n, dt = _check_arrays(a, out, info, rcond)
+    spec = kernel_spec(n, dt, _STRUCTURE_OPS[structure], rcond=rcond is not None)
+    if m == 0:
+        return
+    _check_same_device(a, out, info, rcond)
+    _launch(spec, a, out, info, rcond, max_blocks=max_blocks)
 
 
 def _check_rhs(a: Any, b: Any, x: Any) -> int:
@@ -670,9 +844,17 @@ def solve_small(a: Any, b: Any, x: Any, info: Any, *, max_blocks: int | None = N
         For an unsupported dtype.
     ValueError
         For mismatched shapes, non-contiguous arrays or n out of range.
+
+    Examples
+    --------
+    >>> import cupy  # doctest: +SKIP
+    >>> a = cupy.random.rand(1000, 4, 4) + 4 * cupy.eye(4)  # doctest: +SKIP
+    >>> b = cupy.random.rand(1000, 4, 1)  # doctest: +SKIP
+    >>> x, info = cupy.empty_like(b), cupy.empty(1000, dtype=cupy.int32)  # doctest: +SKIP
+    >>> solve_small(a, b, x, info)  # doctest: +SKIP
     """
     m, n, dt = _check_arrays(a, a, info)
-    k = _check_rhs(a, b, x)
+    _check_rhs(a, b, x)
     spec = kernel_spec(n, dt, "solve")
     if m == 0:
         return
@@ -680,7 +862,4 @@ def solve_small(a: Any, b: Any, x: Any, info: Any, *, max_blocks: int | None = N
     for name, arr in (("b", b), ("x", x), ("info", info)):
         if arr.device.id != device_id:
             raise ValueError(f"{name} is on device {arr.device.id} but a is on device {device_id}")
-    grid, block = launch_config(spec, m, max_blocks)
-    with a.device:  # compile for, and launch on, the device that holds the data
-        kernel = _kernel(spec, a.device.id)
-        kernel((grid,), (block,), (a, b, x, info, np.int64(m), np.int32(k)))
+    _launch(spec, a, x, info, max_blocks=max_blocks, b=b)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import _OPS as OPS
 from ._check import ARCHS, NvrtcCompileError, collect_reports, nvrtc_version, run_check
 
 #: The committed baseline, in a source checkout (benchmarks/ is not installed).
@@ -61,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--all",
         action="store_true",
-        help="also report the one-thread shape just above THREAD_MAX_N (not dispatched; spills allowed)",
+        help="also report the one-thread shape just above THREAD_MAX_N and the structured kernels just above "
+        "their bounds, up to n = 8 (not dispatched; spills allowed)",
+    )
+    parser.add_argument(
+        "--op",
+        action="append",
+        choices=OPS,
+        help="only the kernels of this operation (repeatable; default: all): inv (LU), chol, tril, triu, diag; "
+        "not with --budget or --update-budget, which cover every kernel",
     )
     args = parser.parse_args(argv)
     if not (args.check or args.model or args.budget or args.update_budget):
@@ -74,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     budget_path = Path(args.budget or DEFAULT_BUDGET)
     if args.update_budget and set(archs) != set(ARCHS):
         parser.error("--update-budget rewrites every architecture: leave out --arch")
+    if args.op and (args.budget or args.update_budget):
+        parser.error("--budget and --update-budget cover every kernel: leave out --op")
     try:
         start = time.perf_counter()
-        reports = collect_reports(archs, include_non_default=args.all, keep_code=need_model)
+        reports = collect_reports(archs, include_non_default=args.all, keep_code=need_model,
+                                  ops=tuple(args.op) if args.op else None)
         print(f"# {len(reports)} kernels compiled for {', '.join(archs)} in {time.perf_counter() - start:.0f} s")
         status = 0
         if args.check:

@@ -158,16 +158,18 @@ def collect_reports(
     include_non_default: bool = False,
     workers: int | None = None,
     keep_code: bool = False,
+    ops: tuple[str, ...] | None = None,
 ) -> list[KernelReport]:
     """Compile every instantiation for every arch and return ptxas's reports.
 
     Compiling is slow (the kernels are fully unrolled), so one program per
     (arch, dtype) is compiled in a pool of ``workers`` processes (default:
-    the usable CPUs).
+    the usable CPUs). ``ops`` keeps only the instantiations of those
+    :attr:`KernelSpec.op` values (default: all).
     """
     _load_nvrtc()  # fail here, not in a worker, if libnvrtc is missing
     defaults = set(instantiations())
-    specs = instantiations(include_non_default)
+    specs = [s for s in instantiations(include_non_default) if ops is None or s.op in ops]
     # Small jobs, the costliest first, keep every worker busy to the end;
     # each job is one NVRTC program (parsing the source costs well under a
     # second, compiling the big unrolled kernels tens of seconds).

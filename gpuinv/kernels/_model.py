@@ -161,7 +161,8 @@ def rhs_trips(spec: KernelSpec) -> int | None:
 
 
 def bytes_per_matrix(spec: KernelSpec) -> int:
-    """Device-memory bytes one matrix needs at least: read once, write once, one info word.
+    """Device-memory bytes one matrix needs at least: read once, write once, one
+    info word, and one real rcond for the rcond variants.
 
     The solve reads A and b and writes x: with k right-hand sides (n^2 + 2 n k)
     elements; the model takes k = 1.
@@ -169,7 +170,8 @@ def bytes_per_matrix(spec: KernelSpec) -> int:
     n, item = spec.n, spec.dtype.itemsize
     if spec.op == "solve":
         return (n * n + 2 * n) * item + 4
-    return 2 * n * n * item + 4
+    rcond = item // (2 if spec.dtype.kind == "c" else 1) if spec.rcond else 0
+    return 2 * n * n * item + 4 + rcond
 
 
 def _bound(rate_per_s: float, per_matrix: float) -> float | None:
@@ -326,8 +328,8 @@ BUDGET_TOLERANCE = 0.05
 
 
 def _key(r: dict) -> str:
-    # "thread"/"group" for the general inverse, "chol-thread" for the Cholesky kernel,
-    # "solve-thread" for the LU solve kernel.
+    # "thread"/"group" for the general inverse, "chol-thread", "tril-thread", "triu-thread"
+    # and "diag-thread" for the structured kernels, "solve-thread" for the LU solve kernel.
     return f"{r['arch']} {r['dtype']} n={r['n']} {r.get('kind', r['shape'])}"
 
 

@@ -29,15 +29,7 @@
 
 namespace gpuinv {
 
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-// Correctly rounded under NVRTC's -prec-sqrt=true.
-GPUINV_HD float sqrt_real(float x) { return sqrtf(x); }
-GPUINV_HD double sqrt_real(double x) { return sqrt(x); }
-#else
-// GCC's builtins: no <cmath> needed, correctly rounded (IEEE sqrt).
-GPUINV_HD float sqrt_real(float x) { return __builtin_sqrtf(x); }
-GPUINV_HD double sqrt_real(double x) { return __builtin_sqrt(x); }
-#endif
+// sqrt_real: inverse.cuh (the rcond's modulus uses it too).
 
 GPUINV_HD float real_part(float x) { return x; }
 GPUINV_HD double real_part(double x) { return x; }
@@ -136,6 +128,26 @@ template <class T, int N> GPUINV_HD bool lower_is_finite(const T (&a)[N][N]) {
 // lives in registers. A failed step does not stop the arithmetic (a branch
 // out of unrolled code would not save registers): its pivot is replaced by
 // 1 and only the first failure is reported.
+// ||A||_1 of the Hermitian matrix that the lower triangle of `l` defines
+// (the diagonal's real part, the strict upper triangle the conjugate mirror):
+// what the RC variant of inv_chol_thread reports rcond against, the matrix
+// as read (gpuinv._numerics.structured_matrix builds the same one).
+template <class T, int N>
+GPUINV_HD typename real_of<T>::type hermitian_one_norm(const T (&l)[N][N]) {
+    typedef typename real_of<T>::type R;
+    R norm = R(0);
+    GPUINV_UNROLL
+    for (int j = 0; j < N; ++j) {
+        R s = abs_real(real_part(l[j][j]));
+        GPUINV_UNROLL
+        for (int i = 0; i < N; ++i) {
+            if (i != j) s += modulus(i > j ? l[i][j] : l[j][i]);
+        }
+        norm = max_keep_nan(norm, s);
+    }
+    return norm;
+}
+
 template <class T, int N>
 GPUINV_HD int chol_invert_in_place(T (&a)[N][N]) {
     typedef typename real_of<T>::type R;

@@ -532,4 +532,111 @@ GPUINV_HD int solve_matrix(const T* a, const T* b, T* x, int k) {
     return info;
 }
 
+// --- the reciprocal condition number (the kernels' RC variants) -------------
+//
+// rcond = 1 / (||A||_1 ||X||_1), from the A a kernel read and the X it
+// computed, with gpuinv._numerics.rcond_from_inverse's conventions (what the
+// CPU engine returns): 0 for info > 0, NaN for info -1, and 0 where the
+// product is 0 or not finite (an overflowed inverse). |x| is the modulus, as
+// NumPy's abs (hypot for complex, so no overflow in re^2 + im^2). Summation
+// order and hypot's last bit can differ from NumPy's: the results agree to a
+// few ulps times n, not bit for bit.
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// Correctly rounded under NVRTC's -prec-sqrt=true.
+GPUINV_HD float sqrt_real(float x) { return sqrtf(x); }
+GPUINV_HD double sqrt_real(double x) { return sqrt(x); }
+// sqrt(x) as x * rsqrt(x) for x in safe_squares's range: one MUFU.RSQ and a
+// multiply for float (within 3 ulp), where the IEEE sqrtf adds a Newton
+// step and a slow-path check.
+GPUINV_HD float sqrt_approx(float x) { return x * rsqrtf(x); }
+GPUINV_HD double sqrt_approx(double x) { return x * rsqrt(x); }
+// Out of line: the rare path of modulus, called as the IEEE division's slow
+// path is (so the cost model counts it as one too).
+__device__ __noinline__ float hypot_real(float x, float y) { return hypotf(x, y); }
+__device__ __noinline__ double hypot_real(double x, double y) { return hypot(x, y); }
+#else
+// GCC's builtins: no <cmath> needed, correctly rounded (IEEE sqrt).
+GPUINV_HD float sqrt_real(float x) { return __builtin_sqrtf(x); }
+GPUINV_HD double sqrt_real(double x) { return __builtin_sqrt(x); }
+GPUINV_HD float sqrt_approx(float x) { return x * (1.0f / __builtin_sqrtf(x)); }
+GPUINV_HD double sqrt_approx(double x) { return x * (1.0 / __builtin_sqrt(x)); }
+GPUINV_HD float hypot_real(float x, float y) { return __builtin_hypotf(x, y); }
+GPUINV_HD double hypot_real(double x, double y) { return __builtin_hypot(x, y); }
+#endif
+
+// Squares that neither overflow nor lose bits to subnormals: re^2 + im^2
+// within [2^-100, 2^100] (float) or [2^-900, 2^900] (double).
+template <class R> struct safe_squares;
+template <> struct safe_squares<float> {
+    static constexpr float lo = 7.88860905e-31f, hi = 1.26765060e+30f;
+};
+template <> struct safe_squares<double> {
+    static constexpr double lo = 1.1830521861667747e-271, hi = 8.452712498170644e+270;
+};
+
+GPUINV_HD float modulus(float x) { return abs_real(x); }
+GPUINV_HD double modulus(double x) { return abs_real(x); }
+// sqrt(re^2 + im^2) where the squares are safe (within 1.5 ulp of |x|), and
+// hypot (some 28 instructions inlined; called out of line here) only
+// outside that range (and for 0, Inf, NaN): inlined hypot made the RC
+// variant of complex64 n = 4 issue-bound (0.84x HBM on the cost model).
+template <class R> GPUINV_HD R modulus(cplx<R> x) {
+    const R ss = x.re * x.re + x.im * x.im;
+    if (ss >= safe_squares<R>::lo && ss <= safe_squares<R>::hi) return sqrt_approx(ss);
+    return hypot_real(x.re, x.im);
+}
+
+// max(norm, s) that keeps a NaN once it has seen one (NumPy's max does), so
+// that a NaN column sum gives a NaN norm and rcond 0, as on the CPU.
+template <class R> GPUINV_HD R max_keep_nan(R norm, R s) { return (s > norm || s != s) ? s : norm; }
+
+// ||a||_1: the largest column sum of |a_ij|.
+template <class T, int N>
+GPUINV_HD typename real_of<T>::type one_norm(const T (&a)[N][N]) {
+    typedef typename real_of<T>::type R;
+    R norm = R(0);
+    GPUINV_UNROLL
+    for (int j = 0; j < N; ++j) {
+        R s = R(0);
+        GPUINV_UNROLL
+        for (int i = 0; i < N; ++i) s += modulus(a[i][j]);
+        norm = max_keep_nan(norm, s);
+    }
+    return norm;
+}
+
+// ||a||_inf: the largest row sum of |a_ij| (the 1-norm of a's transpose).
+template <class T, int N>
+GPUINV_HD typename real_of<T>::type inf_norm(const T (&a)[N][N]) {
+    typedef typename real_of<T>::type R;
+    R norm = R(0);
+    GPUINV_UNROLL
+    for (int i = 0; i < N; ++i) {
+        R s = R(0);
+        GPUINV_UNROLL
+        for (int j = 0; j < N; ++j) s += modulus(a[i][j]);
+        norm = max_keep_nan(norm, s);
+    }
+    return norm;
+}
+
+// The largest |d_j|: the 1-norm of diag(d).
+template <class T, int N>
+GPUINV_HD typename real_of<T>::type max_modulus(const T (&d)[N]) {
+    typedef typename real_of<T>::type R;
+    R norm = R(0);
+    GPUINV_UNROLL
+    for (int j = 0; j < N; ++j) norm = max_keep_nan(norm, modulus(d[j]));
+    return norm;
+}
+
+// rcond from the two norms and the kernel's info code.
+template <class R>
+GPUINV_HD R rcond_of(int info, R a_norm, R x_norm) {
+    if (info == -1) return nan_real<R>();
+    const R rc = R(1) / (a_norm * x_norm);
+    return (info == 0 && finite_real(rc)) ? rc : R(0);
+}
+
 }  // namespace gpuinv

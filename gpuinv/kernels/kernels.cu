@@ -4,7 +4,10 @@
 // the #include below) and compiles it with NVRTC, one (dtype, n) at a time.
 // Both kernels take a C-contiguous (m, n, n) stack `a`, write its inverses to
 // `out` (same layout) and one info code per matrix to `info`, and never read
-// or write past matrix m - 1. Offsets into the stack are 64-bit; the block
+// or write past matrix m - 1. With the template argument RC they also write
+// each matrix's rcond to `rcond` (inverse.cuh, rcond_of: 1 / (||A||_1
+// ||X||_1) from the A and X they hold); without it `rcond` is ignored (a null
+// pointer) and the code is what it was before RC existed. Offsets into the stack are 64-bit; the block
 // (or warp) loops over tiles so any m works with a capped grid.
 //
 // __launch_bounds__(threads, 1): without the minimum-blocks hint ptxas
@@ -86,16 +89,21 @@ __device__ __forceinline__ void stage_out(const T* stage, T* __restrict__ dst, i
     }
 }
 
-template <class T, int N, int B>
+template <class T, int N, int B, bool RC = false>
 __global__ void __launch_bounds__(B, 1)
-    inv_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, long long m) {
+    inv_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info,
+               typename real_of<T>::type* __restrict__ rcond, long long m) {
+    typedef typename real_of<T>::type R;
     constexpr int NN = N * N;
     if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
         direct_tiles<T, N, B>(
             m, [&](long long i, int row, int col) { return a[i * NN + row * N + col]; },
             [&](long long i, T (&r)[N][N]) {
                 int col[N];
+                R a_norm = R(0);
+                if constexpr (RC) a_norm = one_norm<T, N>(r);
                 int code = invert_in_place<T, N>(r, col);
+                if constexpr (RC) rcond[i] = rcond_of(code, a_norm, one_norm<T, N>(r));
                 T* dst = out + i * NN;
                 GPUINV_UNROLL
                 for (int row = 0; row < N; ++row) {
@@ -123,7 +131,10 @@ __global__ void __launch_bounds__(B, 1)
                     GPUINV_UNROLL
                     for (int j = 0; j < N; ++j) r[i][j] = stage[(i * N + j) * LD + t];
                 }
+                R a_norm = R(0);
+                if constexpr (RC) a_norm = one_norm<T, N>(r);
                 int code = invert_in_place<T, N>(r, col);
+                if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, one_norm<T, N>(r));
                 // Only thread t touches column t of the stage, so no barrier is
                 // needed between its reads above and its writes here.
                 GPUINV_UNROLL
@@ -217,9 +228,10 @@ template <> struct pivot_code_of<double> { typedef PivotCode64 type; };
 // back_substitute_column_rotated, reading U and Y from the slice (all lanes
 // of a group read the same U element at once: a broadcast). Lanes past N
 // only take part in the collectives.
-template <class T, int N, int G, int W>
+template <class T, int N, int G, int W, bool RC = false>
 __global__ void __launch_bounds__(32 * W, 1)
-    inv_group(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, long long m) {
+    inv_group(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, typename real_of<T>::type* __restrict__ rcond,
+              long long m) {
     typedef typename real_of<T>::type R;
     constexpr int NN = N * N;
     constexpr int MPW = 32 / G;  // matrices per warp
@@ -255,6 +267,15 @@ __global__ void __launch_bounds__(32 * W, 1)
         for (int j = 0; j < N; ++j) r[j] = has_row ? mine[row * LD + j] : make_zero<T>();
         const bool bad = has_row && !row_is_finite(r);
         const bool nonfinite = (__ballot_sync(0xffffffffu, bad) & gmask) != 0u;
+        // RC: lane `row` sums column `row` of A (||A||_1 is the group's
+        // largest such sum, taken at the end with ||X||_1's).
+        R a_sum = R(0);
+        if constexpr (RC) {
+            if (has_row) {
+                GPUINV_UNROLL
+                for (int i = 0; i < N; ++i) a_sum += modulus(mine[i * LD + row]);
+            }
+        }
         __syncwarp();  // every lane has read its row: phase 1 overwrites the slice
         int pos = row;  // lanes past N keep pos >= N: never a candidate, never matched
         int code = 0;
@@ -328,11 +349,31 @@ __global__ void __launch_bounds__(32 * W, 1)
         // X goes straight to global memory: the group's lanes hold the N
         // columns of X, so each store writes one whole row of the inverse
         // (permuted among the lanes), as coalesced as a staged store.
+        R a_norm = R(0), x_norm = R(0);
+        if constexpr (RC) {
+            // Each lane holds one column of X; the group's largest column
+            // sums, NaN kept (a butterfly: every lane ends with both norms).
+            R x_sum = R(0);
+            if (has_row) {
+                GPUINV_UNROLL
+                for (int i = 0; i < N; ++i) x_sum += modulus(x[i]);
+            }
+            a_norm = a_sum;
+            x_norm = x_sum;
+            GPUINV_UNROLL
+            for (int off = G / 2; off > 0; off /= 2) {
+                a_norm = max_keep_nan(a_norm, shfl_xor(a_norm, off, G));
+                x_norm = max_keep_nan(x_norm, shfl_xor(x_norm, off, G));
+            }
+        }
         if (has_row && grp < count) {
             T* dst = out + base + grp * NN + col_of_mine;
             GPUINV_UNROLL
             for (int i = 0; i < N; ++i) dst[i * N] = nonfinite ? make_nan<T>() : x[i];
-            if (row == 0) info[first + grp] = nonfinite ? -1 : code;
+            if (row == 0) {
+                info[first + grp] = nonfinite ? -1 : code;
+                if constexpr (RC) rcond[first + grp] = rcond_of(nonfinite ? -1 : code, a_norm, x_norm);
+            }
         }
         __syncwarp();  // every lane has read U before the next chunk's loads overwrite the slice
     }
@@ -354,16 +395,21 @@ namespace gpuinv {
 // Hermitian, goes back. info follows potrf (k > 0: the leading minor of
 // order k is not positive definite), -1 for NaN or Inf in the part read;
 // for info != 0 the output is all NaN.
-template <class T, int N, int B>
+template <class T, int N, int B, bool RC = false>
 __global__ void __launch_bounds__(B, 1)
-    inv_chol_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, long long m) {
+    inv_chol_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, typename real_of<T>::type* __restrict__ rcond,
+                    long long m) {
+    typedef typename real_of<T>::type R;
     constexpr int NN = N * N;
     if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
         // Without a stage, as inv_thread's smallest: only the lower triangle is loaded.
         direct_tiles<T, N, B>(
             m, [&](long long i, int row, int col) { return col <= row ? a[i * NN + row * N + col] : make_zero<T>(); },
             [&](long long i, T (&r)[N][N]) {
+                R a_norm = R(0);
+                if constexpr (RC) a_norm = hermitian_one_norm<T, N>(r);
                 int code = chol_invert_in_place<T, N>(r);
+                if constexpr (RC) rcond[i] = rcond_of(code, a_norm, one_norm<T, N>(r));
                 T* dst = out + i * NN;
                 GPUINV_UNROLL
                 for (int e = 0; e < NN; ++e) dst[e] = code != 0 ? make_nan<T>() : r[e / N][e % N];
@@ -391,7 +437,10 @@ __global__ void __launch_bounds__(B, 1)
                     for (int j = 0; j < N; ++j)
                         r[i][j] = j <= i ? stage[(i * N + j) * LD + t] : make_zero<T>();
                 }
+                R a_norm = R(0);
+                if constexpr (RC) a_norm = hermitian_one_norm<T, N>(r);
                 int code = chol_invert_in_place<T, N>(r);
+                if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, one_norm<T, N>(r));
                 // Only thread t touches column t of the stage.
                 GPUINV_UNROLL
                 for (int i = 0; i < N; ++i) {
@@ -403,6 +452,159 @@ __global__ void __launch_bounds__(B, 1)
             }
             __syncthreads();
             stage_out<T, NN, B>(stage, out + off, t, count * NN);
+            __syncthreads();  // the next tile's loads overwrite the stage
+        }
+    }
+}
+
+}  // namespace gpuinv
+
+// --- the triangular and diagonal inverses -------------------------------------
+
+#include "triangular.cuh"
+
+namespace gpuinv {
+
+// One thread per matrix, inv_chol_thread's staging (inv_thread's: coalesced
+// tile loads into a transposed shared stage, B + 1 against bank conflicts).
+// Only the triangle the structure names is taken from the stage, into the
+// lower triangle of `r`: as it is for LOWER, transposed for an upper
+// triangular matrix, whose inverse is the transpose of (U^T)^-1 (a plain
+// transpose: U^T is the transpose, not the conjugate transpose). The whole
+// inverse goes back, exact zeros in the other triangle. info follows trtri
+// (k > 0: the first exactly zero diagonal element), -1 for NaN or Inf in
+// the triangle read; for info != 0 the output is all NaN. With RC, rcond
+// as the other kernels': r holds the triangle transposed for an upper
+// matrix, so its 1-norm is r's infinity-norm (largest row sum), and X's too.
+template <class T, int N, int B, bool LOWER, bool RC = false>
+__global__ void __launch_bounds__(B, 1)
+    inv_tri_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info,
+                   typename real_of<T>::type* __restrict__ rcond, long long m) {
+    typedef typename real_of<T>::type R;
+    constexpr int NN = N * N;
+    // ||.||_1 of the matrix r holds (lower) or holds transposed (upper).
+    auto norm = [](const T (&r)[N][N]) { return LOWER ? one_norm<T, N>(r) : inf_norm<T, N>(r); };
+    if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
+        // Without a stage, as inv_thread's smallest: only the triangle read is loaded.
+        direct_tiles<T, N, B>(
+            m,
+            [&](long long i, int row, int col) {
+                return col <= row ? a[i * NN + (LOWER ? row * N + col : col * N + row)] : make_zero<T>();
+            },
+            [&](long long i, T (&r)[N][N]) {
+                R a_norm = R(0);
+                if constexpr (RC) a_norm = norm(r);
+                int code = tri_invert_in_place<T, N>(r);
+                if constexpr (RC) rcond[i] = rcond_of(code, a_norm, norm(r));
+                T* dst = out + i * NN;
+                GPUINV_UNROLL
+                for (int e = 0; e < NN; ++e)
+                    dst[e] = code != 0 ? make_nan<T>() : (LOWER ? r[e / N][e % N] : r[e % N][e / N]);
+                info[i] = code;
+            });
+    } else {
+        constexpr int LD = B + 1;
+        // Named as inv_thread's stage: the CPU emulation maps every kernel's
+        // `stage` to one buffer of the instantiation's size (tests/cuda_emu).
+        __shared__ T stage[NN * LD];
+        const int t = threadIdx.x;
+        const long long tiles = (m + B - 1) / B;
+        for (long long tri_t = blockIdx.x; tri_t < tiles; tri_t += gridDim.x) {
+            const long long first = tri_t * B;
+            const int count = (m - first) < B ? (int)(m - first) : B;
+            const long long tri_off = first * NN;
+            stage_in<T, NN, B>(stage, a + tri_off, t, count * NN);
+            __syncthreads();
+            // Threads without a matrix (past the stack's end) only wait at the barriers.
+            if (t < count) {
+                T r[N][N];
+                GPUINV_UNROLL
+                for (int i = 0; i < N; ++i) {
+                    GPUINV_UNROLL
+                    for (int j = 0; j < N; ++j)
+                        r[i][j] = j <= i ? stage[(LOWER ? i * N + j : j * N + i) * LD + t] : make_zero<T>();
+                }
+                R a_norm = R(0);
+                if constexpr (RC) a_norm = norm(r);
+                int code = tri_invert_in_place<T, N>(r);
+                if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, norm(r));
+                // Only thread t touches column t of the stage.
+                GPUINV_UNROLL
+                for (int i = 0; i < N; ++i) {
+                    GPUINV_UNROLL
+                    for (int j = 0; j < N; ++j)
+                        stage[(i * N + j) * LD + t] = code != 0 ? make_nan<T>() : (LOWER ? r[i][j] : r[j][i]);
+                }
+                info[first + t] = code;
+            }
+            __syncthreads();
+            stage_out<T, NN, B>(stage, out + tri_off, t, count * NN);
+            __syncthreads();  // the next tile's loads overwrite the stage
+        }
+    }
+}
+
+// One thread per matrix, the same staging, only the diagonal taken from the
+// stage (n registers); diag(1 / d) goes back whole, exact zeros elsewhere.
+// The stage still moves every element in: the diagonal's elements lie in
+// as many 32-byte sectors as the whole small matrix, so reading them alone
+// would save no memory traffic, and the coalesced loads are the same code
+// as the other kernels'. info: the first exactly zero d_k, -1 for NaN or
+// Inf on the diagonal; for info != 0 the output is all NaN. With RC, rcond
+// from the norms of diag(d) and diag(1 / d): their largest |d_j| and |1 / d_j|.
+template <class T, int N, int B, bool RC = false>
+__global__ void __launch_bounds__(B, 1)
+    inv_diag_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info,
+                    typename real_of<T>::type* __restrict__ rcond, long long m) {
+    typedef typename real_of<T>::type R;
+    constexpr int NN = N * N;
+    if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
+        direct_tiles<T, N, B>(
+            m, [&](long long i, int row, int col) { return row == col ? a[i * NN + row * N + col] : make_zero<T>(); },
+            [&](long long i, T (&r)[N][N]) {
+                T d[N];
+                GPUINV_UNROLL
+                for (int j = 0; j < N; ++j) d[j] = r[j][j];
+                R a_norm = R(0);
+                if constexpr (RC) a_norm = max_modulus<T, N>(d);
+                int code = diag_invert_in_place<T, N>(d);
+                if constexpr (RC) rcond[i] = rcond_of(code, a_norm, max_modulus<T, N>(d));
+                T* dst = out + i * NN;
+                GPUINV_UNROLL
+                for (int e = 0; e < NN; ++e)
+                    dst[e] = code != 0 ? make_nan<T>() : (e / N == e % N ? d[e / N] : make_zero<T>());
+                info[i] = code;
+            });
+    } else {
+        constexpr int LD = B + 1;
+        __shared__ T stage[NN * LD];
+        const int t = threadIdx.x;
+        const long long tiles = (m + B - 1) / B;
+        for (long long diag_t = blockIdx.x; diag_t < tiles; diag_t += gridDim.x) {
+            const long long first = diag_t * B;
+            const int count = (m - first) < B ? (int)(m - first) : B;
+            const long long diag_off = first * NN;
+            stage_in<T, NN, B>(stage, a + diag_off, t, count * NN);
+            __syncthreads();
+            // Threads without a matrix (past the stack's end) only wait at the barriers.
+            if (t < count) {
+                T d[N];
+                GPUINV_UNROLL
+                for (int j = 0; j < N; ++j) d[j] = stage[(j * N + j) * LD + t];
+                R a_norm = R(0);
+                if constexpr (RC) a_norm = max_modulus<T, N>(d);
+                int code = diag_invert_in_place<T, N>(d);
+                if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, max_modulus<T, N>(d));
+                GPUINV_UNROLL
+                for (int i = 0; i < N; ++i) {
+                    GPUINV_UNROLL
+                    for (int j = 0; j < N; ++j)
+                        stage[(i * N + j) * LD + t] = code != 0 ? make_nan<T>() : (i == j ? d[i] : make_zero<T>());
+                }
+                info[first + t] = code;
+            }
+            __syncthreads();
+            stage_out<T, NN, B>(stage, out + diag_off, t, count * NN);
             __syncthreads();  // the next tile's loads overwrite the stage
         }
     }

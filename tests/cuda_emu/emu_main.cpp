@@ -2,20 +2,27 @@
 //
 // Built by tests/_cuda_emu.py with
 //   -DEMU_T=<element type>  -DEMU_KERNEL=<template-id, e.g. gpuinv::inv_thread<double, 4, 128>>
-// and linked with emu_shared.cpp. kernels.cu (and inverse.cuh, which it
-// includes) are compiled unchanged after cuda_emu.h.
+//   -DEMU_CALL=<the call, e.g. EMU_KERNEL(a, out, info, rcond, m)>
+// and linked with emu_shared.cpp. kernels.cu (and the headers it includes)
+// are compiled unchanged after cuda_emu.h. EMU_CALL names the kernel's
+// arguments in its order (gpuinv.kernels.KernelSpec.params) from: a, b (the
+// inputs), out, info, rcond (the outputs), m and k (the counts).
 //
-// Usage: emu_kernel M GRID BLOCK ORDERS IN OUT INFO
-//   M       matrices in the stack; IN holds M * N * N elements of EMU_T
+// Usage: emu_kernel M K GRID BLOCK ORDERS A B OUT INFO RCOND
+//   M       matrices in the stack; A holds M matrices of EMU_T
+//   K       right-hand sides per matrix (0 where the kernel takes none)
 //   ORDERS  comma-separated thread orders: f (forward), r (reverse), sSEED
 //           (a random permutation per round, seeded)
-// The stack is read into an exact-size heap allocation. The kernel runs once
-// per order, each time into fresh exact-size `out` and `info` buffers that
-// are pre-filled with 0xA5 bytes; all runs must give the same bits, and the
-// input must be unchanged. The first run's out and info are written to OUT
-// and INFO. Exit status: 0 ok, 2 usage or I/O error, 3 an emulation error
-// (divergent collectives, deadlock), 4 results differ between orders, 5 the
-// input was written; AddressSanitizer and UBSan abort on their own.
+//   B       the right-hand sides (M * N * K elements), or - for none
+//   RCOND   where to write rcond (M reals), or - where the kernel writes none
+// The inputs are read into exact-size heap allocations. The kernel runs once
+// per order, each time into fresh exact-size `out` (the size of B where
+// there is one, else of A), `info` and `rcond` buffers that are pre-filled
+// with 0xA5 bytes; all runs must give the same bits, and the inputs must be
+// unchanged. The first run's outputs are written to OUT, INFO and RCOND.
+// Exit status: 0 ok, 2 usage or I/O error, 3 an emulation error (divergent
+// collectives, deadlock), 4 results differ between orders, 5 an input was
+// written; AddressSanitizer and UBSan abort on their own.
 #include "cuda_emu.h"
 
 #include "kernels.cu"
@@ -26,6 +33,40 @@ extern "C" const std::size_t emu_shared_bytes;
 namespace {
 
 using T = EMU_T;
+using R = gpuinv::real_of<T>::type;
+
+// One output buffer: exact size, pre-filled, compared across thread orders.
+struct Output {
+    const char* name;
+    std::size_t bytes;
+    std::size_t unit;  // bytes per matrix, for the race report
+    unsigned char* data = nullptr;
+    std::vector<unsigned char> first;
+    Output(const char* name_, std::size_t bytes_, std::size_t unit_) : name(name_), bytes(bytes_), unit(unit_) {}
+    Output(const Output&) = delete;
+    Output& operator=(const Output&) = delete;
+    ~Output() { std::free(data); }  // every return frees it: LeakSanitizer would fail the run
+    void fresh() {
+        std::free(data);
+        data = static_cast<unsigned char*>(std::malloc(bytes ? bytes : 1));
+        std::memset(data, 0xA5, bytes);
+    }
+    // 0, or 4 after reporting where this run differs from the first one.
+    int settle(std::size_t run, const std::string& first_order, const std::string& order) {
+        if (run == 0) {
+            first.assign(data, data + bytes);
+            return 0;
+        }
+        for (std::size_t b = 0; b < bytes; ++b) {
+            if (data[b] != first[b]) {
+                std::fprintf(stderr, "cuda_emu: race: `%s` differs between thread orders %s and %s at byte %zu (matrix %zu)\n",
+                             name, first_order.c_str(), order.c_str(), b, b / unit);
+                return 4;
+            }
+        }
+        return 0;
+    }
+};
 
 std::vector<unsigned char> read_file(const char* path) {
     std::vector<unsigned char> data;
@@ -69,16 +110,17 @@ emu::Launch parse_order(const std::string& word) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 8) {
-        std::fprintf(stderr, "usage: %s M GRID BLOCK ORDERS IN OUT INFO\n", argv[0]);
+    if (argc != 11) {
+        std::fprintf(stderr, "usage: %s M K GRID BLOCK ORDERS A B OUT INFO RCOND\n", argv[0]);
         return 2;
     }
     const long long m = std::atoll(argv[1]);
-    const unsigned grid = (unsigned)std::strtoul(argv[2], nullptr, 10);
-    const unsigned block = (unsigned)std::strtoul(argv[3], nullptr, 10);
+    const int k = std::atoi(argv[2]);
+    const unsigned grid = (unsigned)std::strtoul(argv[3], nullptr, 10);
+    const unsigned block = (unsigned)std::strtoul(argv[4], nullptr, 10);
     std::vector<std::string> orders;
     {
-        std::string all = argv[4], word;
+        std::string all = argv[5], word;
         for (char c : all + ",") {
             if (c == ',') {
                 if (!word.empty()) orders.push_back(word);
@@ -88,65 +130,66 @@ int main(int argc, char** argv) {
             }
         }
     }
-    if (m < 1 || orders.empty()) {
-        std::fprintf(stderr, "cuda_emu: need M >= 1 and at least one order\n");
+    const std::string b_path = argv[7], rcond_path = argv[10];
+    const bool has_b = b_path != "-", has_rcond = rcond_path != "-";
+    if (m < 1 || k < 0 || orders.empty()) {
+        std::fprintf(stderr, "cuda_emu: need M >= 1, K >= 0 and at least one order\n");
         return 2;
     }
-    std::vector<unsigned char> input = read_file(argv[5]);
-    if (input.size() % (std::size_t)m != 0 || input.size() % sizeof(T) != 0) {
-        std::fprintf(stderr, "cuda_emu: %s holds %zu bytes, not M matrices of %zu-byte elements\n", argv[5],
-                     input.size(), sizeof(T));
-        return 2;
+    std::vector<unsigned char> a_in = read_file(argv[6]), b_in;
+    if (has_b) b_in = read_file(argv[7]);
+    for (const auto* in : {&a_in, &b_in}) {
+        if (in->size() % (std::size_t)m != 0 || in->size() % sizeof(T) != 0) {
+            std::fprintf(stderr, "cuda_emu: an input holds %zu bytes, not M matrices of %zu-byte elements\n",
+                         in->size(), sizeof(T));
+            return 2;
+        }
     }
-    const std::size_t a_bytes = input.size();
-    const std::size_t info_bytes = (std::size_t)m * sizeof(int);
 
     // Exact-size heap buffers: one element past either end is a redzone.
-    T* a = static_cast<T*>(std::malloc(a_bytes));
-    std::memcpy(a, input.data(), a_bytes);
-    std::vector<unsigned char> first_out, first_info;
+    struct Input {
+        T* p = nullptr;
+        explicit Input(const std::vector<unsigned char>& data) {
+            p = static_cast<T*>(std::malloc(data.size() ? data.size() : 1));
+            if (!data.empty()) std::memcpy(p, data.data(), data.size());
+        }
+        Input(const Input&) = delete;
+        Input& operator=(const Input&) = delete;
+        ~Input() { std::free(p); }
+    };
+    Input a_buf(a_in), b_buf(b_in);
+    T* a = a_buf.p;
+    T* b = has_b ? b_buf.p : nullptr;
+    const std::size_t out_bytes = has_b ? b_in.size() : a_in.size();
+    Output outs[3] = {{"out", out_bytes, out_bytes / (std::size_t)m},
+                      {"info", (std::size_t)m * sizeof(int), sizeof(int)},
+                      {"rcond", has_rcond ? (std::size_t)m * sizeof(R) : 0, sizeof(R)}};
     for (std::size_t i = 0; i < orders.size(); ++i) {
-        T* out = static_cast<T*>(std::malloc(a_bytes));
-        int* info = static_cast<int*>(std::malloc(info_bytes));
-        std::memset(out, 0xA5, a_bytes);
-        std::memset(info, 0xA5, info_bytes);
+        for (auto& o : outs) o.fresh();
+        T* out = reinterpret_cast<T*>(outs[0].data);
+        int* info = reinterpret_cast<int*>(outs[1].data);
+        R* rcond = has_rcond ? reinterpret_cast<R*>(outs[2].data) : nullptr;
+        (void)rcond;
+        (void)k;
         emu::Launch how = parse_order(orders[i]);
         how.shared = emu_shared_arrays[0];
         how.shared_bytes = emu_shared_bytes;
         for (int s = 1; emu_shared_arrays[s] != nullptr; ++s) std::memset(emu_shared_arrays[s], 0xFF, emu_shared_bytes);
-        emu::launch(dim3(grid), dim3(block), how, [&] { EMU_KERNEL(a, out, info, m); });
-        if (std::memcmp(a, input.data(), a_bytes) != 0) {
+        emu::launch(dim3(grid), dim3(block), how, [&] { EMU_CALL; });
+        if (std::memcmp(a, a_in.data(), a_in.size()) != 0) {
             std::fprintf(stderr, "cuda_emu: the kernel wrote its input `a`\n");
             return 5;
         }
-        const auto* ob = reinterpret_cast<const unsigned char*>(out);
-        const auto* ib = reinterpret_cast<const unsigned char*>(info);
-        if (i == 0) {
-            first_out.assign(ob, ob + a_bytes);
-            first_info.assign(ib, ib + info_bytes);
-        } else {
-            for (std::size_t b = 0; b < a_bytes; ++b) {
-                if (ob[b] != first_out[b]) {
-                    std::fprintf(stderr,
-                                 "cuda_emu: race: `out` differs between thread orders %s and %s at byte %zu "
-                                 "(matrix %zu)\n",
-                                 orders[0].c_str(), orders[i].c_str(), b, b / (a_bytes / (std::size_t)m));
-                    return 4;
-                }
-            }
-            for (std::size_t b = 0; b < info_bytes; ++b) {
-                if (ib[b] != first_info[b]) {
-                    std::fprintf(stderr, "cuda_emu: race: `info` differs between thread orders %s and %s at matrix %zu\n",
-                                 orders[0].c_str(), orders[i].c_str(), b / sizeof(int));
-                    return 4;
-                }
-            }
+        if (has_b && std::memcmp(b, b_in.data(), b_in.size()) != 0) {
+            std::fprintf(stderr, "cuda_emu: the kernel wrote its input `b`\n");
+            return 5;
         }
-        std::free(out);
-        std::free(info);
+        for (auto& o : outs) {
+            if (int status = o.settle(i, orders[0], orders[i])) return status;
+        }
     }
-    std::free(a);
-    write_file(argv[6], first_out.data(), a_bytes);
-    write_file(argv[7], first_info.data(), info_bytes);
+    write_file(argv[8], outs[0].first.data(), outs[0].bytes);
+    write_file(argv[9], outs[1].first.data(), outs[1].bytes);
+    if (has_rcond) write_file(argv[10], outs[2].first.data(), outs[2].bytes);
     return 0;
 }
