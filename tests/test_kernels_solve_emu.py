@@ -168,8 +168,9 @@ MUTATIONS = [
      "                __syncthreads();\n                stage_out<T, N, B>(stage_b,",
      "                stage_out<T, N, B>(stage_b,", "race"),
     ("solve-b-read-from-the-neighbour", _spec(np.complex64, 3), 1,
+     # The neighbour overwrites its column with x: what is read depends on the thread order.
      "[&](int row) { return stage_b[row * LD + t]; }", "[&](int row) { return stage_b[row * LD + (t ^ 1)]; }",
-     "wrong"),
+     "race"),
     ("solve-global-column-stride", _spec(np.float64, 4), 3,
      "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);\n"
      "                        GPUINV_UNROLL",
