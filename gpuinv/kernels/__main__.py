@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "--op",
         action="append",
         choices=OPS,
-        help="only the kernels of this operation (repeatable; default: all): inv (LU), chol, tril, triu, diag; "
+        help="only the kernels of this operation (repeatable; default: all): inv (LU), chol, tril, triu, diag, solve; "
         "not with --budget or --update-budget, which cover every kernel",
     )
     args = parser.parse_args(argv)
