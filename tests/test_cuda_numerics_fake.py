@@ -918,3 +918,20 @@ def test_solve_kernel_route_broadcasts_a_and_b(fake_kernels, rng):
     got = gpuinv.solve_ex(dev(fake, many), dev(fake, vec))
     close(got.solution, gpuinv.solve_ex(many, vec, device="cpu").solution, np.float64)
     assert len(solve_launches(fake)) == 2
+
+
+def test_rcond_where_the_kernel_has_no_rcond_variant(fake_kernels, monkeypatch, rng):
+    # float64 n = 7 (one thread per matrix, near the register limit): the
+    # plain kernel inverts and rcond comes from the CuPy norms.
+    fake = fake_kernels
+    assert not gpuinv.kernels.has_rcond_variant(7, np.float64)
+    a = rng.standard_normal((5, 7, 7))
+    a[2] = 0
+    before = rcond_launches(fake, "inv")
+    with no_host_sync(fake, monkeypatch):
+        res = gpuinv.inv_ex(dev(fake, a), rcond=True)
+    assert rcond_launches(fake, "inv") == before
+    want = gpuinv.inv_ex(a, rcond=True, device="cpu")
+    np.testing.assert_array_equal(host(res.info), want.info)
+    close(res.rcond, want.rcond, np.float64)
+    assert host(res.rcond)[2] == 0

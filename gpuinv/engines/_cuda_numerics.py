@@ -73,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import kernels
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
@@ -241,8 +242,10 @@ def _inverse_chunk(view: Any, out: Any, info: Any, structure: str, lower: bool,
         _triangular_inverse(full, out, info, structure == "lower triangular", route)
     elif structure == "positive definite":
         if _cuda_chol.chol_route(n, dtype) == "kernel":  # our kernel for the small n
-            _cuda_chol.kernel_cholesky_inverse_into(full, out, info, rcond=rc)
-            return full, rc is not None
+            # rcond from the kernel where it has an rcond variant (not all do: registers).
+            rc_kernel = rc if rc is not None and kernels.has_rcond_variant(n, dtype, "chol") else None
+            _cuda_chol.kernel_cholesky_inverse_into(full, out, info, rcond=rc_kernel)
+            return full, rc_kernel is not None
         _cholesky_inverse(full, out, info)
     else:
         raise ValueError(f"unknown structure {structure!r}")

@@ -233,9 +233,9 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
     C-contiguous, on the current device and stream. Never waits for the host.
 
     With ``rcond`` (m,) given and the ``"kernel"`` route, the kernel's rcond
-    variant also writes each matrix's rcond there (free while it holds A and
-    X). Returns whether ``rcond`` was written; the other routes leave it to
-    the caller.
+    variant (where it has one: :func:`gpuinv.kernels.has_rcond_variant`)
+    also writes each matrix's rcond there, while it holds A and X. Returns
+    whether ``rcond`` was written; otherwise it is left to the caller.
     """
     import cupy
 
@@ -258,7 +258,7 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
             x = cupy.empty((m, n, n), dtype=dtype)
             cupy.copyto(x.reshape(view.shape), view, casting="unsafe")
         rc = None
-        if rcond is not None:
+        if rcond is not None and kernels.has_rcond_variant(n, dtype):
             rc = rcond if rcond.flags.c_contiguous else cupy.empty(m, dtype=rcond.dtype)
             kernels.invert_small(x, out, info, rcond=rc)
         else:
@@ -268,7 +268,7 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
         # The kernels leave a singular matrix's inverse unspecified: NaN, as
         # the CPU engine and the other routes give (a mask, no host sync).
         cupy.copyto(out, dtype.type(np.nan), where=(info != 0)[:, None, None])
-        return rcond is not None
+        return rc is not None
 
     # x[i] = A_i^T in C order, i.e. A_i in column-major order: cuBLAS and
     # cuSOLVER factor A_i itself (see the module docstring).

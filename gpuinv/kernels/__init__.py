@@ -57,6 +57,7 @@ __all__ = [
     "THREAD_MAX_N",
     "KernelSpec",
     "kernel_spec",
+    "has_rcond_variant",
     "instantiations",
     "kernel_source",
     "invert_small",
@@ -184,6 +185,31 @@ _OP_MAX_N = {"chol": (CHOL_MAX_N, "the Cholesky kernel"), "tril": (TRI_MAX_N, "t
              "triu": (TRI_MAX_N, "the triangular kernel"), "diag": (DIAG_MAX_N, "the diagonal kernel"),
              "solve": (SOLVE_MAX_N, "the solve kernel")}
 _OPS = ("inv", *_OP_MAX_N)
+
+# The (op, dtype, n) whose kernel has no rcond variant: the one-thread
+# kernels already near the register limit, where the variant's norms (a
+# pass over A, one over X, a division) take them to 255 registers or past
+# it (NVRTC 12.9, sm_80 / sm_90, `python -m gpuinv.kernels --check`): LU
+# float64 n = 7 (plain 196 / 198; rcond 255 with 36 bytes spilled), Cholesky
+# float64 n = 7 (255, at the limit) and n = 8 (plain 230 / 231; rcond spills
+# 20-44 bytes), Cholesky complex64 n = 8 (254-255, at the limit). There the
+# CUDA engine runs the plain kernel and takes rcond from the two CuPy norms
+# (gpuinv/engines/_cuda_numerics.py), as on the cuBLAS routes.
+_NO_RCOND_VARIANT = {
+    ("inv", np.dtype(np.float64), 7),
+    ("chol", np.dtype(np.float64), 7),
+    ("chol", np.dtype(np.float64), 8),
+    ("chol", np.dtype(np.complex64), 8),
+}
+
+
+def has_rcond_variant(n: int, dtype: Any, op: str = "inv") -> bool:
+    """Whether ``kernel_spec(n, dtype, op)`` has an rcond variant (``rcond=True``).
+
+    Every dispatched kernel has one except the solve kernel and the few
+    one-thread kernels where it would exceed the registers (``_NO_RCOND_VARIANT``).
+    """
+    return op != "solve" and (op, np.dtype(dtype), int(n)) not in _NO_RCOND_VARIANT
 
 # Every kernel takes the input as ``const T* __restrict__`` and only reads it,
 # so the CUDA engine may hand them the caller's own contiguous stack without
@@ -353,6 +379,8 @@ def kernel_spec(n: int, dtype: Any, op: str = "inv", rcond: bool = False) -> Ker
     dt = _check_dtype(dtype)
     if op == "solve" and rcond:
         raise ValueError("the solve kernel has no rcond variant")
+    if rcond and not has_rcond_variant(n, dt, op):
+        raise ValueError(f"the {op} kernel for n={n} {dt} has no rcond variant (registers; see has_rcond_variant)")
     if op in _OP_MAX_N:
         bounds, what = _OP_MAX_N[op]
         if not 1 <= n <= bounds[dt]:
@@ -377,7 +405,8 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     """Every (dtype, n, shape) instantiation dispatch can select, in order:
     the general inverse's, then the Cholesky kernel's, then the triangular
     (lower, upper) and diagonal kernels', then the same again with rcond
-    (:attr:`KernelSpec.rcond`), then the LU solve kernel's.
+    (:attr:`KernelSpec.rcond`) where :func:`has_rcond_variant`, then the LU
+    solve kernel's.
 
     With ``include_non_default``, also the one-thread shape for the n just
     above ``THREAD_MAX_N``, and the structured kernels for the n just above
@@ -389,7 +418,7 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     for op in ("tril", "triu", "diag"):
         bounds = _OP_MAX_N[op][0]
         specs += [kernel_spec(n, dt, op) for dt in _DTYPES for n in range(1, bounds[dt] + 1)]
-    specs += [replace(s, rcond=True) for s in list(specs)]
+    specs += [replace(s, rcond=True) for s in list(specs) if has_rcond_variant(s.n, s.dtype, s.op)]
     specs += [kernel_spec(n, dt, "solve") for dt in _DTYPES for n in range(1, SOLVE_MAX_N[dt] + 1)]
     if include_non_default:
         for dt in _DTYPES:

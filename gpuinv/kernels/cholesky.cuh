@@ -132,20 +132,25 @@ template <class T, int N> GPUINV_HD bool lower_is_finite(const T (&a)[N][N]) {
 // (the diagonal's real part, the strict upper triangle the conjugate mirror):
 // what the RC variant of inv_chol_thread reports rcond against, the matrix
 // as read (gpuinv._numerics.structured_matrix builds the same one).
-template <class T, int N>
-GPUINV_HD typename real_of<T>::type hermitian_one_norm(const T (&l)[N][N]) {
+// The element (i, j), i >= j, of the lower triangle is at(i, j).
+template <class T, int N, class At>
+GPUINV_HD typename real_of<T>::type hermitian_one_norm_at(At at) {
     typedef typename real_of<T>::type R;
     R norm = R(0);
     GPUINV_UNROLL
     for (int j = 0; j < N; ++j) {
-        R s = abs_real(real_part(l[j][j]));
+        R s = abs_real(real_part(at(j, j)));
         GPUINV_UNROLL
         for (int i = 0; i < N; ++i) {
-            if (i != j) s += modulus(i > j ? l[i][j] : l[j][i]);
+            if (i != j) s += modulus(i > j ? at(i, j) : at(j, i));
         }
         norm = max_keep_nan(norm, s);
     }
     return norm;
+}
+template <class T, int N>
+GPUINV_HD typename real_of<T>::type hermitian_one_norm(const T (&l)[N][N]) {
+    return hermitian_one_norm_at<T, N>([&](int i, int j) { return l[i][j]; });
 }
 
 template <class T, int N>

@@ -591,20 +591,34 @@ template <class R> GPUINV_HD R modulus(cplx<R> x) {
 // that a NaN column sum gives a NaN norm and rcond 0, as on the CPU.
 template <class R> GPUINV_HD R max_keep_nan(R norm, R s) { return (s > norm || s != s) ? s : norm; }
 
-// ||a||_1: the largest column sum of |a_ij|.
-template <class T, int N>
-GPUINV_HD typename real_of<T>::type one_norm(const T (&a)[N][N]) {
+// ||a||_1: the largest column sum of |a_ij|, with a_ij = at(i, j).
+template <class T, int N, class At>
+GPUINV_HD typename real_of<T>::type one_norm_at(At at) {
     typedef typename real_of<T>::type R;
     R norm = R(0);
     GPUINV_UNROLL
     for (int j = 0; j < N; ++j) {
         R s = R(0);
         GPUINV_UNROLL
-        for (int i = 0; i < N; ++i) s += modulus(a[i][j]);
+        for (int i = 0; i < N; ++i) s += modulus(at(i, j));
         norm = max_keep_nan(norm, s);
     }
     return norm;
 }
+template <class T, int N>
+GPUINV_HD typename real_of<T>::type one_norm(const T (&a)[N][N]) {
+    return one_norm_at<T, N>([&](int i, int j) { return a[i][j]; });
+}
+
+// A compiler barrier (no instruction): memory may have changed, so a load
+// after it is not merged with an equal load before it. The staged kernels'
+// rcond takes A's norm from the stage in a pass of its own before the
+// inversion: had those loads been merged with the ones that fill the
+// registers, or the norm been taken from the registers, every element of A
+// would be read at once and stay live (float64 n = 7 spilled at 255
+// registers), where the plain kernel reads the stage as the elimination
+// needs it.
+#define GPUINV_RELOAD_BARRIER() asm volatile("" ::: "memory")
 
 // ||a||_inf: the largest row sum of |a_ij| (the 1-norm of a's transpose).
 template <class T, int N>

@@ -124,6 +124,13 @@ __global__ void __launch_bounds__(B, 1)
             stage_in<T, NN, B>(stage, a + base, t, count * NN);
             __syncthreads();
             if (t < count) {
+                // RC: ||A||_1 in a pass of its own over the stage, then the
+                // barrier, so that r is still read as the elimination needs it.
+                R a_norm = R(0);
+                if constexpr (RC) {
+                    a_norm = one_norm_at<T, N>([&](int i, int j) { return stage[(i * N + j) * LD + t]; });
+                    GPUINV_RELOAD_BARRIER();
+                }
                 T r[N][N];
                 int col[N];
                 GPUINV_UNROLL
@@ -131,8 +138,6 @@ __global__ void __launch_bounds__(B, 1)
                     GPUINV_UNROLL
                     for (int j = 0; j < N; ++j) r[i][j] = stage[(i * N + j) * LD + t];
                 }
-                R a_norm = R(0);
-                if constexpr (RC) a_norm = one_norm<T, N>(r);
                 int code = invert_in_place<T, N>(r, col);
                 if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, one_norm<T, N>(r));
                 // Only thread t touches column t of the stage, so no barrier is
@@ -430,6 +435,11 @@ __global__ void __launch_bounds__(B, 1)
             __syncthreads();
             // Threads past the stack's end only take part in the barriers.
             if (t < count) {
+                R a_norm = R(0);  // RC: in a pass of its own, as inv_thread's
+                if constexpr (RC) {
+                    a_norm = hermitian_one_norm_at<T, N>([&](int i, int j) { return stage[(i * N + j) * LD + t]; });
+                    GPUINV_RELOAD_BARRIER();
+                }
                 T r[N][N];
                 GPUINV_UNROLL
                 for (int i = 0; i < N; ++i) {
@@ -437,8 +447,6 @@ __global__ void __launch_bounds__(B, 1)
                     for (int j = 0; j < N; ++j)
                         r[i][j] = j <= i ? stage[(i * N + j) * LD + t] : make_zero<T>();
                 }
-                R a_norm = R(0);
-                if constexpr (RC) a_norm = hermitian_one_norm<T, N>(r);
                 int code = chol_invert_in_place<T, N>(r);
                 if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, one_norm<T, N>(r));
                 // Only thread t touches column t of the stage.
