@@ -92,6 +92,9 @@ CROSSOVER_N = (2, 4, 8, 32)
 ROUTE_N = (32, 64, 128, 192, 256, 384, 512)
 ROUTE_BATCH_BYTES = 64 << 20
 KERNEL_N = (2, 4, 8, 12, 16, 24, 32)
+# Issue 10's GPU targets (rcond's cost, Cholesky against LU, solve against
+# inv(a) @ b): the kernel routes' sizes and one above them.
+NUMERICS_N = (2, 4, 8, 16, 32, 64)
 SHAPE_N = (5, 6, 7, 8)  # where both kernel shapes exist (group of 8 lanes)
 # GPU test files, the ones that only a GPU can check first.
 FIRST_TEST_FILES = ("tests/test_kernels_gpu.py", "tests/test_cuda_gpu.py", "tests/test_interop.py")
@@ -113,6 +116,7 @@ class Scale:
     route_batch_bytes: int = ROUTE_BATCH_BYTES
     kernel_n: tuple[int, ...] = KERNEL_N
     shape_n: tuple[int, ...] = SHAPE_N
+    numerics_n: tuple[int, ...] = NUMERICS_N
     floor_bytes: int = 1024 << 20
     pinned_bytes: int = 256 << 20
     peer_chunk: int = CUBLAS_BATCH_MAX
@@ -123,11 +127,12 @@ def scale_for(quick: bool, tiny: bool) -> Scale:
     if tiny:
         return Scale(threshold_n=(2, 4), other_n=(3,), complex_n=(2,), host_n=(2, 3), batch_bytes=4096,
                      numpy_batch_bytes=2048, crossover_sizes=(1024, 4096), crossover_n=(2,),
-                     route_n=(3, 5), route_batch_bytes=2048, kernel_n=(2, 4), shape_n=(5,),
+                     route_n=(3, 5), route_batch_bytes=2048, kernel_n=(2, 4), shape_n=(5,), numerics_n=(2, 4),
                      floor_bytes=1 << 16, pinned_bytes=1 << 16, peer_chunk=50, min_unit_s=0.0)
     if quick:
         return Scale(other_n=(128, 512), complex_n=(32,), host_n=(4, 32, 512), batch_bytes=QUICK_BATCH_BYTES,
                      crossover_n=(2, 8), route_n=(64, 256), kernel_n=(8, 16, 24, 32), shape_n=(6, 8),
+                     numerics_n=(4, 16),
                      floor_bytes=256 << 20)
     return Scale()
 
@@ -264,6 +269,32 @@ def format_table(cases: list[dict[str, Any]]) -> str:
                  "the input and output bytes for CuPy input, and the pinned upload plus download "
                  "(overlapped) for NumPy input. The model ceiling is `python -m gpuinv.kernels --model`'s "
                  "prediction for the kernel instantiation (empty where no model file was found).")
+    return "\n".join(lines)
+
+
+#: Issue 10's ratios: (column, numerator, denominator), times of the same run.
+NUMERICS_RATIOS = (
+    ("rcond cost", "inv_ex_rcond", "inv_ex"),
+    ("Cholesky speed-up", "general_on_spd", "positive_definite"),
+    ("triangular speed-up", "general_on_tri", "lower_triangular"),
+    ("solve speed-up", "inv_matmul", "solve"),
+)
+
+
+def format_numerics(cases: list[dict[str, Any]]) -> str:
+    """Markdown table of issue 10's ratios (time / time, medians of the same run)."""
+    lines = ["| dtype | n | batch | " + " | ".join(c for c, _, _ in NUMERICS_RATIOS) + " |",
+             "|---|---:|---:|" + "---:|" * len(NUMERICS_RATIOS)]
+    for case in cases:
+        cells = []
+        for _, num, den in NUMERICS_RATIOS:
+            tn, td = summarize(case["times"].get(num)), summarize(case["times"].get(den))
+            cells.append(_fmt_ratio(tn / td) if (tn and td) else "-")
+        lines.append(f"| {case['dtype']} | {case['n']} | {case['count']} | " + " | ".join(cells) + " |")
+    lines += ["", "rcond cost: `inv_ex(a, rcond=True)` / `inv_ex(a)` (target: almost 1 on the kernel routes). "
+              "Speed-ups: the general inverse of the same matrices / `assume_a` (target 1.5x at n >= 16 for "
+              "the Cholesky route), and `inv_ex(a).inverse @ b` / `solve_ex(a, b)` with one right-hand side "
+              "(target 1.5x)."]
     return "\n".join(lines)
 
 
@@ -493,6 +524,8 @@ def render_bench(data: dict[str, Any]) -> str:
         md.append("Peers: " + ", ".join(f"{k}: {v}" for k, v in data["peers"].items()))
         md.append("")
     md.append(format_table(data.get("cases", [])))
+    if data.get("numerics"):
+        md += ["", "## numerics (issue 10 targets)", "", format_numerics(data["numerics"])]
     for key in ("kernel_threshold", "shape_threshold", "crossover", "route_threshold", "warm_up"):
         if key in data:
             md += ["", f"## {key}", "```", json.dumps(_clean(data[key]), indent=1), "```"]
@@ -1051,6 +1084,46 @@ class Bench:
             case["peer_errors"], "cupy")
         self.rec.save()
 
+    # -- issue 10: rcond, assume_a, solve ---------------------------------------------
+    def numerics_case(self, n: int, dtype: Any, cap: float) -> None:
+        """Issue 10's GPU targets on CuPy input, each against its baseline in the same run:
+        ``inv_ex`` with and without ``rcond``; positive definite against the general
+        inverse of the same matrices; lower triangular likewise; ``solve_ex`` with one
+        right-hand side against ``inv_ex(a).inverse @ b``."""
+        import cupy
+
+        import gpuinv
+
+        dt = np.dtype(dtype)
+        count = batch_count(n, dt.itemsize, self.scale.batch_bytes)
+        a = random_device_stack(count, n, dt)
+        spd = a @ a.swapaxes(-1, -2).conj() + n * cupy.eye(n, dtype=dt)
+        tri = a * cupy.asarray(np.tril(np.ones((n, n), dtype=dt))) + n * cupy.eye(n, dtype=dt)
+        b = random_device_stack(count, n, dt, seed=2)[:, :, :1]  # (count, n, 1): one right-hand side
+        case: dict[str, Any] = {"dtype": dt.name, "n": n, "count": count, "times": {}}
+        self.rec.data.setdefault("numerics", []).append(case)
+        label = f"n={n} {dt.name}"
+        runs = {
+            "inv_ex": lambda: gpuinv.inv_ex(a),
+            "inv_ex_rcond": lambda: gpuinv.inv_ex(a, rcond=True),
+            "general_on_spd": lambda: gpuinv.inv_ex(spd),
+            "positive_definite": lambda: gpuinv.inv_ex(spd, assume_a="positive definite"),
+            "general_on_tri": lambda: gpuinv.inv_ex(tri),
+            "lower_triangular": lambda: gpuinv.inv_ex(tri, assume_a="lower triangular"),
+            "solve": lambda: gpuinv.solve_ex(a, b),
+            "inv_matmul": lambda: gpuinv.inv_ex(a).inverse @ b,
+        }
+        each = cap / len(runs)
+        for key, fn in runs.items():
+            if self.rec.left() <= 0:
+                self.rec.skip(f"numerics {key} {label}", "out of time")
+                continue
+            case["times"][key] = guarded(self.rec, f"numerics {key} {label}",
+                                         lambda fn=fn: time_events(fn, self.repeats, each))
+            self.rec.save()
+        del a, spd, tri, b
+        cupy.get_default_memory_pool().free_all_blocks()
+
     # -- thresholds ---------------------------------------------------------------------
     def kernel_threshold(self, cap: float) -> None:
         """KERNEL_MAX_N: our kernels against cuBLAS getrf/getri, through the engine."""
@@ -1192,6 +1265,22 @@ class Unit:
     run: Callable[[float], Any]
 
 
+def numerics_specs(scale: Scale) -> list[Any]:
+    """The kernels numerics_case launches besides the plain inverses: the rcond
+    variants, the Cholesky, lower triangular and solve kernels, where they exist."""
+    from gpuinv import kernels
+
+    specs = []
+    for dt in (np.float64, np.float32):
+        for n in scale.numerics_n:
+            for op, rcond in (("inv", True), ("chol", False), ("tril", False), ("solve", False)):
+                try:
+                    specs.append(kernels.kernel_spec(n, dt, op, rcond=rcond))
+                except ValueError:  # above the kernel's bound, or no rcond variant: not a kernel route
+                    pass
+    return specs
+
+
 def bench_plan(b: Bench) -> list[tuple[str, float, list[Unit]]]:
     """(phase, share of the time, units): what sets thresholds first."""
     s = b.scale
@@ -1210,6 +1299,8 @@ def bench_plan(b: Bench) -> list[tuple[str, float, list[Unit]]]:
              for dt in (np.float64, np.float32) for n in s.host_n]
     rest += [Unit(f"jax {np.dtype(dt).name} n={n}", lambda cap, n=n, dt=dt: b.jax_peer(n, dt, cap))
              for dt in (np.float64, np.float32) for n in s.threshold_n]
+    rest += [Unit(f"numerics {np.dtype(dt).name} n={n}", lambda cap, n=n, dt=dt: b.numerics_case(n, dt, cap))
+             for dt in (np.float64, np.float32) for n in s.numerics_n]
     return [("thresholds", 0.45, first), ("crossovers", 0.35, second), ("rest", 0.20, rest)]
 
 
@@ -1255,7 +1346,7 @@ def run_bench_section(args: argparse.Namespace, rec: Recorder, scale: Scale) -> 
     # With the shape variants dispatch never picks (shape_threshold times them).
     variants = [spec for dt in (np.float64, np.float32) for n in scale.shape_n
                 for spec in shape_variants(n, dt)]
-    warm_kernels(rec, None, ns, args.workers, extra=variants)
+    warm_kernels(rec, None, ns, args.workers, extra=variants + numerics_specs(scale))
     try:
         measure_floors(rec, args.repeats, scale)
         log(f"floors: {rec.data['floors']}")

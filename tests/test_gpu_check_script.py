@@ -333,19 +333,24 @@ def kernel_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("kernel-cache")
 
 
-def numpy_launch(spec, a, out, info, *, max_blocks=None):
-    """Stands in for the kernel launch: the stand-in cannot run CUDA code."""
+def numpy_launch(spec, a, out, info, rcond=None, *, max_blocks=None, b=None):
+    """Stands in for the kernel launch (gpuinv.kernels._launch's arguments): the
+    stand-in cannot run CUDA code. The CPU engine computes what the kernel would."""
+    import gpuinv
+
     x = np.asarray(a).view(np.ndarray)
     o = np.asarray(out).view(np.ndarray)
     flags = np.asarray(info).view(np.ndarray)
-    with np.errstate(all="ignore"):
-        for i in range(len(x)):
-            try:
-                o[i] = np.linalg.inv(x[i])
-                flags[i] = 0
-            except np.linalg.LinAlgError:
-                o[i] = np.nan
-                flags[i] = 1
+    if spec.op == "solve":
+        res = gpuinv.solve_ex(x, np.asarray(b).view(np.ndarray), device="cpu")
+        o[...], flags[...] = res.solution, res.info
+        return
+    structure = {"inv": "general", "chol": "positive definite", "tril": "lower triangular",
+                 "triu": "upper triangular", "diag": "diagonal"}[spec.op]
+    res = gpuinv.inv_ex(x, assume_a=structure, lower=spec.op == "chol", rcond=rcond is not None, device="cpu")
+    o[...], flags[...] = res.inverse, res.info
+    if rcond is not None:
+        np.asarray(rcond).view(np.ndarray)[...] = res.rcond
 
 
 @pytest.fixture
@@ -371,7 +376,12 @@ def fake(monkeypatch, kernel_cache):
     # streams: each test loads a fresh stand-in, which knows none of an
     # earlier one's streams or memory, so none may reach the next test.
     cuda_engine.cache_clear()
+    extra = importlib.util.spec_from_file_location(
+        "gpuinv_tests_fake_cupy_numerics_check", Path(__file__).with_name("_fake_cupy_numerics.py"))
+    numerics = importlib.util.module_from_spec(extra)
+    extra.loader.exec_module(numerics)
     with module.installed(monkeypatch):
+        numerics.install(module, monkeypatch, [])  # what issue 10's routes call (the numerics unit)
         yield module
     cuda_engine.cache_clear()
     kernels._kernel.cache_clear()
@@ -486,7 +496,16 @@ def test_every_section_end_to_end(gpu_check, fake, tmp_path, quick):
     assert set(data["kernel_threshold"]["float64 n=2"]["matrices_per_s"]) == {"kernel", "cublas"}
     assert data["kernel_threshold"]["float64 n=2"]["model"]["limiter"] == "issue"
     assert set(data["shape_threshold"]["float64 n=5"]["matrices_per_s"]) == {"thread", "group"}
+    # Issue 10's targets: every time taken, and the ratios in the table.
+    numerics = data["numerics"]
+    assert [(c["dtype"], c["n"]) for c in numerics] == [("float64", 2), ("float64", 4), ("float32", 2),
+                                                        ("float32", 4)]
+    for c in numerics:
+        assert set(c["times"]) == {"inv_ex", "inv_ex_rcond", "general_on_spd", "positive_definite",
+                                   "general_on_tri", "lower_triangular", "solve", "inv_matmul"}
+        assert all(c["times"].values()), c
     md = (out / "results.md").read_text()
+    assert "## numerics (issue 10 targets)" in md and "| float32 | 4 |" in md
     assert "| cupy | float64 | 2 | kernel |" in md and "## kernel_threshold" in md
     assert "thresholds: cupy input float64 n=2" in (out / "gpu_check-bench.log").read_text()
 
