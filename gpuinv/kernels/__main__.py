@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(args.json.replace("{arch}", arch.replace("_", "")))
                 write_json(records, path, arch, version)
                 print(f"# wrote {path}")
-        if args.update_budget:
+        if args.update_budget and status:
+            # A baseline must not record a kernel that spills: --check failed above.
+            print(f"# not written: {budget_path} (fix the --check failure first)", file=sys.stderr)
+        elif args.update_budget:
             update_budget(records, budget_path, args.update_budget, version)
             print(f"# wrote {budget_path}")
         elif args.budget:
