@@ -242,3 +242,61 @@ def test_kernels_are_compiled_without_flush_to_zero(monkeypatch):
     cc = cupy.cuda.Device().compute_capability
     assert len(seen) == 1 and "-ftz=false" in seen[0] and "-ftz=true" not in seen[0]
     assert seen[0][-1] in (f"-arch=sm_{cc}",) or seen[0][-1].startswith("-arch=compute_")
+
+
+# --- the rcond variants (KernelSpec.rcond) -------------------------------------------
+
+RC_CASES = [(op, np.dtype(dt), n) for op, bounds in (("inv", kernels.KERNEL_MAX_N), ("chol", kernels.CHOL_MAX_N),
+                                                     ("tril", kernels.TRI_MAX_N), ("triu", kernels.TRI_MAX_N),
+                                                     ("diag", kernels.DIAG_MAX_N))
+            for dt in DTYPES for n in range(1, bounds[np.dtype(dt)] + 1)
+            if kernels.has_rcond_variant(n, dt, op)]
+
+
+def _structured(op, a):
+    """The matrices as the op's kernel reads them, made well posed (the CPU engine's test inputs)."""
+    n = a.shape[-1]
+    eye = np.eye(n, dtype=a.dtype)
+    if op == "chol":
+        return a @ np.conj(np.swapaxes(a, -1, -2)) + n * eye
+    if op == "diag":
+        return a * eye + 2 * eye
+    mask = np.tril(np.ones((n, n), dtype=bool)) if op == "tril" else np.triu(np.ones((n, n), dtype=bool))
+    return np.where(mask, a, 0).astype(a.dtype) + n * eye
+
+
+@pytest.mark.parametrize("case", RC_CASES, ids=lambda c: f"{c[0]}-{c[1].name}-n{c[2]}")
+def test_rcond_variant_on_the_gpu(case):
+    # The rcond variant gives the plain kernel's inverse and info bit for bit,
+    # and rcond as gpuinv._numerics.rcond_from_inverse computes it from them.
+    from gpuinv._numerics import rcond_from_inverse
+
+    op, dtype, n = case
+    spec = kernels.kernel_spec(n, dtype, op)
+    rng = np.random.default_rng(200 + n)
+    a = _structured(op, random_matrices(rng, 2 * spec.per_block + 3, n, dtype))
+    s = np.logspace(0, -3, n).astype(a.real.dtype)  # a smaller rcond, the structure kept
+    a[1] = a[1] * s[:, None] * s[None, :] if op == "chol" else a[1] * s[None, :]
+    a[2, n - 1, n - 1 if op != "chol" else 0] = np.nan  # info -1: rcond NaN
+    d = cupy.asarray(a)
+    outs = []
+    for with_rcond in (False, True):
+        out, info = cupy.empty_like(d), cupy.empty(len(a), dtype=np.int32)
+        rc = cupy.empty(len(a), dtype=np.finfo(dtype).dtype) if with_rcond else None
+        if op == "inv":
+            kernels.invert_small(d, out, info, rcond=rc)
+        elif op == "chol":
+            kernels.invert_small_chol(d, out, info, rcond=rc)
+        else:
+            structure = {"tril": "lower triangular", "triu": "upper triangular", "diag": "diagonal"}[op]
+            kernels.invert_small_structured(d, out, info, structure, rcond=rc)
+        outs.append((out.get(), info.get(), None if rc is None else rc.get()))
+    (x, info, _), (x_rc, info_rc, rc) = outs
+    np.testing.assert_array_equal(info_rc, info)
+    bits = np.dtype(f"u{np.finfo(dtype).dtype.itemsize}")
+    np.testing.assert_array_equal(x_rc[info == 0].view(bits), x[info == 0].view(bits))
+    assert info[2] == -1 and np.isnan(rc[2])
+    want = rcond_from_inverse(a, x, info)  # a is what the kernel reads: _structured made it so
+    ok = info == 0
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(rc[ok], want[ok], rtol=8 * (n + 2) * eps, atol=0)
