@@ -227,7 +227,10 @@ MUTATIONS = [
      "stage_in<T, NN, B>(stage, a + off,", "stage_in<T, NN, B>(stage, a + off + 1,",
      "asan"),
     ("chol-missing-syncthreads", _spec(np.float32, 3),
-     "            __syncthreads();\n            // Threads past the stack's end", "            // Threads past the stack's end",
+     "            __syncthreads();\n            // Threads past the stack's end only take part in the barriers.\n"
+     "            if (t < count) {\n                R a_norm = R(0);  // RC",
+     "            // Threads past the stack's end only take part in the barriers.\n"
+     "            if (t < count) {\n                R a_norm = R(0);  // RC",
      "race"),
     ("chol-reads-the-upper-triangle", _spec(np.complex64, 3),
      "r[i][j] = j <= i ? stage[(i * N + j) * LD + t]", "r[i][j] = j <= i ? stage[(j * N + i) * LD + t]", "wrong"),

@@ -249,12 +249,20 @@ MUTATIONS = [
      "stage_in<T, NN, B>(stage, a + base,", "stage_in<T, NN, B>(stage, a + base + 1,",
      "asan"),
     ("thread-stage-slot-off-by-one", _spec(np.float32, 3),
-     "r[i][j] = stage[(i * N + j) * LD + t];", "r[i][j] = stage[(i * N + j) * LD + t + 1];", "race"),
+     "r[i][j] = stage[(i * N + j) * LD + t];\n                }\n                int code = invert_in_place",
+     "r[i][j] = stage[(i * N + j) * LD + t + 1];\n                }\n                int code = invert_in_place", "race"),
     ("thread-missing-syncthreads", _spec(np.float64, 3),
      "            __syncthreads();\n            if (t < count) {", "            if (t < count) {", "race"),
-    ("thread-grid-stride-step", _spec(np.float64, 3), "tile += gridDim.x)", "tile += gridDim.x + 1)", "wrong"),
+    ("thread-grid-stride-step", _spec(np.float64, 3),
+     "tile += gridDim.x) {\n            const long long first = tile * B;\n"
+     "            const int count = (m - first) < B ? (int)(m - first) : B;\n            const long long base",
+     "tile += gridDim.x + 1) {\n            const long long first = tile * B;\n"
+     "            const int count = (m - first) < B ? (int)(m - first) : B;\n            const long long base", "wrong"),
     ("thread-direct-load-past-the-matrix", _spec(np.float32, 2),
-     "return a[i * NN + row * N + col]; }", "return a[i * NN + row * N + col + 1]; }", "asan"),
+     "return a[i * NN + row * N + col]; },\n            [&](long long i, T (&r)[N][N]) {\n                int col[N];\n"
+     "                R a_norm",
+     "return a[i * NN + row * N + col + 1]; },\n            [&](long long i, T (&r)[N][N]) {\n                int col[N];\n"
+     "                R a_norm", "asan"),
     ("thread-direct-store-past-the-matrix", _spec(np.complex64, 1),
      "T* dst = out + i * NN;\n                GPUINV_UNROLL\n                for (int row = 0;",
      "T* dst = out + i * NN + 1;\n                GPUINV_UNROLL\n                for (int row = 0;", "asan"),
