@@ -54,20 +54,11 @@ def kernel_structured_inverse_into(full: Any, out: Any, info: Any, structure: st
     import cupy
 
     from .. import kernels  # by attribute, so that the tests' stand-in is found
+    from .cuda import _launch_into
 
     m = full.shape[0]
     if not m:
         return
     a = cupy.ascontiguousarray(full)
-
-    def contiguous(x: Any) -> Any:
-        return x if x is None or x.flags.c_contiguous else cupy.empty(x.shape, dtype=x.dtype)
-
-    dst, codes, rc = contiguous(out), contiguous(info), contiguous(rcond)
-    if rcond is None:
-        kernels.invert_small_structured(a, dst, codes, structure)
-    else:
-        kernels.invert_small_structured(a, dst, codes, structure, rcond=rc)
-    for target, written in ((out, dst), (info, codes), (rcond, rc)):
-        if written is not target:
-            cupy.copyto(target, written)
+    _launch_into(lambda dst, codes, rc: kernels.invert_small_structured(a, dst, codes, structure, rcond=rc),
+                 out, info, rcond)

@@ -226,6 +226,19 @@ def _available_bytes() -> int:
     return available_device_bytes(free, pool.free_bytes(), pool.used_bytes(), pool.get_limit())
 
 
+def _launch_into(launch: Callable[..., None], *outputs: Any) -> None:
+    """Call ``launch(*outputs)``, handing a kernel C-contiguous arrays: an output
+    that is not (a chunk's view) is written through a temporary and copied back.
+    ``None`` (an output not asked for) passes through."""
+    import cupy
+
+    direct = [x if x is None or x.flags.c_contiguous else cupy.empty(x.shape, dtype=x.dtype) for x in outputs]
+    launch(*direct)
+    for target, written in zip(outputs, direct):
+        if written is not target:
+            cupy.copyto(target, written)
+
+
 def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = False,
                   rcond: Any = None) -> bool:
     """Invert ``view`` (any batch shape + (n, n), any strides and dtype, read
@@ -257,14 +270,11 @@ def _invert_chunk(view: Any, out: Any, info: Any, route: str, owned: bool = Fals
         else:
             x = cupy.empty((m, n, n), dtype=dtype)
             cupy.copyto(x.reshape(view.shape), view, casting="unsafe")
-        rc = None
-        if rcond is not None and kernels.has_rcond_variant(n, dtype):
-            rc = rcond if rcond.flags.c_contiguous else cupy.empty(m, dtype=rcond.dtype)
-            kernels.invert_small(x, out, info, rcond=rc)
-        else:
+        rc = rcond if rcond is not None and kernels.has_rcond_variant(n, dtype) else None
+        if rc is None:
             kernels.invert_small(x, out, info)
-        if rc is not None and rc is not rcond:
-            cupy.copyto(rcond, rc)
+        else:
+            _launch_into(lambda r: kernels.invert_small(x, out, info, rcond=r), rc)
         # The kernels leave a singular matrix's inverse unspecified: NaN, as
         # the CPU engine and the other routes give (a mask, no host sync).
         cupy.copyto(out, dtype.type(np.nan), where=(info != 0)[:, None, None])
