@@ -112,7 +112,8 @@ def auto_engine_for(shape: tuple[int, ...], dtype: str) -> str:
     size is allocated.
     """
     from ._device import parse_device
-    from ._dispatch import cpu_route, select_engine
+    from ._dispatch import select_engine
+    from .engines.cpu_routes import cpu_route
     from ._normalize import normalize
 
     op = normalize(np.broadcast_to(np.zeros((), dtype=dtype), shape))

@@ -30,13 +30,13 @@ def _with_failures():
 @pytest.fixture
 def counted(monkeypatch):
     calls = []
-    original = CpuEngine.invert
+    original = CpuEngine.inverse
 
-    def invert(self, op):
+    def inverse(self, request, op):
         calls.append(op.batch_shape)
-        return original(self, op)
+        return original(self, request, op)
 
-    monkeypatch.setattr(CpuEngine, "invert", invert)
+    monkeypatch.setattr(CpuEngine, "inverse", inverse)
     return calls
 
 
