@@ -25,25 +25,15 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
+import _helpers
 import numpy as np
 import pytest
 
 cupy = pytest.importorskip("cupy")
 
 
-def _load_fake():
-    name = "gpuinv_tests_fake_cupy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_fake_cupy.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_fake = _load_fake()
+_fake = _helpers.fake_cupy()
 _FAKE = _fake._build_modules()
 
 LETTERS = "sdcz"
