@@ -69,7 +69,7 @@ def inv_ex(
         ``"upper triangular"``, ``"lower triangular"``, ``"positive
         definite"`` (``"pos"``), ``"symmetric"`` (``"sym"``) and
         ``"hermitian"`` (``"her"``). Only the entries the structure needs
-        are read (see Notes). Not supported for dask input yet.
+        are read (see Notes).
     lower : bool, optional
         For ``"positive definite"``, ``"symmetric"`` and ``"hermitian"``:
         read the lower triangle instead of the upper one (SciPy's default).
@@ -95,7 +95,7 @@ def inv_ex(
         in the real dtype of the inverse; 0 where info > 0 or the inverse
         overflowed, NaN where info is -1. For CuPy input (and CUDA tensors)
         nothing is synchronized with the host: ``info`` and ``rcond`` stay
-        on the device. For dask input both are lazy dask arrays.
+        on the device. For dask input all are lazy dask arrays.
 
     Raises
     ------

@@ -17,7 +17,6 @@ anything.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import re
