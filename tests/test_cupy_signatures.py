@@ -187,7 +187,7 @@ def test_cusolver_wrappers(library_docs, name):
 
 def test_the_engine_call_shapes(library_docs):
     # The argument lists the engine passes, as CuPy 14 names them; the engine
-    # calls each positionally (gpuinv/engines/cuda.py).
+    # calls each positionally (gpuinv/engines/cuda/cublas.py, cusolver.py).
     docs = library_docs
     assert parse_params(docs["cublas"]["dgetrfBatched"], "dgetrfBatched") == [
         "handle", "n", "Aarray", "lda", "PivotArray", "infoArray", "batchSize"]

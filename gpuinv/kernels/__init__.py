@@ -194,7 +194,7 @@ _OPS = ("inv", *_OP_MAX_N)
 # float64 n = 7 (255, at the limit) and n = 8 (plain 230 / 231; rcond spills
 # 20-44 bytes), Cholesky complex64 n = 8 (254-255, at the limit). There the
 # CUDA engine runs the plain kernel and takes rcond from the two CuPy norms
-# (gpuinv/engines/_cuda_numerics.py), as on the cuBLAS routes.
+# (gpuinv/engines/cuda/engine.py), as on the cuBLAS routes.
 _NO_RCOND_VARIANT = {
     ("inv", np.dtype(np.float64), 7),
     ("chol", np.dtype(np.float64), 7),
