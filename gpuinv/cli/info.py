@@ -75,10 +75,12 @@ def auto_engine_for(shape: tuple[int, ...], dtype: str) -> str:
     """
     # The public API has no "which engine would run this" question, so this
     # asks the dispatcher directly: the CLI's only use of gpuinv's internals
-    # below the public layer (_normalize, _dispatch).
+    # below the public layer (_normalize, _dispatch, and the CPU engine's
+    # route table).
     from .._device import parse_device
-    from .._dispatch import cpu_route, select_engine
+    from .._dispatch import select_engine
     from .._normalize import normalize
+    from ..engines.cpu_routes import cpu_route
 
     op = normalize(np.broadcast_to(np.zeros((), dtype=dtype), shape))
     try:

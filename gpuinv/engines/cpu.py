@@ -4,7 +4,7 @@ Per chunk of the batch (a view of the caller's array, never the whole stack):
 
 1. gather the chunk into a contiguous block of the compute dtype;
 2. mark matrices holding NaN or Inf (info -1, inverse NaN);
-3. invert the rest by the route that dispatch picks for n: batch-vectorized
+3. invert the rest by the route of :mod:`.cpu_routes` for n: batch-vectorized
    closed forms for n <= 4 (matrices they cannot do accurately go to step 4),
    LAPACK's getrf/getrs through NumPy's own gufunc above that;
 4. for matrices LAPACK could not invert, find the zero pivot's step with a
@@ -30,11 +30,11 @@ import numpy as np
 
 from .._chunks import Chunk, plan_chunks
 from .._config import config
-from .._dispatch import cpu_route
 from .._dtypes import real_dtype
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
+from .._request import Request
 from ._closed_form import (
     SOLVE_MAX_N,
     closed_form_inverse,
@@ -50,6 +50,7 @@ from ._structured import (
     triangular_inverse,
     triangular_solve,
 )
+from .cpu_routes import cpu_route, threads_for
 
 try:  # NumPy's batched inverse gufunc without the raise-on-first-failure wrapper
     from numpy.linalg import _umath_linalg
@@ -71,9 +72,12 @@ _SIGNATURES = {
 
 
 class CpuEngine:
-    """Inverts NumPy stacks on the host. Stateless apart from a shared thread pool."""
+    """Inverts and solves NumPy stacks on the host. Stateless apart from a shared thread pool."""
 
     name = "cpu"
+    #: Computes in host memory: CuPy input is copied in and out by the call
+    #: path (gpuinv._compute), never here.
+    memory = "host"
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -93,38 +97,21 @@ class CpuEngine:
     def __repr__(self) -> str:
         return "CpuEngine()"
 
-    def invert(self, op: Operand) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(inverse, info)`` for a validated NumPy operand."""
-        n, dtype = op.n, op.dtype
-        out = np.empty(op.batch_shape + (n, n), dtype=dtype)
-        info = np.zeros(op.batch_shape, dtype=np.int32)
-        if op.empty:
-            return out, info
-        a = op.array
-        out3 = out.reshape(-1, n, n)
-        info1 = info.reshape(-1)
-        per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
+    def inverse(self, request: Request, op: Operand
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(inverse, info, rcond or None)`` for a validated NumPy operand.
 
-        def task(chunk: Chunk) -> None:
-            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
-            invert_block(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop])
-
-        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
-        return out, info
-
-    def invert_ex(self, op: Operand, *, structure: str = "general", lower: bool = False,
-                  rcond: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(inverse, info, rcond)`` for a validated NumPy operand.
-
-        ``structure`` is a canonical name of :data:`gpuinv._numerics.STRUCTURES`;
-        ``rcond`` is None unless asked for. Chunked and threaded like
-        :meth:`invert`; rcond is computed per chunk while the chunk is hot.
+        Chunked (views of the caller's array, never the whole stack) and
+        threaded. The general inverse without rcond, the cheapest request,
+        runs :func:`invert_block` per chunk; anything else
+        :func:`invert_block_ex`, which computes rcond per chunk while the
+        chunk is hot.
         """
         n, dtype = op.n, op.dtype
         out = np.empty(op.batch_shape + (n, n), dtype=dtype)
         info = np.zeros(op.batch_shape, dtype=np.int32)
         rc = None
-        if rcond:
+        if request.rcond:
             # Every route writes every rcond, so only an empty stack needs the
             # fill (n = 0: rcond 1). np.empty saves a pass over the output.
             rc = (np.ones if op.empty else np.empty)(op.batch_shape, dtype=real_dtype(dtype))
@@ -133,22 +120,28 @@ class CpuEngine:
         a = op.array
         out3 = out.reshape(-1, n, n)
         info1 = info.reshape(-1)
-        rc1 = rc.reshape(-1) if rc is not None else None
+        structure, lower = request.structure, request.lower
 
-        def task(chunk: Chunk) -> None:
-            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
-            part = rc1[chunk.start : chunk.stop] if rc1 is not None else None
-            invert_block_ex(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop],
-                            part, structure, lower)
+        if structure == "general" and rc is None:
+            def task(chunk: Chunk) -> None:
+                block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+                invert_block(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop])
+        else:
+            rc1 = rc.reshape(-1) if rc is not None else None
+
+            def task(chunk: Chunk) -> None:
+                block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+                part = rc1[chunk.start : chunk.stop] if rc1 is not None else None
+                invert_block_ex(block, out3[chunk.start : chunk.stop],
+                                info1[chunk.start : chunk.stop], part, structure, lower)
 
         per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
-        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=threads_for(n))
         return out, info, rc
 
-    def solve_ex(self, op: Operand, b: np.ndarray, *, structure: str = "general",
-                 lower: bool = False, rcond: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(x, info, rcond)`` with ``a @ x = b`` for every matrix.
+    def solve(self, request: Request, op: Operand, b: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(x, info, rcond or None)`` with ``a @ x = b`` for every matrix.
 
         ``op.array`` and ``b`` (batch + (n, k)) are already broadcast to the
         same batch shape (``op.batch_shape``); broadcast views are read chunk
@@ -158,15 +151,16 @@ class CpuEngine:
         k = b.shape[-1]
         x = np.empty(op.batch_shape + (n, k), dtype=dtype)
         info = np.zeros(op.batch_shape, dtype=np.int32)
-        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if rcond else None
+        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if request.rcond else None
         if op.empty or k == 0:
-            if rcond and not op.empty:
-                _, info, rc = self.invert_ex(op, structure=structure, lower=lower, rcond=True)
+            if request.rcond and not op.empty:
+                _, info, rc = self.inverse(request, op)
             return x, info, rc
         a = op.array
         x3 = x.reshape(-1, n, k)
         info1 = info.reshape(-1)
         rc1 = rc.reshape(-1) if rc is not None else None
+        structure, lower = request.structure, request.lower
 
         def task(chunk: Chunk) -> None:
             block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
@@ -176,7 +170,7 @@ class CpuEngine:
                         part, structure, lower)
 
         per_chunk = max(1, config.cpu_chunk_bytes // ((n * n + n * k) * dtype.itemsize))
-        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=threads_for(n))
         return x, info, rc
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
@@ -225,19 +219,6 @@ class CpuEngine:
                 f.cancel()
             wait(pending)
             raise
-
-
-def _threads_for(n: int) -> int:
-    """Worker threads for order n (benchmarks/bench_cpu.py, threads sweep).
-
-    * 5 <= n <= 8: LAPACK's tiny-matrix calls contend inside OpenBLAS; two
-      threads ran at 0.74x of one, so these stay on one thread.
-    * n >= 128: getrf is blocked and OpenBLAS threads it itself; our threads
-      on top oversubscribe the cores.
-    """
-    if 5 <= n <= 8 or n >= 128:
-        return 1
-    return config.cpu_threads
 
 
 def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
