@@ -60,7 +60,13 @@ except (ImportError, AttributeError):  # pragma: no cover - future NumPy layouts
     _gufunc_inv = None
     _gufunc_solve = None
 
-__all__ = ["CpuEngine", "invert_block_ex", "lu_pivot_info", "solve_block"]
+__all__ = ["CpuEngine", "compiled_kernels", "invert_block_ex", "lu_pivot_info", "solve_block",
+           "warm_up"]
+
+# The closed-form solve (engines/_closed_form.py) is Cramer's rule in
+# disguise: not backward stable for ill-conditioned a (issue 19 item 3). Off:
+# every n takes LU with partial pivoting (compiled, or LAPACK's gesv).
+CLOSED_FORM_SOLVE = False
 
 _SIGNATURES = {
     np.dtype(np.float32): "f->f",
@@ -231,13 +237,66 @@ def _threads_for(n: int) -> int:
     """Worker threads for order n (benchmarks/bench_cpu.py, threads sweep).
 
     * 5 <= n <= 8: LAPACK's tiny-matrix calls contend inside OpenBLAS; two
-      threads ran at 0.74x of one, so these stay on one thread.
+      threads ran at 0.74x of one, so these stay on one thread, unless the
+      compiled kernels take these orders (they share nothing between
+      threads and release the GIL: every thread is free speed).
     * n >= 128: getrf is blocked and OpenBLAS threads it itself; our threads
       on top oversubscribe the cores.
     """
+    if 5 <= n <= 8 and compiled_kernels() is not None and n <= COMPILED_INV_MAX_N:
+        return config.cpu_threads
     if 5 <= n <= 8 or n >= 128:
         return 1
     return config.cpu_threads
+
+
+# --- the compiled route (issue 19): every threshold in one place --------------
+#
+# Where Numba is installed (the gpuinv[cpu] extra) and config.cpu_compiled is
+# on, per-matrix LU kernels compiled by Numba (engines/_compiled.py) replace
+# LAPACK's per-matrix calls and the closed forms for these orders. Set by
+# benchmarks/bench_compiled.py (engine against engine with the route off,
+# numpy.linalg.inv and torch.linalg.inv in one process, by CPU time; table
+# in docs/cpu-compiled.md):
+#
+# * inverse, every dtype, n <= COMPILED_INV_MAX_N: <see docs/cpu-compiled.md>;
+# * solve, n <= COMPILED_SOLVE_MAX_N: LU with partial pivoting, so the
+#   solve is backward stable at every n (the closed-form solve was not,
+#   issue 19 item 3), and faster than gesv's per-matrix calls.
+COMPILED_INV_MIN_N = 1
+COMPILED_INV_MAX_N = 32
+COMPILED_SOLVE_MAX_N = 32
+
+_compiled_module: Any = None
+_compiled_failed = False
+
+
+def compiled_kernels() -> Any:
+    """The compiled-kernel module, or None (Numba missing, or config.cpu_compiled off).
+
+    Imported on first use only: ``import gpuinv`` never imports Numba.
+    """
+    global _compiled_module, _compiled_failed
+    if not config.cpu_compiled or _compiled_failed:
+        return None
+    if _compiled_module is None:
+        try:
+            from . import _compiled
+        except ImportError:
+            _compiled_failed = True
+            return None
+        _compiled_module = _compiled
+    return _compiled_module
+
+
+def _compiled_for(kind: str, n: int) -> Any:
+    """The compiled-kernel module if it takes ``kind`` ("invert", "solve") at order n."""
+    if kind == "invert":
+        if not COMPILED_INV_MIN_N <= n <= COMPILED_INV_MAX_N:
+            return None
+    elif not 1 <= n <= COMPILED_SOLVE_MAX_N:
+        return None
+    return compiled_kernels()
 
 
 def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
@@ -245,6 +304,10 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 
     ``x`` may be the caller's own memory: it is only read.
     """
+    compiled = _compiled_for("invert", x.shape[-1])
+    if compiled is not None:
+        compiled.invert(x, out, info, None)
+        return
     with np.errstate(all="ignore"):
         all_finite = np.isfinite(x.sum())  # cheap; an overflow just takes the exact check
     if all_finite:
@@ -267,6 +330,10 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 
 
 def _invert_finite(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    compiled = _compiled_for("invert", x.shape[-1])
+    if compiled is not None:
+        compiled.invert(np.ascontiguousarray(x), out, info, None)
+        return
     if cpu_route(x.shape[-1]) == "closed_form":
         redo = closed_form_inverse(x, out)
         if redo is None:
@@ -460,6 +527,11 @@ def _invert_structured(a: np.ndarray, out: np.ndarray, info: np.ndarray, structu
 def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
                     structure: str, lower: bool) -> None:
     """Invert a contiguous block ``x`` (m, n, n) as ``structure`` reads it; rcond into ``rc``."""
+    if structure == "general":
+        compiled = _compiled_for("invert", x.shape[-1])
+        if compiled is not None:  # rcond inside the kernel, while the matrix is in registers
+            compiled.invert(x, out, info, rc)
+            return
     if structure == "general" and rc is not None and cpu_route(x.shape[-1]) == "closed_form":
         _invert_closed_form_rcond(x, out, info, rc)
         return
@@ -573,10 +645,16 @@ def _invert_pos_closed_form(x: np.ndarray, out: np.ndarray, info: np.ndarray,
 def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
     """LAPACK gesv per matrix (NumPy's gufunc), with LU info codes for the failures.
 
-    n <= SOLVE_MAX_N takes the closed forms first; the matrices they hand
-    back (numerically singular or badly scaled) take gesv.
+    With the compiled kernels, their LU with partial pivoting instead.
+    Without them, n <= SOLVE_MAX_N took the closed forms first; they are
+    not backward stable (issue 19 item 3: 7.7e10 eps at n = 2, cond 1e12),
+    so every n now takes gesv (CLOSED_FORM_SOLVE stays off).
     """
-    if a.shape[-1] <= SOLVE_MAX_N:
+    compiled = _compiled_for("solve", a.shape[-1])
+    if compiled is not None:
+        compiled.solve(np.ascontiguousarray(a), np.ascontiguousarray(b), y, info)
+        return
+    if CLOSED_FORM_SOLVE and a.shape[-1] <= SOLVE_MAX_N:
         redo = closed_form_solve(a, b, y)
         if redo is None:
             return
@@ -649,6 +727,14 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
     original = a
     if structure != "general":
         a = structured_matrix(a, structure, lower)
+    compiled = (_compiled_for("solve", a.shape[-1])
+                if structure in ("general", "symmetric", "hermitian") else None)
+    if compiled is not None:
+        # Non-finite matrices get info -1 and NaN inside the kernel: no split.
+        compiled.solve(np.ascontiguousarray(a), b, y, info)
+        if rc is not None:
+            _solve_rcond(original, a, info, rc, structure, lower)
+        return
 
     def work(x: np.ndarray, o: np.ndarray, i: np.ndarray) -> None:
         rows = b if len(x) == len(b) else b[keep_rows[0]]
@@ -682,10 +768,60 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
         y[keep] = sub_y
         info[keep] = sub_info
     if rc is not None:
-        # The same code as inv_ex(rcond=True), so that both give the same rcond.
-        inverse = np.empty_like(a)
-        inv_info = np.zeros(len(a), dtype=np.int32)
-        invert_block_ex(original, inverse, inv_info, rc, structure, lower)
-        # A matrix solve found singular (or inv did, by a different rounding)
-        # gets rcond 0, as info says.
-        rc[(info > 0) | (inv_info > 0)] = 0
+        _solve_rcond(original, a, info, rc, structure, lower)
+
+
+def _solve_rcond(original: np.ndarray, a: np.ndarray, info: np.ndarray, rc: np.ndarray,
+                 structure: str, lower: bool) -> None:
+    # The same code as inv_ex(rcond=True), so that both give the same rcond.
+    inverse = np.empty_like(a)
+    inv_info = np.zeros(len(a), dtype=np.int32)
+    invert_block_ex(original, inverse, inv_info, rc, structure, lower)
+    # A matrix solve found singular (or inv did, by a different rounding)
+    # gets rcond 0, as info says.
+    rc[(info > 0) | (inv_info > 0)] = 0
+
+
+def warm_up(dtypes: Iterable[Any] = (np.float32, np.float64, np.complex64, np.complex128),
+            ns: Iterable[int] | None = None,
+            kinds: Iterable[str] = ("invert", "solve")) -> dict[tuple[str, int, str], float]:
+    """Compile the CPU engine's Numba kernels ahead of the first call.
+
+    Each kernel is compiled once per (kind, n, dtype), on its first call, and
+    cached on disk (Numba's ``cache=True``), so only a process that finds no
+    cache pays the compile: about 1-2 s per kernel (docs/cpu-compiled.md).
+    Call this at start-up to move that cost out of the first timed call.
+
+    Parameters
+    ----------
+    dtypes : iterable of dtype-like, optional
+        Compute dtypes (float32, float64, complex64, complex128); all four
+        by default.
+    ns : iterable of int, optional
+        Matrix orders; by default every order the compiled route takes.
+    kinds : iterable of str, optional
+        ``"invert"`` (``inv``, ``inv_ex``, rcond included) and/or ``"solve"``.
+
+    Returns
+    -------
+    dict
+        Seconds per ``(kind, n, dtype name)``, for the kernels the compiled
+        route takes; empty when it is off (Numba not installed, or
+        ``gpuinv.config.cpu_compiled`` False).
+
+    Examples
+    --------
+    >>> from gpuinv.engines.cpu import warm_up
+    >>> took = warm_up(["float64"], [5, 8])  # doctest: +SKIP
+    """
+    compiled = compiled_kernels()
+    if compiled is None:
+        return {}
+    took: dict[tuple[str, int, str], float] = {}
+    orders = list(range(1, max(COMPILED_INV_MAX_N, COMPILED_SOLVE_MAX_N) + 1)) if ns is None else list(ns)
+    for kind in kinds:
+        if kind not in ("invert", "solve"):
+            raise ValueError(f"kinds must hold 'invert' or 'solve', got {kind!r}")
+        wanted = [n for n in orders if _compiled_for(kind, n) is not None]
+        took.update(compiled.warm_up(dtypes, wanted, kinds=(kind,)))
+    return took
