@@ -263,9 +263,9 @@ def _threads_for(n: int) -> int:
 # * solve, n <= COMPILED_SOLVE_MAX_N: LU with partial pivoting, so the
 #   solve is backward stable at every n (the closed-form solve was not,
 #   issue 19 item 3), and faster than gesv's per-matrix calls.
-COMPILED_INV_MIN_N = 1
-COMPILED_INV_MAX_N = 32
-COMPILED_SOLVE_MAX_N = 32
+COMPILED_INV_MIN_N = 5
+COMPILED_INV_MAX_N = 24
+COMPILED_SOLVE_MAX_N = 24
 
 _compiled_module: Any = None
 _compiled_failed = False
