@@ -57,7 +57,8 @@ def run_both(f):
     return a, b
 
 
-def test_the_route_is_taken():
+def test_the_route_is_taken(monkeypatch):
+    monkeypatch.setattr(gpuinv.config, "cpu_compiled", True)
     assert cpu.compiled_kernels() is not None
     for n in NS:
         assert cpu._compiled_for("invert", n) is not None
@@ -196,7 +197,8 @@ def test_read_only_and_strided_input(route):
     np.testing.assert_allclose(res.inverse, np.linalg.inv(view), rtol=1e-12, atol=1e-12)
 
 
-def test_warm_up_reports_each_kernel():
+def test_warm_up_reports_each_kernel(monkeypatch):
+    monkeypatch.setattr(gpuinv.config, "cpu_compiled", True)
     took = cpu.warm_up([np.float64], [5, 13], kinds=["invert"])
     assert set(took) == {("invert", 5, "float64"), ("invert", 13, "float64")}
     assert all(t >= 0 for t in took.values())
