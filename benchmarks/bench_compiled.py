@@ -13,6 +13,7 @@ carry over, not the absolute rates.
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py solve --ns 2,3,4,8
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py specialize --ns 5,8,16
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py first-call   # in a fresh NUMBA_CACHE_DIR
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py block --ns 16,24,32,48,64   # one chunk, one thread
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def bench_solve(args) -> list[dict]:
     rows = []
     rng = np.random.default_rng(1)
     for n in args.ns:
-        for cond in (1e2, 1e8, 1e12):
+        for cond in (1e2, 1e8, 1e12) if args.accuracy else ():
             a, b = conditioned(n, cond, 20000, rng)
             eps = np.finfo(np.float64).eps
             errs = {"gpuinv": backward_error(a, gpuinv.solve(a, b, device="cpu", check_cond=False), b),
@@ -154,10 +155,18 @@ def bench_solve(args) -> list[dict]:
             rows.append({"op": "solve-accuracy", "n": n, "cond": cond, "p99_eps": p99})
         a = stack(n, np.dtype(np.float64), args.bytes)
         b = np.ones(a.shape[:-1] + (1,))
+        # "nocheck": check_cond=False on both sides (the solve alone); the
+        # defaults add the exact rcond, which needs the inverse on both.
         c = {"solve": with_compiled(True, lambda: gpuinv.solve(a, b, device="cpu")),
-             "solve-nonumba": with_compiled(False, lambda: gpuinv.solve(a, b, device="cpu")),
              "inv@b": with_compiled(True, lambda: gpuinv.inv(a, device="cpu") @ b),
-             "inv@b-nonumba": with_compiled(False, lambda: gpuinv.inv(a, device="cpu") @ b),
+             "solve-nocheck": with_compiled(True, lambda: gpuinv.solve(
+                 a, b, device="cpu", check_cond=False)),
+             "inv@b-nocheck": with_compiled(True, lambda: gpuinv.inv(
+                 a, device="cpu", check_cond=False) @ b),
+             "solve-nonumba-nocheck": with_compiled(False, lambda: gpuinv.solve(
+                 a, b, device="cpu", check_cond=False)),
+             "inv@b-nonumba-nocheck": with_compiled(False, lambda: gpuinv.inv(
+                 a, device="cpu", check_cond=False) @ b),
              "numpy.solve": lambda: np.linalg.solve(a, b)}
         best = race(c, args.rounds)
         rates = "  ".join(f"{k}={len(a) / v[1] / 1e6:.3f}/{len(a) / v[0] / 1e6:.3f}"
@@ -221,22 +230,92 @@ def bench_first_call(args) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["inv", "solve", "specialize", "first-call"])
+    p.add_argument("what", choices=["inv", "solve", "specialize", "first-call", "block",
+                                          "solve-block"])
     p.add_argument("--dtypes", default="float64,float32,complex128,complex64")
     p.add_argument("--ns", default="2,3,4,5,6,8,12,16,24,32,48,64")
     p.add_argument("--peers", default="torch")
     p.add_argument("--bytes", type=int, default=8 << 20)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", help="append the rows to this JSON file")
+    p.add_argument("--no-accuracy", dest="accuracy", action="store_false",
+                   help="solve: the timings only")
     args = p.parse_args()
     args.dtypes = args.dtypes.split(",")
     args.ns = [int(v) for v in args.ns.split(",")]
     args.peers = args.peers.split(",") if args.peers else []
     rows = {"inv": bench_inv, "solve": bench_solve, "specialize": bench_specialize,
-            "first-call": bench_first_call}[args.what](args)
+            "first-call": bench_first_call, "block": bench_block,
+            "solve-block": bench_solve_block}[args.what](args)
     if args.json:
         old = json.load(open(args.json)) if os.path.exists(args.json) else []
         json.dump(old + rows, open(args.json, "w"), indent=1)
+
+
+
+def bench_block(args) -> list[dict]:
+    """One chunk (1 MiB, the engine's default) on one thread: the compiled kernel
+    against the LAPACK route's block function, rcond on (inv's defaults), process time."""
+    import threading  # noqa: F401  (one thread: this is the per-core cost)
+
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = stack(n, np.dtype(dt), 1 << 20)
+            out = np.empty_like(a)
+            info = np.zeros(len(a), np.int32)
+            rc = np.empty(len(a), a.real.dtype)
+
+            def block(on):
+                # At n < COMPILED_INV_MIN_N the compiled kernel is forced,
+                # against the closed forms.
+                def run():
+                    gpuinv.config.cpu_compiled = on
+                    saved = cpu.COMPILED_INV_MIN_N
+                    cpu.COMPILED_INV_MIN_N = 1
+                    try:
+                        cpu.invert_block_ex(a, out, info, rc, "general", False)
+                    finally:
+                        gpuinv.config.cpu_compiled = True
+                        cpu.COMPILED_INV_MIN_N = saved
+                return run
+
+            best = race({"compiled": block(True), "lapack": block(False),
+                         "numpy.linalg.inv": lambda: np.linalg.inv(a)}, args.rounds)
+            ratio = best["lapack"][0] / best["compiled"][0]
+            print(f"block {dt:10s} n={n:3d}: compiled {len(a) / best['compiled'][0] / 1e6:.3f}, "
+                  f"LAPACK route {len(a) / best['lapack'][0] / 1e6:.3f}, numpy.linalg.inv "
+                  f"{len(a) / best['numpy.linalg.inv'][0] / 1e6:.3f} M/s; compiled / LAPACK "
+                  f"{ratio:.2f}", flush=True)
+            rows.append({"op": "block", "dtype": dt, "n": n, "compiled_over_lapack": ratio})
+    return rows
+
+
+
+def bench_solve_block(args) -> list[dict]:
+    """One chunk on one thread: the compiled solve against gesv (the LAPACK route), k = 1."""
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = stack(n, np.dtype(dt), 1 << 20)
+            b = np.ones(a.shape[:-1] + (1,), dtype=a.dtype)
+            y = np.empty_like(b)
+            info = np.zeros(len(a), np.int32)
+
+            def block(on):
+                def run():
+                    gpuinv.config.cpu_compiled = on
+                    try:
+                        cpu.solve_block(a, b, y, info, None, "general", False)
+                    finally:
+                        gpuinv.config.cpu_compiled = True
+                return run
+
+            best = race({"compiled": block(True), "lapack": block(False)}, args.rounds)
+            ratio = best["lapack"][0] / best["compiled"][0]
+            print(f"solve block {dt:10s} n={n:3d}: compiled / gesv route {ratio:.2f}", flush=True)
+            rows.append({"op": "solve-block", "dtype": dt, "n": n, "compiled_over_lapack": ratio})
+    return rows
 
 
 if __name__ == "__main__":

@@ -61,11 +61,11 @@ def test_the_route_is_taken(monkeypatch):
     monkeypatch.setattr(gpuinv.config, "cpu_compiled", True)
     assert cpu.compiled_kernels() is not None
     for n in NS:
-        assert cpu._compiled_for("invert", n) is not None
+        assert cpu._compiled_for("invert", n, np.float64) is not None
     gpuinv.config.cpu_compiled = False
     try:
         assert cpu.compiled_kernels() is None
-        assert cpu._compiled_for("invert", 5) is None
+        assert cpu._compiled_for("invert", 5, np.float64) is None
     finally:
         gpuinv.config.cpu_compiled = True
 

@@ -75,13 +75,15 @@ def _real_type(dtype: np.dtype) -> Any:
     return np.dtype(dtype).type(0).real.dtype.type
 
 
-#: Kernels are specialized (n frozen in, loops unrolled) up to this order;
+#: Kernels may be specialized (n frozen in, loops unrolled) up to this order;
 #: above it one kernel per dtype reads n at run time. Each specialization
-#: costs a compile of 1-2 s (once per machine, then Numba's disk cache), so
-#: only the orders where it pays most get one: at n = 5..8 the specialized
-#: float64 inverse ran 1.2-2x the run-time-n one, at n = 12..32 1.2-1.6x
-#: (benchmarks/bench_compiled.py --specialize; docs/cpu-compiled.md).
-SPECIALIZE_MAX_N = {"invert": 8, "solve": 4}
+#: costs a compile of 1-2 s (once per machine, then Numba's disk cache). With
+#: the branch-free contiguous inner loops the run-time-n kernel is as fast:
+#: specialized / run-time-n speed 1.17, 1.01, 0.84, 0.74 at n = 4, 5, 6, 8
+#: (float64), 1.02-0.79 (float32), 1.10-1.16 (complex128)
+#: (benchmarks/bench_compiled.py specialize), so none is specialized: one
+#: compile per (kind, dtype).
+SPECIALIZE_MAX_N = {"invert": 0, "solve": 0}
 
 
 def kernel(name: str, n: int, dtype: Any) -> Any:
@@ -192,11 +194,14 @@ def _make_invert(n: int, dtype: np.dtype) -> Any:
                     col[k] = col[p]
                     col[p] = tc
                 inv = ONE / a[k, k]
+                # Two branch-free contiguous loops (j < k: L^-1 P so far;
+                # j > k: the active part), which LLVM vectorizes.
                 for i in range(k + 1, N):
                     l = a[i, k] * inv
-                    for j in range(N):
-                        if j != k:
-                            a[i, j] = a[i, j] - l * a[k, j]
+                    for j in range(k):
+                        a[i, j] = a[i, j] - l * a[k, j]
+                    for j in range(k + 1, N):
+                        a[i, j] = a[i, j] - l * a[k, j]
                     a[i, k] = -l
                 a[k, k] = inv
             info[b] = code
@@ -207,21 +212,21 @@ def _make_invert(n: int, dtype: np.dtype) -> Any:
                 if want_rc:
                     rc[b] = RZERO
                 continue
-            # Back substitution, bottom row first: X = U^-1 (L^-1 P).
+            # Back substitution, bottom row first: X = U^-1 (L^-1 P), row k
+            # as y_k - sum_{j>k} u_kj x_j (increasing j, as inverse.cuh),
+            # times 1 / u_kk: whole-row updates, contiguous and vectorized.
             for k in range(N - 1, -1, -1):
                 for j in range(k + 1, N):
                     u[j] = a[k, j]
+                    a[k, j] = ZERO
                 inv_ukk = a[k, k]
+                a[k, k] = ONE
+                for j in range(k + 1, N):
+                    uj = u[j]
+                    for c in range(N):
+                        a[k, c] = a[k, c] - uj * a[j, c]
                 for c in range(N):
-                    if c < k:
-                        t = a[k, c]
-                    elif c == k:
-                        t = ONE
-                    else:
-                        t = ZERO
-                    for j in range(k + 1, N):
-                        t = t - u[j] * a[j, c]
-                    a[k, c] = t * inv_ukk
+                    a[k, c] = a[k, c] * inv_ukk
             # Store with the column permutation (and the scale), ||X||_1 on the way.
             if want_rc:
                 for c in range(N):

@@ -243,7 +243,7 @@ def _threads_for(n: int) -> int:
     * n >= 128: getrf is blocked and OpenBLAS threads it itself; our threads
       on top oversubscribe the cores.
     """
-    if 5 <= n <= 8 and compiled_kernels() is not None and n <= COMPILED_INV_MAX_N:
+    if 5 <= n <= 8 and compiled_kernels() is not None and n >= COMPILED_INV_MIN_N:
         return config.cpu_threads
     if 5 <= n <= 8 or n >= 128:
         return 1
@@ -254,18 +254,36 @@ def _threads_for(n: int) -> int:
 #
 # Where Numba is installed (the gpuinv[cpu] extra) and config.cpu_compiled is
 # on, per-matrix LU kernels compiled by Numba (engines/_compiled.py) replace
-# LAPACK's per-matrix calls and the closed forms for these orders. Set by
-# benchmarks/bench_compiled.py (engine against engine with the route off,
-# numpy.linalg.inv and torch.linalg.inv in one process, by CPU time; table
-# in docs/cpu-compiled.md):
+# LAPACK's per-matrix calls for these orders. Set by
+# `benchmarks/bench_compiled.py block` (one 1 MiB chunk on one thread, rcond
+# on as inv's defaults, the compiled kernel against this module's LAPACK
+# route, by process time, interleaved; 2-core AMD EPYC under load; table in
+# docs/cpu-compiled.md). Compiled / LAPACK route speed:
 #
-# * inverse, every dtype, n <= COMPILED_INV_MAX_N: <see docs/cpu-compiled.md>;
-# * solve, n <= COMPILED_SOLVE_MAX_N: LU with partial pivoting, so the
-#   solve is backward stable at every n (the closed-form solve was not,
-#   issue 19 item 3), and faster than gesv's per-matrix calls.
+#   n           5     8    12    16    24    32    48    64
+#   float64   3.65  2.57  3.03  2.22  2.16  1.82  1.43  1.25
+#   float32   3.76  2.34  2.36  1.87  1.80  1.40  1.10  0.99
+#   complex128 2.67 1.94  1.61  1.41  1.06  0.89  0.76  0.64
+#   complex64 2.75  1.98  1.62  1.35  1.00  0.81  0.62  0.52
+#
+# * COMPILED_INV_MIN_N: at n <= 4 the closed forms stay: forced there, the
+#   compiled kernel ran at 0.51-2.14x of them, slower at float32 n = 3 (0.51)
+#   and complex128 n = 2, 3 (0.82, 0.91): not faster at every dtype.
+# * COMPILED_INV_MAX_N: the last n where the compiled kernel is faster
+#   (64 for float64, 48 for float32, 24 for complex: 1.06 and 1.00 there).
+# * COMPILED_SOLVE_MAX_N: the compiled LU solve from n = 1 (backward stable,
+#   where the closed-form solve was not, issue 19 item 3) up to its
+#   crossover with gesv (`bench_compiled.py solve-block`, k = 1, compiled /
+#   gesv route speed):
+#
+#   n           2     4     8    12    16    24    32
+#   float64   3.34  2.28  1.60  1.68  1.26  1.09  0.86
+#   float32   3.61  2.71  1.90  1.58  1.27  0.91  0.73
+#   complex128 3.29 2.31  1.75  1.47  1.19  0.89  0.68
+#   complex64 3.30  2.42  1.74  1.75  1.41  1.01  0.80
 COMPILED_INV_MIN_N = 5
-COMPILED_INV_MAX_N = 24
-COMPILED_SOLVE_MAX_N = 24
+COMPILED_INV_MAX_N = {"d": 64, "f": 48, "D": 24, "F": 24}
+COMPILED_SOLVE_MAX_N = {"d": 24, "f": 16, "D": 16, "F": 16}
 
 _compiled_module: Any = None
 _compiled_failed = False
@@ -289,12 +307,11 @@ def compiled_kernels() -> Any:
     return _compiled_module
 
 
-def _compiled_for(kind: str, n: int) -> Any:
+def _compiled_for(kind: str, n: int, dtype: Any) -> Any:
     """The compiled-kernel module if it takes ``kind`` ("invert", "solve") at order n."""
-    if kind == "invert":
-        if not COMPILED_INV_MIN_N <= n <= COMPILED_INV_MAX_N:
-            return None
-    elif not 1 <= n <= COMPILED_SOLVE_MAX_N:
+    top = (COMPILED_INV_MAX_N if kind == "invert" else COMPILED_SOLVE_MAX_N)[np.dtype(dtype).char]
+    low = COMPILED_INV_MIN_N if kind == "invert" else 1
+    if not low <= n <= top:
         return None
     return compiled_kernels()
 
@@ -304,7 +321,7 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 
     ``x`` may be the caller's own memory: it is only read.
     """
-    compiled = _compiled_for("invert", x.shape[-1])
+    compiled = _compiled_for("invert", x.shape[-1], x.dtype)
     if compiled is not None:
         compiled.invert(x, out, info, None)
         return
@@ -330,7 +347,7 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 
 
 def _invert_finite(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
-    compiled = _compiled_for("invert", x.shape[-1])
+    compiled = _compiled_for("invert", x.shape[-1], x.dtype)
     if compiled is not None:
         compiled.invert(np.ascontiguousarray(x), out, info, None)
         return
@@ -528,7 +545,7 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
                     structure: str, lower: bool) -> None:
     """Invert a contiguous block ``x`` (m, n, n) as ``structure`` reads it; rcond into ``rc``."""
     if structure == "general":
-        compiled = _compiled_for("invert", x.shape[-1])
+        compiled = _compiled_for("invert", x.shape[-1], x.dtype)
         if compiled is not None:  # rcond inside the kernel, while the matrix is in registers
             compiled.invert(x, out, info, rc)
             return
@@ -650,7 +667,7 @@ def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray
     not backward stable (issue 19 item 3: 7.7e10 eps at n = 2, cond 1e12),
     so every n now takes gesv (CLOSED_FORM_SOLVE stays off).
     """
-    compiled = _compiled_for("solve", a.shape[-1])
+    compiled = _compiled_for("solve", a.shape[-1], a.dtype)
     if compiled is not None:
         compiled.solve(np.ascontiguousarray(a), np.ascontiguousarray(b), y, info)
         return
@@ -727,7 +744,7 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
     original = a
     if structure != "general":
         a = structured_matrix(a, structure, lower)
-    compiled = (_compiled_for("solve", a.shape[-1])
+    compiled = (_compiled_for("solve", a.shape[-1], a.dtype)
                 if structure in ("general", "symmetric", "hermitian") else None)
     if compiled is not None:
         # Non-finite matrices get info -1 and NaN inside the kernel: no split.
@@ -818,10 +835,12 @@ def warm_up(dtypes: Iterable[Any] = (np.float32, np.float64, np.complex64, np.co
     if compiled is None:
         return {}
     took: dict[tuple[str, int, str], float] = {}
-    orders = list(range(1, max(COMPILED_INV_MAX_N, COMPILED_SOLVE_MAX_N) + 1)) if ns is None else list(ns)
+    top = max(*COMPILED_INV_MAX_N.values(), *COMPILED_SOLVE_MAX_N.values())
+    orders = list(range(1, top + 1)) if ns is None else list(ns)
     for kind in kinds:
         if kind not in ("invert", "solve"):
             raise ValueError(f"kinds must hold 'invert' or 'solve', got {kind!r}")
-        wanted = [n for n in orders if _compiled_for(kind, n) is not None]
-        took.update(compiled.warm_up(dtypes, wanted, kinds=(kind,)))
+        for dt in dtypes:
+            wanted = [n for n in orders if _compiled_for(kind, n, dt) is not None]
+            took.update(compiled.warm_up([dt], wanted, kinds=(kind,)))
     return took
