@@ -231,7 +231,7 @@ def bench_first_call(args) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["inv", "solve", "specialize", "first-call", "block",
-                                          "solve-block"])
+                                          "solve-block", "threads"])
     p.add_argument("--dtypes", default="float64,float32,complex128,complex64")
     p.add_argument("--ns", default="2,3,4,5,6,8,12,16,24,32,48,64")
     p.add_argument("--peers", default="torch")
@@ -246,7 +246,7 @@ def main() -> None:
     args.peers = args.peers.split(",") if args.peers else []
     rows = {"inv": bench_inv, "solve": bench_solve, "specialize": bench_specialize,
             "first-call": bench_first_call, "block": bench_block,
-            "solve-block": bench_solve_block}[args.what](args)
+            "solve-block": bench_solve_block, "threads": bench_threads}[args.what](args)
     if args.json:
         old = json.load(open(args.json)) if os.path.exists(args.json) else []
         json.dump(old + rows, open(args.json, "w"), indent=1)
@@ -315,6 +315,35 @@ def bench_solve_block(args) -> list[dict]:
             ratio = best["lapack"][0] / best["compiled"][0]
             print(f"solve block {dt:10s} n={n:3d}: compiled / gesv route {ratio:.2f}", flush=True)
             rows.append({"op": "solve-block", "dtype": dt, "n": n, "compiled_over_lapack": ratio})
+    return rows
+
+
+
+def bench_threads(args) -> list[dict]:
+    """Threads: the engine's pool (one compiled call per chunk, Numba's
+    parallelism off) against one call with Numba's prange over
+    config.cpu_threads slices (numba.set_num_threads), wall time, rcond on."""
+    import numba
+
+    from gpuinv.engines import _compiled
+
+    threads = gpuinv.config.cpu_threads
+    numba.set_num_threads(threads)
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = stack(n, np.dtype(dt), args.bytes)
+            out = np.empty_like(a)
+            info = np.zeros(len(a), np.int32)
+            rc = np.empty(len(a), a.real.dtype)
+            par = _compiled._kernel("invert-prange", 0, a.dtype)
+            x = _compiled._read_only(a)
+            best = race({"pool": lambda: gpuinv.inv_ex(a, rcond=True, device="cpu"),
+                         "prange": lambda: par(x, out, info, rc, True, threads)}, args.rounds)
+            ratio = best["prange"][1] / best["pool"][1]
+            print(f"threads={threads} {dt} n={n}: pool / prange speed (wall) {ratio:.2f}", flush=True)
+            rows.append({"op": "threads", "dtype": dt, "n": n, "threads": threads,
+                         "pool_over_prange": ratio})
     return rows
 
 

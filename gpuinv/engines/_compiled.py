@@ -101,6 +101,8 @@ def kernel(name: str, n: int, dtype: Any) -> Any:
 def _kernel(name: str, n: int, dtype: np.dtype) -> Any:
     if name == "invert":
         return _make_invert(n, dtype)
+    if name == "invert-prange":
+        return _make_invert(n, dtype, parallel=True)
     return _make_solve(n, dtype)
 
 
@@ -112,21 +114,20 @@ def _constants(n: int, dtype: np.dtype) -> tuple[Any, ...]:
             rt(np.ldexp(1.0, -(maxexp // 2))), rt(np.ldexp(1.0, maxexp // 2)), maxexp - 4)
 
 
-def _make_invert(n: int, dtype: np.dtype) -> Any:
+def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
     ONE, ZERO, NAN, RZERO, RONE, RNAN, LO, HI, LIMIT = _constants(n, dtype)
     NFIX = n  # 0: the order is read from the array at run time
     COMPLEX = dtype.kind == "c"
     RT = _real_type(dtype)
 
     @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
-    def run(x, out, info, rc, want_rc):  # pragma: no cover - compiled
-        m = x.shape[0]
+    def block(x, out, info, rc, want_rc, lo, hi):  # pragma: no cover - compiled
         N = NFIX if NFIX > 0 else x.shape[1]
         a = np.empty((N, N), dtype=x.dtype)
         col = np.empty(N, dtype=np.int64)
         u = np.empty(N, dtype=x.dtype)
         colsum = np.empty(N, dtype=RT)
-        for b in range(m):
+        for b in range(lo, hi):
             # Load, check, largest entry and ||a||_1, in one pass.
             finite = True
             big = RZERO
@@ -244,6 +245,21 @@ def _make_invert(n: int, dtype: np.dtype) -> Any:
                 r = RONE / (norm_a * norm_x)
                 # An overflowed inverse (Inf or NaN norm) gets 0, as rcond_from_inverse.
                 rc[b] = r if r - r == RZERO else RZERO
+
+    if parallel:
+        # Measurement only (benchmarks/bench_compiled.py threads): Numba's
+        # prange over `parts` slices, against the engine's own thread pool.
+        @numba.njit(nogil=True, parallel=True, error_model="numpy")
+        def prange_run(x, out, info, rc, want_rc, parts):  # pragma: no cover - compiled
+            m = x.shape[0]
+            for t in numba.prange(parts):
+                block(x, out, info, rc, want_rc, t * m // parts, (t + 1) * m // parts)
+
+        return prange_run
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+    def run(x, out, info, rc, want_rc):  # pragma: no cover - compiled
+        block(x, out, info, rc, want_rc, 0, x.shape[0])
 
     return run
 
