@@ -56,7 +56,22 @@ __all__ = ["kernel", "invert", "solve", "warm_up", "MAX_N"]
 MAX_N = 64
 
 
-@numba.njit(inline="always", cache=True)
+def _jit(**options: Any) -> Any:
+    """``numba.njit(cache=True, **options)``, without the disk cache where Numba has none.
+
+    Numba raises at decoration time when neither the package's
+    ``__pycache__`` nor a user-wide cache directory is writable (a read-only
+    install without a home directory): the kernels then compile per process.
+    """
+    def decorate(fn: Any) -> Any:
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return numba.njit(cache=False, **options)(fn)
+    return decorate
+
+
+@_jit(inline="always")
 def _modulus(v, lo, hi):  # pragma: no cover - compiled
     """|v| for complex v: sqrt(re^2 + im^2) where that cannot over- or underflow.
 
@@ -120,7 +135,7 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
     COMPLEX = dtype.kind == "c"
     RT = _real_type(dtype)
 
-    @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+    @_jit(nogil=True, error_model="numpy", boundscheck=False)
     def block(x, out, info, rc, want_rc, lo, hi):  # pragma: no cover - compiled
         N = NFIX if NFIX > 0 else x.shape[1]
         a = np.empty((N, N), dtype=x.dtype)
@@ -257,7 +272,7 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
 
         return prange_run
 
-    @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+    @_jit(nogil=True, error_model="numpy", boundscheck=False)
     def run(x, out, info, rc, want_rc):  # pragma: no cover - compiled
         block(x, out, info, rc, want_rc, 0, x.shape[0])
 
@@ -270,7 +285,7 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
     COMPLEX = dtype.kind == "c"
     RT = _real_type(dtype)
 
-    @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+    @_jit(nogil=True, error_model="numpy", boundscheck=False)
     def run(x, rhs, y, info):  # pragma: no cover - compiled
         m = x.shape[0]
         N = NFIX if NFIX > 0 else x.shape[1]
