@@ -190,8 +190,9 @@ def bench_specialize(args) -> list[dict]:
             x = _compiled._read_only(a)
             spec = _compiled._kernel("invert", n, a.dtype)
             gen = _compiled._kernel("invert", 0, a.dtype)
-            best = race({"specialized": lambda: spec(x, out, info, rc, True),
-                         "run-time n": lambda: gen(x, out, info, rc, True)}, args.rounds)
+            best = race({"specialized": lambda: spec(x, out, info, rc, True, 0, len(x)),
+                         "run-time n": lambda: gen(x, out, info, rc, True, 0, len(x))},
+                        args.rounds)
             ratio = best["run-time n"][0] / best["specialized"][0]
             print(f"{dt} n={n}: specialized / run-time-n speed {ratio:.2f}", flush=True)
             rows.append({"op": "specialize", "dtype": dt, "n": n, "speedup": ratio})

@@ -272,11 +272,10 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
 
         return prange_run
 
-    @_jit(nogil=True, error_model="numpy", boundscheck=False)
-    def run(x, out, info, rc, want_rc):  # pragma: no cover - compiled
-        block(x, out, info, rc, want_rc, 0, x.shape[0])
-
-    return run
+    # The kernel itself, with its range of matrices (lo, hi) as arguments: a
+    # wrapper calling it would hold it in its closure, and Numba's cache key
+    # for such a wrapper changes from process to process (it never hits).
+    return block
 
 
 def _make_solve(n: int, dtype: np.dtype) -> Any:
@@ -382,9 +381,9 @@ def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | No
     run = kernel("invert", n, x.dtype)
     x = _read_only(x)
     if rc is None:
-        run(x, out, info, np.empty(0, dtype=_real_type(x.dtype)), False)
+        run(x, out, info, np.empty(0, dtype=_real_type(x.dtype)), False, 0, len(x))
     else:
-        run(x, out, info, rc, True)
+        run(x, out, info, rc, True, 0, len(x))
 
 
 def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
