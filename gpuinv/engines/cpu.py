@@ -50,7 +50,14 @@ from ._structured import (
     triangular_inverse,
     triangular_solve,
 )
-from .cpu_routes import cpu_route, threads_for
+from .cpu_routes import (
+    COMPILED_INV_MAX_N,
+    COMPILED_SOLVE_MAX_N,
+    compiled_for,
+    compiled_kernels,
+    cpu_route,
+    threads_for,
+)
 
 try:  # NumPy's batched inverse gufunc without the raise-on-first-failure wrapper
     from numpy.linalg import _umath_linalg
@@ -61,7 +68,13 @@ except (ImportError, AttributeError):  # pragma: no cover - future NumPy layouts
     _gufunc_inv = None
     _gufunc_solve = None
 
-__all__ = ["CpuEngine", "invert_block_ex", "lu_pivot_info", "solve_block"]
+__all__ = ["CpuEngine", "compiled_kernels", "invert_block_ex", "lu_pivot_info", "solve_block",
+           "warm_up"]
+
+# The closed-form solve (engines/_closed_form.py) is Cramer's rule in
+# disguise: not backward stable for ill-conditioned a (issue 19 item 3). Off:
+# every n takes LU with partial pivoting (compiled, or LAPACK's gesv).
+CLOSED_FORM_SOLVE = False
 
 _SIGNATURES = {
     np.dtype(np.float32): "f->f",
@@ -226,6 +239,10 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 
     ``x`` may be the caller's own memory: it is only read.
     """
+    compiled = compiled_for("invert", x.shape[-1], x.dtype)
+    if compiled is not None:
+        compiled.invert(x, out, info, None)
+        return
     with np.errstate(all="ignore"):
         all_finite = np.isfinite(x.sum())  # cheap; an overflow just takes the exact check
     if all_finite:
@@ -248,6 +265,10 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 
 
 def _invert_finite(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    compiled = compiled_for("invert", x.shape[-1], x.dtype)
+    if compiled is not None:
+        compiled.invert(np.ascontiguousarray(x), out, info, None)
+        return
     if cpu_route(x.shape[-1]) == "closed_form":
         redo = closed_form_inverse(x, out)
         if redo is None:
@@ -441,6 +462,11 @@ def _invert_structured(a: np.ndarray, out: np.ndarray, info: np.ndarray, structu
 def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
                     structure: str, lower: bool) -> None:
     """Invert a contiguous block ``x`` (m, n, n) as ``structure`` reads it; rcond into ``rc``."""
+    if structure == "general":
+        compiled = compiled_for("invert", x.shape[-1], x.dtype)
+        if compiled is not None:  # rcond inside the kernel, while the matrix is in registers
+            compiled.invert(x, out, info, rc)
+            return
     if structure == "general" and rc is not None and cpu_route(x.shape[-1]) == "closed_form":
         _invert_closed_form_rcond(x, out, info, rc)
         return
@@ -554,10 +580,16 @@ def _invert_pos_closed_form(x: np.ndarray, out: np.ndarray, info: np.ndarray,
 def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
     """LAPACK gesv per matrix (NumPy's gufunc), with LU info codes for the failures.
 
-    n <= SOLVE_MAX_N takes the closed forms first; the matrices they hand
-    back (numerically singular or badly scaled) take gesv.
+    With the compiled kernels, their LU with partial pivoting instead.
+    Without them, n <= SOLVE_MAX_N took the closed forms first; they are
+    not backward stable (issue 19 item 3: 7.7e10 eps at n = 2, cond 1e12),
+    so every n now takes gesv (CLOSED_FORM_SOLVE stays off).
     """
-    if a.shape[-1] <= SOLVE_MAX_N:
+    compiled = compiled_for("solve", a.shape[-1], a.dtype)
+    if compiled is not None:
+        compiled.solve(np.ascontiguousarray(a), np.ascontiguousarray(b), y, info)
+        return
+    if CLOSED_FORM_SOLVE and a.shape[-1] <= SOLVE_MAX_N:
         redo = closed_form_solve(a, b, y)
         if redo is None:
             return
@@ -630,6 +662,14 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
     original = a
     if structure != "general":
         a = structured_matrix(a, structure, lower)
+    compiled = (compiled_for("solve", a.shape[-1], a.dtype)
+                if structure in ("general", "symmetric", "hermitian") else None)
+    if compiled is not None:
+        # Non-finite matrices get info -1 and NaN inside the kernel: no split.
+        compiled.solve(np.ascontiguousarray(a), b, y, info)
+        if rc is not None:
+            _solve_rcond(original, a, info, rc, structure, lower)
+        return
 
     def work(x: np.ndarray, o: np.ndarray, i: np.ndarray) -> None:
         rows = b if len(x) == len(b) else b[keep_rows[0]]
@@ -663,10 +703,62 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
         y[keep] = sub_y
         info[keep] = sub_info
     if rc is not None:
-        # The same code as inv_ex(rcond=True), so that both give the same rcond.
-        inverse = np.empty_like(a)
-        inv_info = np.zeros(len(a), dtype=np.int32)
-        invert_block_ex(original, inverse, inv_info, rc, structure, lower)
-        # A matrix solve found singular (or inv did, by a different rounding)
-        # gets rcond 0, as info says.
-        rc[(info > 0) | (inv_info > 0)] = 0
+        _solve_rcond(original, a, info, rc, structure, lower)
+
+
+def _solve_rcond(original: np.ndarray, a: np.ndarray, info: np.ndarray, rc: np.ndarray,
+                 structure: str, lower: bool) -> None:
+    # The same code as inv_ex(rcond=True), so that both give the same rcond.
+    inverse = np.empty_like(a)
+    inv_info = np.zeros(len(a), dtype=np.int32)
+    invert_block_ex(original, inverse, inv_info, rc, structure, lower)
+    # A matrix solve found singular (or inv did, by a different rounding)
+    # gets rcond 0, as info says.
+    rc[(info > 0) | (inv_info > 0)] = 0
+
+
+def warm_up(dtypes: Iterable[Any] = (np.float32, np.float64, np.complex64, np.complex128),
+            ns: Iterable[int] | None = None,
+            kinds: Iterable[str] = ("invert", "solve")) -> dict[tuple[str, int, str], float]:
+    """Compile the CPU engine's Numba kernels ahead of the first call.
+
+    Each kernel is compiled once per (kind, n, dtype), on its first call, and
+    cached on disk (Numba's ``cache=True``), so only a process that finds no
+    cache pays the compile: about 1-2 s per kernel (docs/cpu-compiled.md).
+    Call this at start-up to move that cost out of the first timed call.
+
+    Parameters
+    ----------
+    dtypes : iterable of dtype-like, optional
+        Compute dtypes (float32, float64, complex64, complex128); all four
+        by default.
+    ns : iterable of int, optional
+        Matrix orders; by default every order the compiled route takes.
+    kinds : iterable of str, optional
+        ``"invert"`` (``inv``, ``inv_ex``, rcond included) and/or ``"solve"``.
+
+    Returns
+    -------
+    dict
+        Seconds per ``(kind, n, dtype name)``, for the kernels the compiled
+        route takes; empty when it is off (Numba not installed, or
+        ``gpuinv.config.cpu_compiled`` False).
+
+    Examples
+    --------
+    >>> from gpuinv.engines.cpu import warm_up
+    >>> took = warm_up(["float64"], [5, 8])  # doctest: +SKIP
+    """
+    compiled = compiled_kernels()
+    if compiled is None:
+        return {}
+    took: dict[tuple[str, int, str], float] = {}
+    top = max(*COMPILED_INV_MAX_N.values(), *COMPILED_SOLVE_MAX_N.values())
+    orders = list(range(1, top + 1)) if ns is None else list(ns)
+    for kind in kinds:
+        if kind not in ("invert", "solve"):
+            raise ValueError(f"kinds must hold 'invert' or 'solve', got {kind!r}")
+        for dt in dtypes:
+            wanted = [n for n in orders if compiled_for(kind, n, dt) is not None]
+            took.update(compiled.warm_up([dt], wanted, kinds=(kind,)))
+    return took
