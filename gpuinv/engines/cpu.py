@@ -34,7 +34,7 @@ from .._dispatch import cpu_route
 from .._dtypes import real_dtype
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
-from .._numerics import rcond_from_inverse, structured_matrix
+from .._numerics import last_axis_max, rcond_from_inverse, structured_matrix
 from ._closed_form import (
     SOLVE_MAX_N,
     closed_form_inverse,
@@ -321,6 +321,16 @@ def _lapack_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
         _gufunc(x, out)
         if not _has_huge_entries(out):
             return  # every entry finite and moderate: the common case, two reductions
+    _lapack_repair(x, out, info)
+
+
+def _lapack_repair(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    """The rare half of :func:`_lapack_inverse`, once some entry of ``out`` is huge or NaN.
+
+    Re-inverts matrices of tiny entries scaled by a power of two, then gives
+    every matrix whose inverse is still not finite its LU info code.
+    """
+    with np.errstate(all="ignore"):
         scales = _tiny_matrix_scales(x)
         if scales is not None:  # inv(a) = s * inv(s * a), exactly for powers of two
             idx, s = scales
@@ -466,6 +476,9 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
     if structure == "positive definite" and x.shape[-1] <= 4:
         _invert_pos_closed_form(x, out, info, rc, lower)
         return
+    if structure == "general" and rc is not None:
+        _invert_general_rcond(x, out, info, rc)
+        return
     if structure == "general":
         a = x
         invert_block(x, out, info)
@@ -482,6 +495,49 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
         _invert_structured(a, out, info, structure)
     if rc is not None:
         rc[...] = rcond_from_inverse(a, out, info)
+
+
+def _one_norms(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``||x||_1`` of every matrix of a block x (m, n, n), |x| written into ``scratch``.
+
+    The same sums and maximum as :func:`gpuinv._numerics.one_norm` (so the
+    same bits), with a per-chunk scratch for |x|.
+    """
+    np.abs(x, out=scratch)
+    return last_axis_max(np.einsum("...ij->...j", scratch))
+
+
+def _invert_general_rcond(x: np.ndarray, out: np.ndarray, info: np.ndarray,
+                          rc: np.ndarray) -> None:
+    """invert_block and rcond for the LAPACK route (n > 4), the norms taken while hot.
+
+    ``||A||_1`` is taken before LAPACK runs and ``||X||_1`` right after, on
+    the chunk in cache; together they replace invert_block's own checks
+    (finite norms mean finite entries, and ``max |x_ij| <= ||X||_1``), so
+    the condition check costs two passes over data in cache, not four over
+    memory. Anything unusual (non-finite input, a huge or NaN inverse) takes
+    the exact route of :func:`invert_block` and
+    :func:`gpuinv._numerics.rcond_from_inverse`, so rcond and info are those.
+    """
+    scratch = np.empty(x.shape, dtype=rc.dtype)
+    with np.errstate(all="ignore"):
+        norm_a = _one_norms(x, scratch)
+        if norm_a.max() < np.inf:  # all finite (NaN fails the test too)
+            _gufunc(x, out)
+            norm_x = _one_norms(out, scratch)
+            # _has_huge_entries's bound: below it no repair applies.
+            top = np.ldexp(1.0, np.finfo(rc.dtype).maxexp // 4)
+            if norm_x.max() <= top:
+                np.multiply(norm_a, norm_x, out=norm_x)
+                np.divide(1, norm_x, out=rc)
+                if not rc.max() < np.inf:  # 1 / a subnormal product: rcond's convention is 0
+                    rc[~np.isfinite(rc)] = 0
+                return
+            _lapack_repair(x, out, info)
+            rc[...] = rcond_from_inverse(x, out, info)
+            return
+    invert_block(x, out, info)
+    rc[...] = rcond_from_inverse(x, out, info)
 
 
 def _invert_closed_form_rcond(x: np.ndarray, out: np.ndarray, info: np.ndarray,
