@@ -16,12 +16,14 @@ rcond
     ``A`` is the matrix as ``assume_a`` reads it (one triangle, the diagonal).
 
 LinAlgWarning
-    gpuinv's own class, a subclass of ``RuntimeWarning``. It is not SciPy's
-    ``scipy.linalg.LinAlgWarning`` (also a ``RuntimeWarning`` subclass):
-    gpuinv never imports SciPy, and a class whose identity depended on
-    whether SciPy happened to be imported first would make warning filters
-    unpredictable. ``warnings.filterwarnings("error", category=RuntimeWarning)``
-    catches both.
+    gpuinv's own class, a subclass of ``RuntimeWarning``; gpuinv never
+    imports SciPy. When ``scipy.linalg`` is already imported, the warning
+    issued is an instance of a subclass of both gpuinv's class and SciPy's
+    ``scipy.linalg.LinAlgWarning`` (:func:`warning_class`), so that filters
+    and ``pytest.warns`` on either class match it: code written against
+    SciPy (SciPy's own ``TestInv``) works unchanged. Without SciPy loaded no
+    filter can name SciPy's class, so gpuinv's alone is issued.
+    ``warnings.filterwarnings("error", category=RuntimeWarning)`` catches both.
 
 assume_a
     SciPy 1.17's names for matrix structure, see :data:`STRUCTURES`.
@@ -29,6 +31,7 @@ assume_a
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -43,6 +46,7 @@ __all__ = [
     "structured_matrix",
     "rcond_from_inverse",
     "warn_ill_conditioned",
+    "warning_class",
     "ill_conditioned_message",
 ]
 
@@ -53,14 +57,50 @@ class LinAlgWarning(RuntimeWarning):
     Issued when some matrix was inverted (info 0) but its reciprocal
     condition number ``rcond`` is below the machine epsilon of the compute
     dtype: its inverse (or solution) may have no correct digits. A subclass
-    of ``RuntimeWarning``; not SciPy's class of the same name (gpuinv does
-    not import SciPy). Attributes ``indices`` (batch indices of every such
-    matrix) and ``rcond`` (host array of the batch shape) are set on the
-    warning instance.
+    of ``RuntimeWarning``. gpuinv does not import SciPy; when the caller has
+    imported ``scipy.linalg``, the warning issued is also an instance of
+    ``scipy.linalg.LinAlgWarning`` (see :func:`warning_class`), so filters
+    on either class catch it. Attributes ``indices`` (batch indices of every
+    such matrix) and ``rcond`` (host array of the batch shape) are set on
+    the warning instance.
     """
 
     indices: list[tuple[int, ...]]
     rcond: np.ndarray
+
+
+_BOTH: dict[type, type] = {}
+
+
+def warning_class() -> type[LinAlgWarning]:
+    """The class that :func:`warn_ill_conditioned` issues.
+
+    :class:`LinAlgWarning`, or, when ``scipy.linalg`` is already in
+    ``sys.modules``, a subclass of it and of ``scipy.linalg.LinAlgWarning``
+    (made once per SciPy class and cached, so that ``warnings``' once-per-
+    location registry and filters see one class). SciPy is never imported
+    here: a filter that names SciPy's class needs SciPy imported already.
+    """
+    module = sys.modules.get("scipy.linalg")
+    theirs = getattr(module, "LinAlgWarning", None) if module is not None else None
+    if not (isinstance(theirs, type) and issubclass(theirs, Warning)) or issubclass(
+            LinAlgWarning, theirs):
+        return LinAlgWarning
+    both = _BOTH.get(theirs)
+    if both is None:
+        # Ours first: the MRO is (both, ours, SciPy's, RuntimeWarning, ...),
+        # consistent as long as SciPy's class derives from RuntimeWarning
+        # or Warning. Named as ours in printed warnings.
+        try:
+            both = type("LinAlgWarning", (LinAlgWarning, theirs), {
+                "__module__": LinAlgWarning.__module__,
+                "__qualname__": "LinAlgWarning",
+                "__doc__": "gpuinv's LinAlgWarning that is also scipy.linalg.LinAlgWarning.",
+            })
+        except TypeError:  # a future SciPy class that cannot be combined with ours
+            return LinAlgWarning
+        _BOTH[theirs] = both
+    return both
 
 
 #: Every accepted spelling of ``assume_a`` and the structure it names
@@ -224,7 +264,7 @@ def warn_ill_conditioned(rcond: Any, info: Any, dtype: np.dtype, stacklevel: int
     host_rcond = _to_host(rcond)
     host_bad = _to_host(bad)
     message = ill_conditioned_message(host_bad, host_rcond, eps)
-    warning = LinAlgWarning(message)
+    warning = warning_class()(message)
     warning.indices = [tuple(int(j) for j in i) for i in np.argwhere(host_bad)]
     warning.rcond = host_rcond
     warnings.warn(warning, stacklevel=stacklevel + 1)

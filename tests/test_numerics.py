@@ -272,6 +272,64 @@ def test_scipy_ill_cond_case():
     assert rec[0].message.indices == [(0,), (2,)]
 
 
+def test_scipy_testinv_warning_cases_verbatim():
+    # SciPy 1.17's TestInv.test_ill_cond and test_diagonal, with gpuinv's inv
+    # in place of SciPy's: they expect scipy.linalg.LinAlgWarning.
+    linalg = pytest.importorskip("scipy.linalg")
+    from numpy.linalg import LinAlgError
+
+    inv = gpuinv.inv
+    for category in (linalg.LinAlgWarning, gpuinv.LinAlgWarning, RuntimeWarning):
+        a = np.diag([1., 1e-20])
+        with pytest.warns(category):
+            inv(a)
+        a2 = np.stack([np.diag([1., 1e-20]), np.diag([1, 1]), np.diag([1, 1e-20])])
+        with pytest.warns(category) as rec:
+            inv(a2)
+        assert rec[0].message.indices == [(0,), (2,)]
+
+        a = np.stack([np.triu(np.ones((3, 3))), np.diag(np.arange(1, 4))])
+        inv_a = inv(a)
+        np.testing.assert_allclose(inv_a[1], np.diag(1 / np.arange(1, 4)), atol=1e-14)
+        a = np.asarray([[1e30, 0], [0, 1]])
+        with pytest.warns(category):
+            inv(a, assume_a="diagonal")
+        a = np.asarray([[0, 0], [0, 1]])
+        with pytest.raises(LinAlgError):
+            inv(a, assume_a="diagonal")
+
+
+def test_warning_class_with_and_without_scipy_loaded(monkeypatch):
+    import sys
+
+    from gpuinv._numerics import warning_class
+
+    linalg = pytest.importorskip("scipy.linalg")
+    both = warning_class()
+    assert issubclass(both, gpuinv.LinAlgWarning) and issubclass(both, linalg.LinAlgWarning)
+    assert both is warning_class()  # cached: one class for the warnings registry
+    assert both.__name__ == "LinAlgWarning"
+    # An "error" filter on either class turns the warning into that exception.
+    for category in (linalg.LinAlgWarning, gpuinv.LinAlgWarning):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", category)
+            with pytest.raises(category) as caught:
+                gpuinv.inv(np.diag([1.0, 1e-20]), device="cpu")
+            assert caught.value.indices == [()]
+    # SciPy not imported: gpuinv's own class, and SciPy is not imported by it.
+    monkeypatch.delitem(sys.modules, "scipy.linalg")
+    assert warning_class() is gpuinv.LinAlgWarning
+    with pytest.warns(gpuinv.LinAlgWarning) as rec:
+        gpuinv.inv(np.diag([1.0, 1e-20]), device="cpu")
+    assert type(rec[0].message) is gpuinv.LinAlgWarning
+    assert "scipy.linalg" not in sys.modules
+    # A SciPy whose class is not a Warning (or not a class) is ignored.
+    fake = type(sys)("scipy.linalg")
+    fake.LinAlgWarning = "not a class"
+    monkeypatch.setitem(sys.modules, "scipy.linalg", fake)
+    assert warning_class() is gpuinv.LinAlgWarning
+
+
 def test_solve_warns_only_when_asked(rng):
     a = np.stack([np.diag([1.0, 1e-20]), np.eye(2)])
     b = np.ones((2, 2, 1))
