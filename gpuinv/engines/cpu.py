@@ -356,9 +356,10 @@ def _lapack_repair(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 # the identity): about 2n^3 flops against 8/3 n^3. One core, CPU time:
 # getri ran at 1.12x the gufunc at n = 24, 1.19x at 32, 1.28x at 64 and
 # 1.44x at 128 (float64), 0.99x at 24, 1.07x at 32 and 1.19x at 64
-# (float32), and 0.4-0.8x at n = 8..16, where its two wrapper calls per
-# matrix cost more than the flops saved (benchmarks/bench_cpu_peers.py
-# --routes).
+# (float32), 1.18x and 1.38x at 32 (complex64, complex128), and 0.4-0.9x at
+# n = 8..16, where its two wrapper calls per matrix cost more than the flops
+# saved (benchmarks/bench_cpu_peers.py --routes, OPENBLAS_NUM_THREADS=1, on
+# a loaded 2-core AMD EPYC). n = 32 is where every dtype gains.
 GETRI_MIN_N = 32
 
 _GETRI: dict[np.dtype, tuple[Any, Any, Any] | None] = {}
