@@ -26,7 +26,10 @@ are in the JSON, with the median and the minimum over the rounds.
 ``--routes`` times instead the CPU engine's two LAPACK routes for one
 matrix at a time (NumPy's gufunc, getrf + getrs against the identity, and
 SciPy's getrf + getri), one core each, the measurement behind
-``gpuinv.engines.cpu.GETRI_MIN_N``.
+``gpuinv.engines.cpu.GETRI_MIN_N``. ``--threads`` times ``inv`` with the
+engine's thread policy (one call at a time from n = 128, OpenBLAS threading
+each call) against a pool of ``gpuinv.config.cpu_threads`` workers at every
+n (one matrix per worker at a time); run it on an idle machine.
 
 Run it on an idle machine for the record; the README's CPU numbers come from
 its JSON.
@@ -210,6 +213,43 @@ def run_routes(args: argparse.Namespace) -> dict:
     return {"routes": rows}
 
 
+def run_threads(args: argparse.Namespace) -> dict:
+    """``inv`` with the engine's thread policy against a pool of ``config.cpu_threads``
+    workers at every n (``_threads_for`` lifted), interleaved: the measurement for
+    ``gpuinv.engines.cpu._threads_for``'s n >= 128 rule, which leaves those orders
+    to one call at a time and OpenBLAS's own threads."""
+    from gpuinv.engines import cpu as engine
+
+    policy = engine._threads_for
+    pool = gpuinv.config.cpu_threads
+    rng = np.random.default_rng(0)
+    rows = []
+    print(f"\nthreads: inv (defaults) with the engine's policy against a pool of {pool} workers "
+          f"at every n, {args.clock} time, median of {args.repeats}; ratio = policy / pool, "
+          "above 1 the pool is faster")
+    print(f"{'dtype':>8} {'n':>4} {'batch':>6} {'policy':>8} {'pool':>8} {'ratio':>6}")
+    for dtype in args.dtype:
+        for n in args.n:
+            a = stack(n, dtype, args.mib, rng)
+
+            def with_pool(a: np.ndarray = a) -> Any:
+                engine._threads_for = lambda n: pool
+                try:
+                    return gpuinv.inv(a, device="cpu")
+                finally:
+                    engine._threads_for = policy
+
+            t = interleaved({"policy": lambda a=a: gpuinv.inv(a, device="cpu"),
+                             "pool": with_pool}, args.repeats)
+            key = f"{args.clock}_median"
+            ratio = t["policy"][key] / t["pool"][key]
+            rows.append({"n": n, "dtype": dtype, "batch": len(a), "seconds": t,
+                         "policy_threads": policy(n), "pool_threads": pool, "ratio": ratio})
+            print(f"{dtype:>8} {n:4d} {len(a):6d} {t['policy'][key] * 1e3:8.2f} "
+                  f"{t['pool'][key] * 1e3:8.2f} {ratio:6.2f}", flush=True)
+    return {"threads": rows}
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -262,12 +302,15 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"n = {QUICK_N}, 4 MiB stacks, 3 rounds: a check that it runs")
     p.add_argument("--routes", action="store_true",
                    help="time the engine's LAPACK routes (gufunc, getri) instead of the peers")
+    p.add_argument("--threads", action="store_true",
+                   help="time the engine's thread policy against a full pool at every n")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--plot", type=Path, help="write a plot here (needs matplotlib)")
     args = p.parse_args(argv)
     if args.n is None:
-        args.n = QUICK_N if args.quick else ([16, 24, 32, 48, 64, 128, 256] if args.routes
-                                             else FULL_N)
+        args.n = (QUICK_N if args.quick else
+                  [16, 24, 32, 48, 64, 128, 256] if args.routes else
+                  [64, 96, 128, 192, 256, 384, 512] if args.threads else FULL_N)
     if args.mib is None:
         args.mib = 4.0 if args.quick else 32.0
     if args.repeats is None:
@@ -292,12 +335,14 @@ def main(argv: list[str] | None = None) -> int:
                      "settings": {"n": args.n, "dtype": args.dtype, "mib": args.mib,
                                   "repeats": args.repeats, "peers": args.peers,
                                   "clock": args.clock, "quick": args.quick,
-                                  "routes": args.routes, "device": "cpu"}}
-    results.update(run_routes(args) if args.routes else run_table(args))
+                                  "routes": args.routes, "threads": args.threads,
+                                  "device": "cpu"}}
+    results.update(run_routes(args) if args.routes else
+                   run_threads(args) if args.threads else run_table(args))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
         print(f"results written to {args.json}")
-    if args.plot and not args.routes:
+    if args.plot and not (args.routes or args.threads):
         plot(results, args.plot)
     return 0
 
