@@ -6,7 +6,10 @@ Per chunk of the batch (a view of the caller's array, never the whole stack):
 2. mark matrices holding NaN or Inf (info -1, inverse NaN);
 3. invert the rest by the route that dispatch picks for n: batch-vectorized
    closed forms for n <= 4 (matrices they cannot do accurately go to step 4),
-   LAPACK's getrf/getrs through NumPy's own gufunc above that;
+   LAPACK's getrf/getrs through NumPy's own gufunc above that, and from
+   ``GETRI_MIN_N`` getrf + getri through SciPy's wrappers where SciPy is
+   importable; with rcond (``inv``'s default check) the norms of A and of
+   its inverse are taken on the chunk here, while it is in cache;
 4. for matrices LAPACK could not invert, find the zero pivot's step with a
    vectorized partial-pivoting LU, so every matrix gets its own info code.
 
