@@ -16,12 +16,14 @@ rcond
     ``A`` is the matrix as ``assume_a`` reads it (one triangle, the diagonal).
 
 LinAlgWarning
-    gpuinv's own class, a subclass of ``RuntimeWarning``. It is not SciPy's
-    ``scipy.linalg.LinAlgWarning`` (also a ``RuntimeWarning`` subclass):
-    gpuinv never imports SciPy, and a class whose identity depended on
-    whether SciPy happened to be imported first would make warning filters
-    unpredictable. ``warnings.filterwarnings("error", category=RuntimeWarning)``
-    catches both.
+    gpuinv's own class, a subclass of ``RuntimeWarning``; gpuinv never
+    imports SciPy. When ``scipy.linalg`` is already imported, the warning
+    issued is an instance of a subclass of both gpuinv's class and SciPy's
+    ``scipy.linalg.LinAlgWarning`` (:func:`warning_class`), so that filters
+    and ``pytest.warns`` on either class match it: code written against
+    SciPy (SciPy's own ``TestInv``) works unchanged. Without SciPy loaded no
+    filter can name SciPy's class, so gpuinv's alone is issued.
+    ``warnings.filterwarnings("error", category=RuntimeWarning)`` catches both.
 
 assume_a
     SciPy 1.17's names for matrix structure, see :data:`STRUCTURES`.
@@ -29,6 +31,7 @@ assume_a
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,7 @@ __all__ = [
     "parse_structure",
     "structured_matrix",
     "rcond_from_inverse",
+    "warning_class",
     "ill_conditioned_message",
 ]
 
@@ -52,14 +56,50 @@ class LinAlgWarning(RuntimeWarning):
     Issued when some matrix was inverted (info 0) but its reciprocal
     condition number ``rcond`` is below the machine epsilon of the compute
     dtype: its inverse (or solution) may have no correct digits. A subclass
-    of ``RuntimeWarning``; not SciPy's class of the same name (gpuinv does
-    not import SciPy). Attributes ``indices`` (batch indices of every such
-    matrix) and ``rcond`` (host array of the batch shape) are set on the
-    warning instance.
+    of ``RuntimeWarning``. gpuinv does not import SciPy; when the caller has
+    imported ``scipy.linalg``, the warning issued is also an instance of
+    ``scipy.linalg.LinAlgWarning`` (see :func:`warning_class`), so filters
+    on either class catch it. Attributes ``indices`` (batch indices of every
+    such matrix) and ``rcond`` (host array of the batch shape) are set on
+    the warning instance.
     """
 
     indices: list[tuple[int, ...]]
     rcond: np.ndarray
+
+
+_BOTH: dict[type, type] = {}
+
+
+def warning_class() -> type[LinAlgWarning]:
+    """The class that :func:`warn_ill_conditioned` issues.
+
+    :class:`LinAlgWarning`, or, when ``scipy.linalg`` is already in
+    ``sys.modules``, a subclass of it and of ``scipy.linalg.LinAlgWarning``
+    (made once per SciPy class and cached, so that ``warnings``' once-per-
+    location registry and filters see one class). SciPy is never imported
+    here: a filter that names SciPy's class needs SciPy imported already.
+    """
+    module = sys.modules.get("scipy.linalg")
+    theirs = getattr(module, "LinAlgWarning", None) if module is not None else None
+    if not (isinstance(theirs, type) and issubclass(theirs, Warning)) or issubclass(
+            LinAlgWarning, theirs):
+        return LinAlgWarning
+    both = _BOTH.get(theirs)
+    if both is None:
+        # Ours first: the MRO is (both, ours, SciPy's, RuntimeWarning, ...),
+        # consistent as long as SciPy's class derives from RuntimeWarning
+        # or Warning. Named as ours in printed warnings.
+        try:
+            both = type("LinAlgWarning", (LinAlgWarning, theirs), {
+                "__module__": LinAlgWarning.__module__,
+                "__qualname__": "LinAlgWarning",
+                "__doc__": "gpuinv's LinAlgWarning that is also scipy.linalg.LinAlgWarning.",
+            })
+        except TypeError:  # a future SciPy class that cannot be combined with ours
+            return LinAlgWarning
+        _BOTH[theirs] = both
+    return both
 
 
 #: Every accepted spelling of ``assume_a`` and the structure it names
@@ -155,8 +195,24 @@ def one_norm(x: Any) -> Any:
     if isinstance(x, np.ndarray) and type(x).__module__ == "numpy":
         # NumPy's sum over the middle axis of a stack runs short inner loops;
         # einsum's summation is 1.3-2x faster for n = 3..64 (bench_numerics).
-        return np.einsum("...ij->...j", np.abs(x)).max(axis=-1)
+        return last_axis_max(np.einsum("...ij->...j", np.abs(x)))
     return abs(x).sum(axis=-2).max(axis=-1)
+
+
+def last_axis_max(sums: np.ndarray) -> np.ndarray:
+    """``sums.max(axis=-1)`` for a NumPy array, NaN propagating as there.
+
+    For a last axis of at most 16, n vector maxima over the batch: NumPy's
+    reduction over a short last axis cost 25-30x more at n = 5 (447 us
+    against 16 us per MiB of matrices; benchmarks/bench_numerics.py, rcond).
+    """
+    n = sums.shape[-1]
+    if n > 16 or n == 0:
+        return sums.max(axis=-1)
+    best = sums[..., 0].copy()
+    for j in range(1, n):
+        np.maximum(best, sums[..., j], out=best)
+    return best
 
 
 def rcond_from_inverse(a: Any, x: Any, info: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._errors import SingularMatrixError, failure_message
-from ._numerics import LinAlgWarning, ill_conditioned_message
+from ._numerics import ill_conditioned_message, warning_class
 
 __all__ = ["POLICIES", "Block", "check_policy", "apply_policy", "warn_ill_conditioned"]
 
@@ -111,7 +111,7 @@ def warn_ill_conditioned(rcond: Any, info: Any, dtype: np.dtype, block: Block | 
         message = (ill_conditioned_message(host_bad, host_rcond, eps, offset=block.offset)
                    + block.describe(host_bad.shape))
         indices = block.shift(where)
-    warning = LinAlgWarning(message)
+    warning = warning_class()(message)
     warning.indices = indices
     warning.rcond = host_rcond
     warnings.warn(warning, stacklevel=_outside_gpuinv())

@@ -142,6 +142,73 @@ def test_rcond_chunks_and_threads_agree(rng, monkeypatch):
     np.testing.assert_array_equal(whole, chunked)
 
 
+def _hostile_block(rng, n, dtype):
+    """Well-conditioned matrices, with one of each unusual kind in the middle."""
+    a = (rng.standard_normal((40, n, n)) + n * np.eye(n)).astype(dtype)
+    a[5] = 0                                   # singular: info > 0, rcond 0
+    a[9, 1, 2] = np.nan                        # info -1, rcond NaN
+    a[13, 0, 0] = np.inf
+    real = np.finfo(np.dtype(dtype).type(0).real.dtype)
+    a[17] = np.eye(n) * real.tiny * 4          # tiny entries: the rescaled LAPACK call
+    a[21] = np.eye(n) * real.max / 2           # the inverse is fine, ||A|| huge
+    a[25, :, 1] = a[25, :, 0]                  # singular: LAPACK's verdict, by rounding
+    a[29, 0, :] = real.max                     # ||A||_1 overflows: the exact check
+    return a
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [5, 8, 17, 33])
+@pytest.mark.parametrize("hostile", [False, True])
+def test_rcond_in_the_chunk_loop_is_rcond_from_inverse(rng, dtype, n, hostile):
+    # The LAPACK route takes ||A||_1 and ||X||_1 inside the chunk loop
+    # (engines/cpu.py, _invert_general_rcond): the inverse and info must be
+    # the route's without rcond, bit for bit, and rcond exactly what
+    # rcond_from_inverse gives for them, hostile matrices included.
+    from gpuinv._numerics import rcond_from_inverse
+
+    a = _hostile_block(rng, n, dtype) if hostile else (
+        rng.standard_normal((40, n, n)) + n * np.eye(n)).astype(dtype)
+    plain = gpuinv.inv_ex(a, device="cpu")
+    res = gpuinv.inv_ex(a, rcond=True, device="cpu")
+    np.testing.assert_array_equal(res.inverse, plain.inverse)
+    np.testing.assert_array_equal(res.info, plain.info)
+    np.testing.assert_array_equal(res.rcond, rcond_from_inverse(a, plain.inverse, plain.info))
+    # One matrix alone gets the same bits as in the batch.
+    for i in (0, 5, 9, 17, 21, 29):
+        one = gpuinv.inv_ex(a[i], rcond=True, device="cpu")
+        np.testing.assert_array_equal(one.rcond, res.rcond[i])
+    if hostile:
+        assert res.rcond[5] == 0
+        assert np.isnan(res.rcond[9]) and np.isnan(res.rcond[13])
+        assert 0 < res.rcond[17] <= 1 and 0 < res.rcond[0] <= 1
+
+
+def test_rcond_of_a_subnormal_norm_product_is_zero():
+    # ||A||_1 ||X||_1 can round to a subnormal whose reciprocal overflows only
+    # if the product is below 1 / max; it cannot be for a true inverse, but
+    # the convention (Inf or NaN rcond becomes 0) is applied in the fast path
+    # as in rcond_from_inverse. Checked on the helper with a forged inverse.
+    from gpuinv.engines import cpu
+
+    x = np.zeros((3, 5, 5))
+    x[:, 0, 0] = [1e-200, 1.0, 1e-200]
+    out = np.empty_like(x)
+    info = np.zeros(3, dtype=np.int32)
+    rc = np.empty(3)
+    real_gufunc = cpu._gufunc
+
+    def forged(a, o):
+        o[...] = 0
+        o[:, 0, 0] = [1e-200, 1.0, 1e-120]
+    try:
+        cpu._gufunc = forged
+        cpu._invert_general_rcond(x, out, info, rc)
+    finally:
+        cpu._gufunc = real_gufunc
+    assert rc[0] == 0 and rc[1] == 1 and rc[2] == 0
+    assert (info == 0).all()
+
+
 # --- warnings ---------------------------------------------------------------------------
 
 
@@ -203,6 +270,64 @@ def test_scipy_ill_cond_case():
     with pytest.warns(gpuinv.LinAlgWarning) as rec:
         gpuinv.inv(a2, device="cpu")
     assert rec[0].message.indices == [(0,), (2,)]
+
+
+def test_scipy_testinv_warning_cases_verbatim():
+    # SciPy 1.17's TestInv.test_ill_cond and test_diagonal, with gpuinv's inv
+    # in place of SciPy's: they expect scipy.linalg.LinAlgWarning.
+    linalg = pytest.importorskip("scipy.linalg")
+    from numpy.linalg import LinAlgError
+
+    inv = gpuinv.inv
+    for category in (linalg.LinAlgWarning, gpuinv.LinAlgWarning, RuntimeWarning):
+        a = np.diag([1., 1e-20])
+        with pytest.warns(category):
+            inv(a)
+        a2 = np.stack([np.diag([1., 1e-20]), np.diag([1, 1]), np.diag([1, 1e-20])])
+        with pytest.warns(category) as rec:
+            inv(a2)
+        assert rec[0].message.indices == [(0,), (2,)]
+
+        a = np.stack([np.triu(np.ones((3, 3))), np.diag(np.arange(1, 4))])
+        inv_a = inv(a)
+        np.testing.assert_allclose(inv_a[1], np.diag(1 / np.arange(1, 4)), atol=1e-14)
+        a = np.asarray([[1e30, 0], [0, 1]])
+        with pytest.warns(category):
+            inv(a, assume_a="diagonal")
+        a = np.asarray([[0, 0], [0, 1]])
+        with pytest.raises(LinAlgError):
+            inv(a, assume_a="diagonal")
+
+
+def test_warning_class_with_and_without_scipy_loaded(monkeypatch):
+    import sys
+
+    from gpuinv._numerics import warning_class
+
+    linalg = pytest.importorskip("scipy.linalg")
+    both = warning_class()
+    assert issubclass(both, gpuinv.LinAlgWarning) and issubclass(both, linalg.LinAlgWarning)
+    assert both is warning_class()  # cached: one class for the warnings registry
+    assert both.__name__ == "LinAlgWarning"
+    # An "error" filter on either class turns the warning into that exception.
+    for category in (linalg.LinAlgWarning, gpuinv.LinAlgWarning):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", category)
+            with pytest.raises(category) as caught:
+                gpuinv.inv(np.diag([1.0, 1e-20]), device="cpu")
+            assert caught.value.indices == [()]
+    # SciPy not imported: gpuinv's own class, and SciPy is not imported by it.
+    monkeypatch.delitem(sys.modules, "scipy.linalg")
+    assert warning_class() is gpuinv.LinAlgWarning
+    with pytest.warns(gpuinv.LinAlgWarning) as rec:
+        gpuinv.inv(np.diag([1.0, 1e-20]), device="cpu")
+    assert type(rec[0].message) is gpuinv.LinAlgWarning
+    assert "scipy.linalg" not in sys.modules
+    # A SciPy whose class is not a Warning (or not a class) is ignored.
+    fake = type(sys)("scipy.linalg")
+    fake.LinAlgWarning = "not a class"
+    monkeypatch.setitem(sys.modules, "scipy.linalg", fake)
+    assert warning_class() is gpuinv.LinAlgWarning
 
 
 def test_solve_warns_only_when_asked(rng):

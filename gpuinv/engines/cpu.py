@@ -6,7 +6,10 @@ Per chunk of the batch (a view of the caller's array, never the whole stack):
 2. mark matrices holding NaN or Inf (info -1, inverse NaN);
 3. invert the rest by the route of :mod:`.cpu_routes` for n: batch-vectorized
    closed forms for n <= 4 (matrices they cannot do accurately go to step 4),
-   LAPACK's getrf/getrs through NumPy's own gufunc above that;
+   LAPACK's getrf/getrs through NumPy's own gufunc above that, and from
+   ``GETRI_MIN_N`` getrf + getri through SciPy's wrappers where SciPy is
+   importable; with rcond (``inv``'s default check) the norms of A and of
+   its inverse are taken on the chunk here, while it is in cache;
 4. for matrices LAPACK could not invert, find the zero pivot's step with a
    vectorized partial-pivoting LU, so every matrix gets its own info code.
 
@@ -15,7 +18,9 @@ Chunks run on a shared thread pool: NumPy's inner loops release the GIL, and
 
 Peak extra memory: the output and info arrays, plus per worker thread about
 ``GPUINV_CPU_CHUNK_BYTES`` times a small constant (the gathered chunk and the
-closed forms' temporaries), whatever the size of the stack.
+closed forms' temporaries), whatever the size of the stack. The condition
+check of the LAPACK route keeps one chunk-sized scratch array per thread
+between calls (one matrix when a matrix is larger than a chunk).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from .._config import config
 from .._dtypes import real_dtype
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
-from .._numerics import rcond_from_inverse, structured_matrix
+from .._numerics import last_axis_max, rcond_from_inverse, structured_matrix
 from .._request import Request
 from ._closed_form import (
     SOLVE_MAX_N,
@@ -53,6 +58,7 @@ from ._structured import (
 from .cpu_routes import (
     COMPILED_INV_MAX_N,
     COMPILED_SOLVE_MAX_N,
+    GETRI_MIN_N,
     compiled_for,
     compiled_kernels,
     cpu_route,
@@ -323,6 +329,16 @@ def _lapack_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
         _gufunc(x, out)
         if not _has_huge_entries(out):
             return  # every entry finite and moderate: the common case, two reductions
+    _lapack_repair(x, out, info)
+
+
+def _lapack_repair(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    """The rare half of :func:`_lapack_inverse`, once some entry of ``out`` is huge or NaN.
+
+    Re-inverts matrices of tiny entries scaled by a power of two, then gives
+    every matrix whose inverse is still not finite its LU info code.
+    """
+    with np.errstate(all="ignore"):
         scales = _tiny_matrix_scales(x)
         if scales is not None:  # inv(a) = s * inv(s * a), exactly for powers of two
             idx, s = scales
@@ -343,11 +359,74 @@ def _lapack_inverse(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
     out[bad[code > 0]] = np.nan
 
 
+_GETRI: dict[np.dtype, tuple[Any, Any, Any] | None] = {}
+
+
+def _getri_funcs(dtype: np.dtype) -> tuple[Any, Any, Any] | None:
+    """SciPy's ``(getrf, getri, getri_lwork)`` for ``dtype``, or None without SciPy.
+
+    SciPy is imported here, at the first call that needs it, never by
+    ``import gpuinv``.
+    """
+    if dtype not in _GETRI:
+        try:
+            from scipy.linalg import lapack
+        except ImportError:
+            _GETRI[dtype] = None
+        else:
+            _GETRI[dtype] = lapack.get_lapack_funcs(("getrf", "getri", "getri_lwork"),
+                                                    dtype=dtype)
+    return _GETRI[dtype]
+
+
 def _gufunc(x: np.ndarray, out: np.ndarray) -> None:
+    """LAPACK's inverse of every matrix of x into out; a matrix getrf cannot factor is all NaN."""
+    if x.shape[-1] >= GETRI_MIN_N:
+        funcs = _getri_funcs(x.dtype)
+        if funcs is not None:
+            _getri_loop(x, out, funcs)
+            return
     if _gufunc_inv is not None:
         _gufunc_inv(x, signature=_SIGNATURES[x.dtype], out=out)
     else:  # pragma: no cover - exercised only if NumPy moves its gufunc
         _loop_inverse(x, out)
+
+
+def _getri_loop(x: np.ndarray, out: np.ndarray, funcs: tuple[Any, Any, Any]) -> None:
+    """getrf + getri per matrix, as NumPy's gufunc does it: A itself is factored
+    (a Fortran-ordered copy, so pivots and zero pivots are those of gesv on A),
+    and a matrix getrf cannot factor is filled with NaN, as the gufunc fills it.
+    The wrappers release the GIL, so chunks still run in parallel.
+    """
+    getrf, getri, getri_lwork = funcs
+    n = x.shape[-1]
+    lwork = max(1, int(getri_lwork(n)[0].real))
+    work = np.empty((n, n), dtype=x.dtype, order="F")
+    for i in range(len(x)):
+        _copy_across_orders(work, x[i])
+        lu, piv, code = getrf(work, overwrite_a=True)
+        if code == 0:
+            inverse, code = getri(lu, piv, lwork=lwork, overwrite_lu=True)
+        if code == 0:
+            _copy_across_orders(out[i], inverse)
+        else:
+            out[i] = np.nan
+
+
+def _copy_across_orders(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` between C and Fortran order, 32 rows at a time from n = 128.
+
+    NumPy's one-call copy walks one operand with a stride of a whole row;
+    in blocks of 32 rows it ran 1.8-2x faster at n = 128..512 (147 against
+    77 us at n = 256, where two such copies per matrix were 7% of getrf +
+    getri on one core).
+    """
+    n = src.shape[0]
+    if n < 128:
+        dst[...] = src
+        return
+    for r in range(0, n, 32):
+        dst[r : r + 32] = src[r : r + 32]
 
 
 def _loop_inverse(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
@@ -473,6 +552,9 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
     if structure == "positive definite" and x.shape[-1] <= 4:
         _invert_pos_closed_form(x, out, info, rc, lower)
         return
+    if structure == "general" and rc is not None:
+        _invert_general_rcond(x, out, info, rc)
+        return
     if structure == "general":
         a = x
         invert_block(x, out, info)
@@ -489,6 +571,70 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
         _invert_structured(a, out, info, structure)
     if rc is not None:
         rc[...] = rcond_from_inverse(a, out, info)
+
+
+_LOCAL = threading.local()
+
+
+def _thread_scratch(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialized array for this thread's current chunk, reused chunk after chunk.
+
+    A fresh chunk-sized array per chunk came from mmap at large n (one
+    matrix of 2 MiB per chunk at n = 512), and its page faults cost 8% of
+    inv against 0.3% for the norms themselves (benchmarks/bench_numerics.py,
+    rcond, OPENBLAS_NUM_THREADS=1). Each thread keeps the largest it has
+    needed: at most one chunk, or one matrix when a matrix is larger.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    buf = getattr(_LOCAL, "buf", None)
+    if buf is None or buf.nbytes < size:
+        buf = np.empty(max(size, 1), dtype=np.uint8)
+        _LOCAL.buf = buf
+    return buf[:size].view(dtype).reshape(shape)
+
+
+def _one_norms(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``||x||_1`` of every matrix of a block x (m, n, n), |x| written into ``scratch``.
+
+    The same sums and maximum as :func:`gpuinv._numerics.one_norm` (so the
+    same bits), with a per-chunk scratch for |x|.
+    """
+    np.abs(x, out=scratch)
+    return last_axis_max(np.einsum("...ij->...j", scratch))
+
+
+def _invert_general_rcond(x: np.ndarray, out: np.ndarray, info: np.ndarray,
+                          rc: np.ndarray) -> None:
+    """invert_block and rcond for the LAPACK route (n > 4), the norms taken while hot.
+
+    ``||A||_1`` is taken before LAPACK runs and ``||X||_1`` right after, on
+    the chunk in cache; together they replace invert_block's own checks
+    (finite norms mean finite entries, and ``max |x_ij| <= ||X||_1``), so
+    the condition check costs two passes over data in cache, not four over
+    memory. Anything unusual (non-finite input, a huge or NaN inverse) takes
+    the exact route of :func:`invert_block` and
+    :func:`gpuinv._numerics.rcond_from_inverse`, so rcond and info are those.
+    """
+    scratch = _thread_scratch(x.shape, rc.dtype)
+    with np.errstate(all="ignore"):
+        norm_a = _one_norms(x, scratch)
+        if norm_a.max() < np.inf:  # all finite (NaN fails the test too)
+            _gufunc(x, out)
+            norm_x = _one_norms(out, scratch)
+            # _has_huge_entries's bound: below it no repair applies.
+            top = np.ldexp(1.0, np.finfo(rc.dtype).maxexp // 4)
+            if norm_x.max() <= top:
+                np.multiply(norm_a, norm_x, out=norm_x)
+                np.divide(1, norm_x, out=rc)
+                if not rc.max() < np.inf:  # 1 / a subnormal product: rcond's convention is 0
+                    rc[~np.isfinite(rc)] = 0
+                return
+            _lapack_repair(x, out, info)
+            rc[...] = rcond_from_inverse(x, out, info)
+            return
+    invert_block(x, out, info)
+    rc[...] = rcond_from_inverse(x, out, info)
 
 
 def _invert_closed_form_rcond(x: np.ndarray, out: np.ndarray, info: np.ndarray,

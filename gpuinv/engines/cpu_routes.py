@@ -14,13 +14,24 @@ import numpy as np
 from .._config import config
 
 __all__ = ["CPU_CLOSED_FORM_MAX_N", "COMPILED_INV_MIN_N", "COMPILED_INV_MAX_N",
-           "COMPILED_SOLVE_MAX_N", "compiled_for", "compiled_kernels", "cpu_route", "threads_for"]
+           "COMPILED_SOLVE_MAX_N", "GETRI_MIN_N", "compiled_for", "compiled_kernels", "cpu_route", "threads_for"]
 
 # Closed forms beat LAPACK's per-matrix calls by 5-30x for n <= 4 and keep its
 # accuracy (with the guard in engines/_closed_form.py); at n = 5 the 5x5
 # adjugate would cost more than LAPACK (benchmarks/bench_cpu.py).
 CPU_CLOSED_FORM_MAX_N = 4
 
+
+# From this order up, where SciPy is importable, LAPACK getrf + getri per
+# matrix (SciPy's wrappers) instead of NumPy's gufunc (getrf + getrs against
+# the identity): about 2n^3 flops against 8/3 n^3. One core, CPU time:
+# getri ran at 1.12x the gufunc at n = 24, 1.19x at 32, 1.28x at 64 and
+# 1.44x at 128 (float64), 0.99x at 24, 1.07x at 32 and 1.19x at 64
+# (float32), 1.18x and 1.38x at 32 (complex64, complex128), and 0.4-0.9x at
+# n = 8..16, where its two wrapper calls per matrix cost more than the flops
+# saved (benchmarks/bench_cpu_peers.py --routes, OPENBLAS_NUM_THREADS=1, on
+# a loaded 2-core AMD EPYC). n = 32 is where every dtype gains.
+GETRI_MIN_N = 32
 
 def cpu_route(n: int) -> str:
     """The CPU engine's route for order n: "closed_form" or "lapack"."""
