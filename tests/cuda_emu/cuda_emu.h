@@ -57,6 +57,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
 #else
@@ -150,11 +151,13 @@ inline const uint3& current_thread_idx() { return g_current->idx; }
 // switch_stack(save, next): push the callee-saved registers, store the stack
 // pointer in *save, load `next` and pop the registers saved there. A new
 // fiber's stack is laid out so that the pops take zeros and the `ret` enters
-// fiber_entry with the stack aligned as after a call.
+// fiber_entry with the stack aligned as after a call. Weak: every object of
+// an executable that includes this header defines it (tests/_cuda_emu.py
+// links the runtime and the kernels' objects together).
 extern "C" void emu_switch_stack(void** save, void* next);
 asm(R"(
     .text
-    .globl emu_switch_stack
+    .weak emu_switch_stack
     .type emu_switch_stack, @function
 emu_switch_stack:
     pushq %rbp
@@ -413,6 +416,12 @@ class Block {
         th.warp = t / 32;
         th.op = Op::running;
         th.fake_stack = nullptr;
+#if EMU_ASAN
+        // A fiber ends by switching away, never returning from entry(): without
+        // optimization entry()'s frame has redzones, left poisoned on the stack
+        // that the next block's fiber reuses.
+        __asan_unpoison_memory_region(th.stack, th.stack_size);
+#endif
 #if defined(__x86_64__)
         auto top = reinterpret_cast<std::uintptr_t>(th.stack + th.stack_size) & ~std::uintptr_t(15);
         auto* sp = reinterpret_cast<std::uintptr_t*>(top);
