@@ -24,7 +24,6 @@ from _emu_base import (
     Mutation,
     assert_capped_grid_same,
     assert_same_bits,
-    bits,
     builds,  # noqa: F401 - fixture
     check_mutation,
     mixed,
