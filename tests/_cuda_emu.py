@@ -266,7 +266,6 @@ def build_group(units: Sequence[Unit], label: str = "group") -> Path:
     kernel_text, shared_text, exe = _group_plan(units, label)
     if exe.exists():
         return exe
-    key = exe.name.rsplit("-", 1)[1]
     runtime = _runtime_object()
     src_dir = cache / "src"
     src_dir.mkdir(exist_ok=True)
@@ -277,19 +276,17 @@ def build_group(units: Sequence[Unit], label: str = "group") -> Path:
             with os.fdopen(fd, "w") as f:
                 f.write(unit.source)
             os.replace(tmp, path)
-    work = cache / "work"
-    work.mkdir(exist_ok=True)
-    kernel_cpp, shared_cpp = work / f"{label}-{key}.cpp", work / f"{label}-{key}-shared.cpp"
-    kernel_cpp.write_text(kernel_text)
-    shared_cpp.write_text(shared_text)
-    kernel_o, shared_o = work / f"{label}-{key}.o", work / f"{label}-{key}-shared.o"
     names = ", ".join(u.spec.name_expression for u in units)
     include = [f"-I{EMU_DIR}", f"-I{KERNEL_DIR}", f"-I{cache}"]
-    _compile([GXX, *CXXFLAGS, *include, "-c", str(kernel_cpp)], kernel_o, f"the emulation of {names}")
-    _compile([GXX, *CXXFLAGS, "-c", str(shared_cpp)], shared_o, f"the shared arrays of {names}")
-    _compile([GXX, *CXXFLAGS, str(runtime), str(kernel_o), str(shared_o)], exe, f"the executable of {names}")
-    for path in (kernel_cpp, shared_cpp, kernel_o, shared_o):
-        path.unlink(missing_ok=True)
+    # A folder of its own: two test runs may build the same group at once.
+    with tempfile.TemporaryDirectory(dir=cache, prefix=f"work-{label}-") as tmp:
+        kernel_cpp, shared_cpp = Path(tmp) / f"{label}.cpp", Path(tmp) / f"{label}-shared.cpp"
+        kernel_cpp.write_text(kernel_text)
+        shared_cpp.write_text(shared_text)
+        kernel_o, shared_o = Path(tmp) / f"{label}.o", Path(tmp) / f"{label}-shared.o"
+        _compile([GXX, *CXXFLAGS, *include, "-c", str(kernel_cpp)], kernel_o, f"the emulation of {names}")
+        _compile([GXX, *CXXFLAGS, "-c", str(shared_cpp)], shared_o, f"the shared arrays of {names}")
+        _compile([GXX, *CXXFLAGS, str(runtime), str(kernel_o), str(shared_o)], exe, f"the executable of {names}")
     return exe
 
 
