@@ -2,8 +2,8 @@
 //
 // tests/_cuda_emu.py compiles gpuinv/kernels/kernels.cu (which includes
 // inverse.cuh) after this header with g++, under AddressSanitizer and UBSan,
-// one kernel instantiation per executable (emu_main.cpp), and runs it on
-// exact-size heap buffers with the grid and block that the Python launcher
+// a few instantiations per executable (emu_main.cpp, emu_table.h), and runs
+// one of them on exact-size heap buffers with the grid and block that the Python launcher
 // computes.
 //
 // Execution model
@@ -35,8 +35,8 @@
 //   reads lane ^ mask when that lane is not past the end of the caller's
 //   segment, else the caller's own value. Reading a lane outside the mask is
 //   an error (undefined on a GPU).
-// * __shared__ arrays become `extern` declarations; emu_shared.cpp defines
-//   them as plain globals of the instantiation's exact shared size, so
+// * __shared__ arrays become `extern` declarations; a unit that
+//   tests/_cuda_emu.py generates defines them as plain globals of the instantiation's exact shared size, so
 //   AddressSanitizer bounds every access to them. They are filled with 0xFF
 //   bytes (NaN for every floating type) before each block starts, so a read
 //   of shared memory that the block never wrote shows up as NaN.
@@ -134,7 +134,7 @@ enum class Order : int { forward = 0, reverse = 1, shuffle = 2 };
 struct Launch {
     Order order = Order::forward;
     unsigned seed = 0;
-    unsigned char* shared = nullptr;  // this instantiation's shared memory (emu_shared.cpp)
+    unsigned char* shared = nullptr;  // this instantiation's shared memory (tests/_cuda_emu.py)
     std::size_t shared_bytes = 0;
 };
 
