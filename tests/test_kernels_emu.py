@@ -13,6 +13,10 @@ The mutation tests at the end alter a copy of kernels.cu in the ways real
 kernel bugs look (an off-by-one in a staging index, a wrong shuffle source,
 a missing barrier, a barrier only some lanes reach, a grid-stride step) and
 check that the harness catches each one.
+
+By default the representative sample of the instantiations runs (every dtype
+and shape at the edges of every bound, the rcond variants) and every mutation
+test; ``--emu-all`` runs the rest too (tests/_emu_base.py, tests/conftest.py).
 """
 
 from __future__ import annotations

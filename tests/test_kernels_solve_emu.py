@@ -9,6 +9,10 @@ which tests/test_kernels_solve_host.py holds to LAPACK's accuracy, so any
 difference here is the kernel's staging, tiling or indexing. Every
 instantiation runs k = 1 (b staged through shared memory), k = 2 and
 k = n + 1 (b and x straight from and to global memory).
+
+By default the representative sample of the instantiations runs (every dtype
+and shape at the edges of every bound, the rcond variants) and every mutation
+test; ``--emu-all`` runs the rest too (tests/_emu_base.py, tests/conftest.py).
 """
 
 from __future__ import annotations

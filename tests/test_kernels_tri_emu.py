@@ -9,6 +9,10 @@ unwritten). Results are compared bit for bit with the host build of
 triangular.cuh (tests/_kernel_cases.py), which tests/test_kernels_tri_host.py
 holds to LAPACK's accuracy, so any difference here is the kernel's staging,
 tiling, transposition or indexing.
+
+By default the representative sample of the instantiations runs (every dtype
+and shape at the edges of every bound, the rcond variants) and every mutation
+test; ``--emu-all`` runs the rest too (tests/_emu_base.py, tests/conftest.py).
 """
 
 from __future__ import annotations
