@@ -9,7 +9,7 @@ the table and writes JSON (and a plot with ``--plot``).
 
     python3 benchmarks/bench.py --json out.json --plot out.png [any `gpuinv bench` option]
 
-The harness is the package's own (``gpuinv/_bench.py``, also behind the
+The harness is the package's own (``gpuinv/cli/harness.py``, also behind the
 ``gpuinv bench`` command); this script only sets the issue's defaults. For a
 fair NumPy baseline, run it without the OPENBLAS_CORETYPE override that some
 machines set (README, "Measured numbers").

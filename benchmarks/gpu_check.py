@@ -965,7 +965,7 @@ class Bench:
 
         import gpuinv
         from gpuinv import kernels
-        from gpuinv._dispatch import cuda_route
+        from gpuinv.engines.cuda.routes import cuda_route
 
         dt = np.dtype(dtype)
         count = batch_count(n, dt.itemsize, self.scale.batch_bytes)
@@ -1136,9 +1136,11 @@ class Bench:
     def _compare_routes(self, key: str, routes: tuple[str, ...], sizes: tuple[int, ...], cap: float) -> None:
         from gpuinv import kernels
         from gpuinv._normalize import normalize
+        from gpuinv._request import make_request
         from gpuinv.engines import cuda_engine
 
         engine = cuda_engine(None)
+        general = make_request("inverse")  # the general inverse, no rcond: one route at a time
         result = self.rec.data.setdefault(key, {})
         todo = [(dt, n) for dt in (np.float64, np.float32) for n in sizes]
         stop = time.monotonic() + cap
@@ -1158,7 +1160,7 @@ class Bench:
             for route in usable:
                 t = guarded(self.rec, f"{key} {route} {dt.name} n={n}",
                             lambda route=route: summarize(time_events(
-                                lambda: engine.invert(op, route=route), self.repeats, each)))
+                                lambda: engine.inverse(general, op, route=route), self.repeats, each)))
                 row["matrices_per_s"][route] = count / t if t else None
             rates = {r: v for r, v in row["matrices_per_s"].items() if v}
             row["faster"] = max(rates, key=rates.get) if rates else None

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, NamedTuple
 
-import numpy as np
-
-from ._adapters import foreign_library
-from ._device import DeviceLike, parse_device
-from ._dispatch import select_engine
-from ._normalize import Operand, normalize, wrap_like_input
-from ._numerics import parse_structure, warn_ill_conditioned
-from ._policy import apply_policy, check_policy
+from ._device import DeviceLike
+from ._path import run
+from ._request import make_request
 
 __all__ = ["inv", "inv_ex", "InvResult", "InvRcondResult"]
 
@@ -53,49 +47,6 @@ class InvRcondResult(NamedTuple):
     rcond: Any
 
 
-def _run_ex(a: Any, device: DeviceLike, assume_a: str | None, lower: bool,
-            rcond: bool) -> tuple[Operand, Any, Any, Any]:
-    """Like :func:`_run`, with structure and rcond: ``(op, inverse, info, rcond or None)``."""
-    request = parse_device(device)
-    op = normalize(a)
-    structure = parse_structure(assume_a, op.dtype)
-    engine = select_engine(op, request)
-    if engine.name == "cpu":
-        if op.backend == "cupy":
-            import cupy
-
-            with op.array.device:
-                host = Operand(cupy.asnumpy(op.array), "numpy", op.batch_shape, op.n, op.dtype)
-                inverse, info, rc = engine.invert_ex(host, structure=structure, lower=lower,
-                                                     rcond=rcond)
-                return op, cupy.asarray(inverse), cupy.asarray(info), (
-                    None if rc is None else cupy.asarray(rc))
-        return (op, *engine.invert_ex(op, structure=structure, lower=lower, rcond=rcond))
-    from .engines._cuda_numerics import cuda_invert_ex
-
-    return (op, *cuda_invert_ex(engine, op, structure=structure, lower=lower, rcond=rcond))
-
-
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-
-
-def _run(a: Any, device: DeviceLike) -> tuple[Operand, Any, Any]:
-    request = parse_device(device)
-    op = normalize(a)
-    engine = select_engine(op, request)
-    if op.backend == "cupy" and engine.name == "cpu":
-        import cupy
-
-        with op.array.device:
-            host = Operand(cupy.asnumpy(op.array), "numpy", op.batch_shape, op.n, op.dtype)
-            inverse, info = engine.invert(host)
-            return op, cupy.asarray(inverse), cupy.asarray(info)
-    inverse, info = engine.invert(op)
-    return op, inverse, info
-
-
 def inv_ex(
     a: Any,
     /,
@@ -118,7 +69,7 @@ def inv_ex(
         ``"upper triangular"``, ``"lower triangular"``, ``"positive
         definite"`` (``"pos"``), ``"symmetric"`` (``"sym"``) and
         ``"hermitian"`` (``"her"``). Only the entries the structure needs
-        are read (see Notes). Not supported for dask input yet.
+        are read (see Notes).
     lower : bool, optional
         For ``"positive definite"``, ``"symmetric"`` and ``"hermitian"``:
         read the lower triangle instead of the upper one (SciPy's default).
@@ -144,7 +95,7 @@ def inv_ex(
         in the real dtype of the inverse; 0 where info > 0 or the inverse
         overflowed, NaN where info is -1. For CuPy input (and CUDA tensors)
         nothing is synchronized with the host: ``info`` and ``rcond`` stay
-        on the device. For dask input both are lazy dask arrays.
+        on the device. For dask input all are lazy dask arrays.
 
     Raises
     ------
@@ -190,21 +141,12 @@ def inv_ex(
     >>> gpuinv.inv_ex(a, rcond=True, device="cpu").rcond
     array([0.5, 0. ])
     """
-    _check_flag("lower", lower)
-    _check_flag("rcond", rcond)
-    plain = rcond is False and assume_a in ("general", "gen", None) and not lower
-    library = foreign_library(a)
-    if library is not None:
-        if plain:
-            return _foreign(a, library, device, None)
-        return _foreign_ex(a, library, device, assume_a, lower, rcond)
-    if plain:
-        _, inverse, info = _run(a, device)
-        return InvResult(wrap_like_input(a, inverse), info)
-    _, inverse, info, rc = _run_ex(a, device, assume_a, lower, rcond)
-    if rcond:
-        return InvRcondResult(wrap_like_input(a, inverse), info, rc)
-    return InvResult(wrap_like_input(a, inverse), info)
+    request = make_request("inverse", assume_a=assume_a, lower=lower, rcond=rcond,
+                           device=device)
+    inverse, info, rc = run(request, a)
+    if request.rcond:
+        return InvRcondResult(inverse, info, rc)
+    return InvResult(inverse, info)
 
 
 def inv(
@@ -247,7 +189,7 @@ def inv(
         O(n^3); benchmarks/bench_numerics.py measures it) and, for CuPy
         input, one read of a boolean from the device. ``False`` makes ``inv``
         cost exactly what it did before the check existed. Dask input is
-        not checked.
+        checked block by block, where each block is computed (see Notes).
     device : {"auto", "cpu", "cuda", "cuda:N"} or int, optional
         Where to compute; see :func:`inv_ex`.
 
@@ -282,7 +224,9 @@ def inv(
     For CuPy input, ``inv`` synchronizes with the device once, to read
     whether any matrix failed (or is ill-conditioned); ``inv_ex`` never does.
     For dask input the error is raised when the failing block is computed,
-    and names global batch indices.
+    and names global batch indices; so does the warning, which is issued
+    where the block is computed: in the calling process under dask's local
+    schedulers, in the worker (and its log) on a distributed cluster.
 
     Examples
     --------
@@ -295,70 +239,6 @@ def inv(
            [[ 1. ,  0. ],
             [ 0. ,  0.5]]])
     """
-    check_policy(on_singular)
-    _check_flag("lower", lower)
-    _check_flag("check_cond", check_cond)
-    general = assume_a in ("general", "gen", None) and not lower
-    library = foreign_library(a)
-    if library is not None:
-        if library == "dask" and general:
-            return _foreign(a, library, device, on_singular)
-        if library == "dask":
-            raise NotImplementedError("assume_a and lower are not supported for dask arrays yet")
-        from ._adapters import import_array
-
-        imported = import_array(a, library)
-        with _cuda_device(imported.device_id):
-            return imported.export(inv(imported.array, on_singular=on_singular, assume_a=assume_a,
-                                       lower=lower, check_cond=check_cond, device=device))
-    if general and not check_cond:
-        _, inverse, info = _run(a, device)
-        return wrap_like_input(a, apply_policy(inverse, info, on_singular))
-    op, inverse, info, rc = _run_ex(a, device, assume_a, lower, check_cond)
-    inverse = apply_policy(inverse, info, on_singular)
-    if check_cond:
-        warn_ill_conditioned(rc, info, op.dtype, stacklevel=2)
-    return wrap_like_input(a, inverse)
-
-
-def _foreign_ex(a: Any, library: str, device: DeviceLike, assume_a: str | None, lower: bool,
-                rcond: bool) -> Any:
-    """``inv_ex`` with structure or rcond on a torch tensor or JAX array."""
-    if library == "dask":
-        raise NotImplementedError("assume_a, lower and rcond are not supported for dask arrays yet")
-    from ._adapters import import_array
-
-    imported = import_array(a, library)
-    with _cuda_device(imported.device_id):
-        result = inv_ex(imported.array, assume_a=assume_a, lower=lower, rcond=rcond, device=device)
-        return type(result)(*(imported.export(x) for x in result))
-
-
-def _foreign(a: Any, library: str, device: DeviceLike, on_singular: str | None) -> Any:
-    """Run ``inv`` (``on_singular`` given) or ``inv_ex`` (None) on a dask
-    array, torch tensor or JAX array; their modules load only here."""
-    if library == "dask":
-        from ._dask import dask_inv, dask_inv_ex
-
-        if on_singular is None:
-            return dask_inv_ex(a, device=device)
-        return dask_inv(a, on_singular=on_singular, device=device)
-
-    from ._adapters import import_array
-
-    imported = import_array(a, library)
-    with _cuda_device(imported.device_id):
-        if on_singular is None:
-            inverse, info = inv_ex(imported.array, device=device)
-            return InvResult(imported.export(inverse), imported.export(info))
-        # A SingularMatrixError propagates as is: its indices are the
-        # tensor's own batch indices.
-        return imported.export(inv(imported.array, on_singular=on_singular, device=device))
-
-
-def _cuda_device(device_id: int | None) -> Any:
-    if device_id is None:
-        return contextlib.nullcontext()
-    import cupy
-
-    return cupy.cuda.Device(device_id)
+    request = make_request("inverse", assume_a=assume_a, lower=lower, on_singular=on_singular,
+                           check_cond=check_cond, device=device)
+    return run(request, a)[0]

@@ -29,7 +29,6 @@ assume_a
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -39,10 +38,10 @@ from ._errors import INFO_NONFINITE, MAX_LISTED, _format_indices
 __all__ = [
     "LinAlgWarning",
     "STRUCTURES",
+    "canonical_structure",
     "parse_structure",
     "structured_matrix",
     "rcond_from_inverse",
-    "warn_ill_conditioned",
     "ill_conditioned_message",
 ]
 
@@ -80,20 +79,28 @@ STRUCTURES = {
 }
 
 
-def parse_structure(assume_a: str | None, dtype: np.dtype) -> str:
-    """The canonical structure for ``assume_a`` and the compute dtype.
+def canonical_structure(assume_a: str | None) -> str:
+    """The canonical structure that ``assume_a`` names, whatever the dtype.
 
     ``None`` means ``"general"``: unlike SciPy, gpuinv does not inspect the
     matrices to guess a structure (that would read every matrix once more and,
-    on the GPU, wait for the device). ``"hermitian"`` on real input is
-    ``"symmetric"``, as in SciPy.
+    on the GPU, wait for the device).
     """
     if assume_a is None:
         return "general"
     if not isinstance(assume_a, str) or assume_a not in STRUCTURES:
         names = ", ".join(repr(k) for k in STRUCTURES)
         raise ValueError(f"{assume_a!r} is not a recognized matrix structure; use one of {names}")
-    structure = STRUCTURES[assume_a]
+    return STRUCTURES[assume_a]
+
+
+def parse_structure(assume_a: str | None, dtype: np.dtype) -> str:
+    """The canonical structure for ``assume_a`` and the compute dtype.
+
+    As :func:`canonical_structure`, and ``"hermitian"`` on real input is
+    ``"symmetric"``, as in SciPy.
+    """
+    structure = canonical_structure(assume_a)
     if structure == "hermitian" and np.dtype(dtype).kind != "c":
         return "symmetric"
     return structure
@@ -174,46 +181,20 @@ def rcond_from_inverse(a: Any, x: Any, info: Any) -> Any:
     return xp.where(info == INFO_NONFINITE, xp.asarray(np.nan, dtype=real), rc)
 
 
-def ill_conditioned_message(bad: np.ndarray, rcond: np.ndarray, eps: float) -> str:
-    """The warning's text for the boolean mask ``bad`` of a batch shape."""
+def ill_conditioned_message(bad: np.ndarray, rcond: np.ndarray, eps: float,
+                           offset: tuple[int, ...] | None = None) -> str:
+    """The warning's text for the boolean mask ``bad`` of a batch shape.
+
+    ``offset`` (one entry per batch axis) is added to every listed index,
+    for ``bad`` of one block of a larger batch.
+    """
     where = np.argwhere(bad)
     total = bad.size
     noun = "matrix" if total == 1 else "matrices"
     if bad.ndim == 0:
         return (f"Ill-conditioned matrix (rcond={float(rcond):.3g} < eps={eps:.3g}): "
                 "the result may be inaccurate")
-    listed = _format_indices(where[:MAX_LISTED], bad.ndim)
+    listed = _format_indices(where[:MAX_LISTED], bad.ndim, offset)
     more = f", ... ({len(where) - MAX_LISTED} more)" if len(where) > MAX_LISTED else ""
     return (f"{len(where)} of {total} {noun} ill-conditioned (rcond < eps={eps:.3g}), "
             f"the results may be inaccurate: batch indices [{listed}{more}]")
-
-
-def warn_ill_conditioned(rcond: Any, info: Any, dtype: np.dtype, stacklevel: int = 3) -> None:
-    """Warn :class:`LinAlgWarning` for matrices with info 0 and rcond < eps of ``dtype``.
-
-    Matrices with a non-zero info are left to ``on_singular``. For CuPy
-    arrays this reads one boolean back from the device, and the rcond array
-    only when something is ill-conditioned.
-    """
-    if info.size == 0:
-        return
-    eps = float(np.finfo(np.dtype(dtype)).eps)
-    if isinstance(rcond, np.ndarray) and rcond.min() >= eps:
-        # The common case in one reduction without temporaries: no rcond
-        # below eps (NaN, for info -1, makes the test fail: the full check).
-        return
-    bad = (info == 0) & (rcond < eps)
-    if not bool(bad.any()):
-        return
-    host_rcond = _to_host(rcond)
-    host_bad = _to_host(bad)
-    message = ill_conditioned_message(host_bad, host_rcond, eps)
-    warning = LinAlgWarning(message)
-    warning.indices = [tuple(int(j) for j in i) for i in np.argwhere(host_bad)]
-    warning.rcond = host_rcond
-    warnings.warn(warning, stacklevel=stacklevel + 1)
-
-
-def _to_host(x: Any) -> np.ndarray:
-    get = getattr(x, "get", None)
-    return np.asarray(get() if callable(get) else x)

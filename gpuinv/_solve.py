@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
-
-from ._adapters import foreign_library
-from ._device import DeviceLike, parse_device
-from ._dispatch import select_engine
-from ._dtypes import result_dtype
-from ._normalize import Operand, array_backend, normalize, wrap_like_input
-from ._numerics import parse_structure, warn_ill_conditioned
-from ._policy import apply_policy, check_policy
+from ._device import DeviceLike
+from ._path import run
+from ._request import make_request
 
 __all__ = ["solve", "solve_ex", "SolveResult", "SolveRcondResult"]
 
@@ -46,90 +40,6 @@ class SolveRcondResult(NamedTuple):
     rcond: Any
 
 
-def _flag(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-
-
-def _prepare(a: Any, b: Any) -> tuple[Operand, Any, bool]:
-    """Validate ``a`` and ``b``, broadcast them, and pick the dtype (NumPy 2 rules).
-
-    ``b`` is a vector only when it is 1-D (shape (n,)); otherwise it is a
-    stack of (n, k) matrices whose batch axes broadcast against ``a``'s.
-    Returns the broadcast operand, ``b`` broadcast to (batch..., n, k), and
-    whether ``b`` was a vector.
-    """
-    op = normalize(a)
-    backend = op.backend
-    if array_backend(b) != backend:
-        if backend == "cupy":
-            import cupy
-
-            b = cupy.asarray(b)
-        else:
-            raise TypeError(
-                "b is a CuPy array but a is not: pass both as NumPy or both as CuPy arrays"
-            )
-    elif backend == "numpy":
-        if isinstance(b, np.ma.MaskedArray):
-            raise TypeError("masked arrays are not supported by gpuinv.solve: the mask would be "
-                            "silently ignored; pass b.filled(value) or b.data explicitly")
-        b = np.asarray(b)
-    if b.ndim == 0:
-        raise ValueError("b must be at least one-dimensional: (n,) or (..., n, k)")
-    try:
-        common = np.result_type(op.array.dtype, b.dtype)
-    except TypeError:
-        common = np.dtype(object)
-    dtype = result_dtype(common)
-    if b.dtype.kind not in "biufc":
-        result_dtype(b.dtype)  # raises the TypeError naming b's dtype
-    vector = b.ndim == 1
-    if vector:
-        b = b[:, None]
-    n = op.n
-    if b.shape[-2] != n:
-        raise ValueError(
-            f"solve: b has {b.shape[-2]} rows but a is {n}x{n} "
-            f"(a: {tuple(op.array.shape)}, b: {tuple(b.shape) if not vector else (b.shape[0],)})"
-        )
-    batch = np.broadcast_shapes(op.batch_shape, tuple(b.shape[:-2]))
-    xp = np if backend == "numpy" else _cupy()
-    a_b = xp.broadcast_to(op.array, batch + (n, n))
-    b_b = xp.broadcast_to(b, batch + (n, b.shape[-1]))
-    return Operand(a_b, backend, batch, n, np.dtype(dtype)), b_b, vector
-
-
-def _cupy() -> Any:
-    import cupy
-
-    return cupy
-
-
-def _run_solve(a: Any, b: Any, device: DeviceLike, assume_a: str | None, lower: bool,
-               rcond: bool) -> tuple[Operand, Any, Any, Any, bool]:
-    request = parse_device(device)
-    op, b, vector = _prepare(a, b)
-    structure = parse_structure(assume_a, op.dtype)
-    engine = select_engine(op, request)
-    if engine.name == "cpu":
-        if op.backend == "cupy":
-            import cupy
-
-            with op.array.device:
-                host = Operand(cupy.asnumpy(op.array), "numpy", op.batch_shape, op.n, op.dtype)
-                x, info, rc = engine.solve_ex(host, cupy.asnumpy(b), structure=structure,
-                                              lower=lower, rcond=rcond)
-                return (op, cupy.asarray(x), cupy.asarray(info),
-                        None if rc is None else cupy.asarray(rc), vector)
-        x, info, rc = engine.solve_ex(op, b, structure=structure, lower=lower, rcond=rcond)
-        return op, x, info, rc, vector
-    from .engines._cuda_numerics import cuda_solve_ex
-
-    x, info, rc = cuda_solve_ex(engine, op, b, structure=structure, lower=lower, rcond=rcond)
-    return op, x, info, rc, vector
-
-
 def solve_ex(
     a: Any,
     b: Any,
@@ -145,7 +55,8 @@ def solve_ex(
     Parameters
     ----------
     a : (..., n, n) array_like
-        The matrices; NumPy or CuPy array, torch tensor, JAX array, or
+        The matrices; NumPy or CuPy array, torch tensor, JAX array, dask
+        array (lazy: see ``docs/dask.md``), or
         anything ``numpy.asarray`` accepts.
     b : (n,) or (..., n, k) array_like
         The right-hand sides, with NumPy 2's rules: ``b`` is one vector
@@ -194,16 +105,9 @@ def solve_ex(
     array([[1.],
            [1.]])
     """
-    _flag("lower", lower)
-    _flag("rcond", rcond)
-    library = foreign_library(a) or foreign_library(b)
-    if library is not None:
-        return _foreign_solve(a, b, library, device, assume_a, lower, rcond, None, False)
-    _, x, info, rc, vector = _run_solve(a, b, device, assume_a, lower, rcond)
-    if vector:
-        x = x[..., 0]
-    x = wrap_like_input(b, x)  # an ndarray subclass b gives its class back, as numpy.linalg.solve does
-    if rcond:
+    request = make_request("solve", assume_a=assume_a, lower=lower, rcond=rcond, device=device)
+    x, info, rc = run(request, a, b)
+    if request.rcond:
         return SolveRcondResult(x, info, rc)
     return SolveResult(x, info)
 
@@ -276,36 +180,6 @@ def solve(
     >>> gpuinv.solve(a, np.array([9.0, 8.0]), device="cpu")
     array([2., 3.])
     """
-    check_policy(on_singular)
-    _flag("lower", lower)
-    _flag("check_cond", check_cond)
-    library = foreign_library(a) or foreign_library(b)
-    if library is not None:
-        return _foreign_solve(a, b, library, device, assume_a, lower, False, on_singular,
-                              check_cond)
-    op, x, info, rc, vector = _run_solve(a, b, device, assume_a, lower, check_cond)
-    x = apply_policy(x, info, on_singular)
-    if check_cond:
-        warn_ill_conditioned(rc, info, op.dtype, stacklevel=2)
-    return wrap_like_input(b, x[..., 0] if vector else x)
-
-
-def _foreign_solve(a: Any, b: Any, library: str, device: DeviceLike, assume_a: str | None,
-                   lower: bool, rcond: bool, on_singular: str | None, check_cond: bool) -> Any:
-    if library == "dask":
-        raise NotImplementedError("gpuinv.solve does not support dask arrays yet")
-    from ._adapters import import_array
-    from ._api import _cuda_device
-
-    ia = import_array(a, library) if foreign_library(a) else None
-    ib = import_array(b, library) if foreign_library(b) else None
-    lead = ia or ib
-    assert lead is not None
-    aa = ia.array if ia is not None else a
-    bb = ib.array if ib is not None else b
-    with _cuda_device(lead.device_id):
-        if on_singular is None:
-            result = solve_ex(aa, bb, assume_a=assume_a, lower=lower, rcond=rcond, device=device)
-            return type(result)(*(lead.export(x) for x in result))
-        return lead.export(solve(aa, bb, on_singular=on_singular, assume_a=assume_a, lower=lower,
-                                 check_cond=check_cond, device=device))
+    request = make_request("solve", assume_a=assume_a, lower=lower, on_singular=on_singular,
+                           check_cond=check_cond, device=device)
+    return run(request, a, b)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def spy_chunks(monkeypatch, numerics, fail_first=None) -> list[int]:
     """Record the matrices of every chunk that ``numerics`` (the module
-    gpuinv.engines._cuda_numerics) computes; with ``fail_first`` (CuPy's
+    gpuinv.engines.cuda.engine) computes; with ``fail_first`` (CuPy's
     OutOfMemoryError class), the first chunk raises it instead, as an
     allocation at the start of a chunk would."""
     sizes: list[int] = []

@@ -13,7 +13,9 @@ import pytest
 
 import gpuinv
 from gpuinv import cli
-from gpuinv._bench import Timing, batch_for, time_call
+from gpuinv.cli.harness import Timing, batch_for, time_call
+from gpuinv.cli.info import auto_engine_for
+from gpuinv.cli.progress import make_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +66,7 @@ def test_info_in_process(capsys):
 
 def test_auto_engine_for_allocates_nothing():
     # 2**40 matrices of 4x4 float64 would be 128 TiB; the operand is a broadcast view.
-    assert cli.auto_engine_for((1 << 40, 4, 4), "float64").startswith(("cpu", "cuda"))
+    assert auto_engine_for((1 << 40, 4, 4), "float64").startswith(("cpu", "cuda"))
 
 
 def test_info_subprocess(tmp_path):
@@ -99,9 +101,9 @@ def test_invert_npy_round_trip(tmp_path, capsys, chunk):
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_invert_reads_input_memory_mapped(tmp_path, monkeypatch):
-    src = tmp_path / "in.npy"
-    np.save(src, _stack((10, 3, 3)))
+@pytest.fixture
+def inv_ex_calls(monkeypatch):
+    """The stacks the command passes to ``gpuinv.inv_ex`` (it calls the public name), in order."""
     seen = []
     real = gpuinv.inv_ex
 
@@ -110,24 +112,24 @@ def test_invert_reads_input_memory_mapped(tmp_path, monkeypatch):
         return real(a, **kw)
 
     monkeypatch.setattr(gpuinv, "inv_ex", spy)
+    return seen
+
+
+def test_invert_reads_input_memory_mapped(tmp_path, inv_ex_calls):
+    src = tmp_path / "in.npy"
+    np.save(src, _stack((10, 3, 3)))
+    seen = inv_ex_calls
     assert cli.main(["invert", str(src), "-o", str(tmp_path / "o.npy"), "--chunk", "4", "-q"]) == 0
     assert len(seen) == 3
     assert all(isinstance(x, np.memmap) for x in seen)
 
 
 @pytest.mark.parametrize("save, mapped", [(np.savez, True), (np.savez_compressed, False)])
-def test_invert_npz_members_mapped_when_stored(tmp_path, monkeypatch, save, mapped):
+def test_invert_npz_members_mapped_when_stored(tmp_path, inv_ex_calls, save, mapped):
     a = np.asfortranarray(_stack((9, 3, 3)))  # order is kept through the mapping
     src = tmp_path / "m.npz"
     save(src, a=a, b=a[:1])
-    seen = []
-    real = gpuinv.inv_ex
-
-    def spy(x, **kw):
-        seen.append(x)
-        return real(x, **kw)
-
-    monkeypatch.setattr(gpuinv, "inv_ex", spy)
+    seen = inv_ex_calls
     argv = ["invert", str(src), "--key", "a", "-o", str(tmp_path / "o.npy"), "--chunk", "4", "-q"]
     assert cli.main(argv) == 0
     assert len(seen) == 3 and all(isinstance(x, np.memmap) == mapped for x in seen)
@@ -293,7 +295,7 @@ def test_builtin_bar_draws_on_a_terminal(monkeypatch):
 
     stream = Tty()
     monkeypatch.setitem(sys.modules, "tqdm", None)  # as if tqdm were not installed
-    bar = cli.make_progress(10, quiet=False, stream=stream)
+    bar = make_progress(10, quiet=False, stream=stream)
     assert type(bar).__name__ == "_BarProgress"
     bar.update(5)
     bar.update(5)
@@ -312,7 +314,7 @@ def test_tqdm_bar_on_a_terminal():
             return True
 
     stream = Tty()
-    bar = cli.make_progress(4, quiet=False, stream=stream)
+    bar = make_progress(4, quiet=False, stream=stream)
     assert type(bar).__name__ == "_TqdmProgress"
     bar.update(4)
     bar.close()

@@ -17,12 +17,11 @@ tests/test_cupy_signatures.py.
 from __future__ import annotations
 
 import gc
-import importlib.util
-import sys
-from pathlib import Path
 
+import _helpers
 import numpy as np
 import pytest
+from _helpers import invert
 
 import gpuinv
 import gpuinv.kernels
@@ -31,18 +30,7 @@ from gpuinv.engines import cuda as cuda_mod
 from gpuinv.engines.cuda import CudaEngine
 
 
-def _load_fake():
-    # By path, so the tests folder needs no __init__.py.
-    name = "gpuinv_tests_fake_cupy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_fake_cupy.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_fake_cupy = _load_fake()
+_fake_cupy = _helpers.fake_cupy()
 
 
 @pytest.fixture
@@ -102,7 +90,7 @@ def check(x, info, a):
 def test_device_input_matches_cpu_engine(fake, rng, route, dtype, n):
     a = stack(rng, (3, 4), n, dtype)
     d = fake.asarray(a)
-    x, info = CudaEngine(None).invert(normalize(d), route=route)
+    x, info = invert(CudaEngine(None), normalize(d), route=route)
     assert type(x).__module__ == "cupy" and x.dtype == dtype and info.dtype == np.int32
     assert x.shape == a.shape and info.shape == (3, 4)
     check(x, info, a)
@@ -113,8 +101,8 @@ def test_device_input_matches_cpu_engine(fake, rng, route, dtype, n):
 def test_host_input_pipeline_matches_cpu_engine(fake, rng, monkeypatch, route):
     a = stack(rng, (5, 9), 4)
     for per_chunk in (1, 2, 7, 100):
-        monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", per_chunk * 16 * 8)
-        x, info = CudaEngine(None).invert(normalize(a), route=route)
+        monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", per_chunk * 16 * 8)
+        x, info = invert(CudaEngine(None), normalize(a), route=route)
         assert type(x) is np.ndarray and type(info) is np.ndarray
         check(x, info, a)
 
@@ -142,7 +130,7 @@ def test_odd_strides_and_dtypes(fake, rng):
         for inp in (v, fake.asarray(np.ascontiguousarray(v))[...] if v.dtype.isnative else None):
             if inp is None:
                 continue
-            x, info = CudaEngine(None).invert(normalize(inp), route="cublas")
+            x, info = invert(CudaEngine(None), normalize(inp), route="cublas")
             check(x, info, np.asarray(v))
 
 
@@ -150,14 +138,14 @@ def test_odd_strides_and_dtypes(fake, rng):
 def test_strided_device_views(fake, rng, route):
     d = fake.asarray(stack(rng, (8,), 3, failures=False))
     for v in (d[::-3], d.swapaxes(-1, -2), d[:, ::-1], d.reshape(2, 4, 3, 3).transpose(1, 0, 2, 3)):
-        x, info = CudaEngine(None).invert(normalize(v), route=route)
+        x, info = invert(CudaEngine(None), normalize(v), route=route)
         check(x, info, np.asarray(v))
 
 
 def test_cublas_calls_stay_below_the_batch_limit(fake, rng, monkeypatch):
-    monkeypatch.setattr(cuda_mod, "CUBLAS_MAX_BATCH", 4)
+    monkeypatch.setattr(cuda_mod.planning, "CUBLAS_MAX_BATCH", 4)
     a = stack(rng, (11,), 3)
-    x, info = CudaEngine(None).invert(normalize(fake.asarray(a)), route="cublas")
+    x, info = invert(CudaEngine(None), normalize(fake.asarray(a)), route="cublas")
     check(x, info, a)
     assert [b for name, b in _fake_cupy.calls] == [4, 4, 3]
 
@@ -166,25 +154,25 @@ def test_chunk_seams_with_tiny_chunks(fake, rng, monkeypatch):
     a = stack(rng, (3, 7), 5)
     for per_chunk in (1, 2, 3, 4, 6):
         monkeypatch.setattr(gpuinv.config, "cuda_chunk_bytes", per_chunk * 25 * 8)
-        x, info = CudaEngine(None).invert(normalize(fake.asarray(a)), route="cublas")
+        x, info = invert(CudaEngine(None), normalize(fake.asarray(a)), route="cublas")
         check(x, info, a)
 
 
 def _spy_chunks(monkeypatch):
     sizes = []
-    real = cuda_mod._invert_chunk
+    real = cuda_mod.general.invert_chunk
 
     def spy(view, out, *args, **kw):
         sizes.append(out.shape[0])
         real(view, out, *args, **kw)
 
-    monkeypatch.setattr(cuda_mod, "_invert_chunk", spy)
+    monkeypatch.setattr(cuda_mod.general, "invert_chunk", spy)
     return sizes
 
 
 def _plentiful_planner(monkeypatch):
     # The planner believes memory is plentiful; the pool's limit says otherwise.
-    monkeypatch.setattr(cuda_mod, "_available_bytes", lambda: 1 << 40)
+    monkeypatch.setattr(cuda_mod.planning, "available_bytes", lambda: 1 << 40)
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -198,11 +186,11 @@ def test_out_of_memory_retry_keeps_finished_chunks(fake, rng, monkeypatch, route
     a = np.asarray(d)
     sizes = _spy_chunks(monkeypatch)
     _plentiful_planner(monkeypatch)
-    per_matrix = cuda_mod.scratch_bytes_per_matrix(n, 8, route)
+    per_matrix = cuda_mod.planning.scratch_bytes_per_matrix(n, 8, route)
     result = a.nbytes + 4 * 64
     fake.get_default_memory_pool().set_limit(size=fake.state.used[0] + result + 20 * per_matrix
                                              + 8 * 512)
-    x, info = CudaEngine(None).invert(normalize(d), route=route)
+    x, info = invert(CudaEngine(None), normalize(d), route=route)
     check(x, info, a)
     assert sizes[0] == 64 and min(sizes) < 64 and fake.state.oom_count > 0, sizes
     assert sum(sizes[sizes.index(min(sizes)):]) <= 64  # finished chunks are not redone
@@ -217,7 +205,7 @@ def test_zero_copy_kernel_route_allocates_no_scratch(fake, rng, monkeypatch):
     sizes = _spy_chunks(monkeypatch)
     _plentiful_planner(monkeypatch)
     fake.get_default_memory_pool().set_limit(size=fake.state.used[0] + a.nbytes + 4 * 64 + 1024)
-    check(*CudaEngine(None).invert(normalize(d), route="kernel"), a)
+    check(*invert(CudaEngine(None), normalize(d), route="kernel"), a)
     assert sizes == [64] and fake.state.oom_count == 0
 
 
@@ -227,9 +215,9 @@ def test_out_of_memory_retry_in_the_pipeline(fake, rng, monkeypatch, route):
     a = stack(rng, (64,), n)
     sizes = _spy_chunks(monkeypatch)
     _plentiful_planner(monkeypatch)
-    per_matrix = cuda_mod.pipeline_bytes_per_matrix(n, 8, route)
+    per_matrix = cuda_mod.planning.pipeline_bytes_per_matrix(n, 8, route)
     fake.get_default_memory_pool().set_limit(size=10 * per_matrix)
-    x, info = CudaEngine(None).invert(normalize(a), route=route)
+    x, info = invert(CudaEngine(None), normalize(a), route=route)
     check(x, info, a)
     assert sizes[0] > min(sizes) and fake.state.oom_count > 0, sizes
 
@@ -245,17 +233,17 @@ def test_planning_bound_end_to_end(fake, rng, monkeypatch, route, backend):
     sizes = _spy_chunks(monkeypatch)
     used = fake.state.used.get(0, 0)  # the input's
     result = a.nbytes + 4 * 200 if backend == "cupy" else 0
-    room = 40 * cuda_mod.scratch_bytes_per_matrix(n, 8, route) + 64 * 512
+    room = 40 * cuda_mod.planning.scratch_bytes_per_matrix(n, 8, route) + 64 * 512
     if backend == "numpy":
-        room = 3 * 40 * cuda_mod.pipeline_bytes_per_matrix(n, 8, route) + 64 * 512
+        room = 3 * 40 * cuda_mod.planning.pipeline_bytes_per_matrix(n, 8, route) + 64 * 512
     fake.state.device_bytes = used + result + room
-    check(*CudaEngine(None).invert(normalize(inp), route=route), a[::-1])
+    check(*invert(CudaEngine(None), normalize(inp), route=route), a[::-1])
     assert fake.state.oom_count == 0  # the plan fitted: no retry was needed
     assert max(sizes) < 200 and len(sizes) > 1, sizes  # the bound did split the stack
     fake.state.device_bytes = 1 << 40
     fake.get_default_memory_pool().set_limit(size=used + result + room)  # the same through the limit
     sizes.clear()
-    check(*CudaEngine(None).invert(normalize(inp), route=route), a[::-1])
+    check(*invert(CudaEngine(None), normalize(inp), route=route), a[::-1])
     assert fake.state.oom_count == 0 and max(sizes) < 200
 
 
@@ -263,41 +251,41 @@ def test_memory_error_when_one_matrix_does_not_fit(fake, rng):
     a = stack(rng, (4,), 6)
     d = fake.asarray(a)
     attempts = []
-    real = cuda_mod._invert_chunk
+    real = cuda_mod.general.invert_chunk
 
     def spy(view, out, *args, **kw):
         attempts.append(out.shape[0])
         real(view, out, *args, **kw)
 
-    cuda_mod._invert_chunk, saved = spy, real
+    cuda_mod.general.invert_chunk, saved = spy, real
     try:
         _fake_cupy.state.fail_after = len(_fake_cupy.state.allocations) + 2  # result and info only
         with pytest.raises(MemoryError, match=r"inverting one 6x6 float64 matrix needs \d+ bytes"):
-            CudaEngine(None).invert(normalize(d), route="cublas")
+            invert(CudaEngine(None), normalize(d), route="cublas")
     finally:
-        cuda_mod._invert_chunk = saved
+        cuda_mod.general.invert_chunk = saved
     assert attempts == [4, 2, 1]  # halved down to one matrix, then gave up
     _fake_cupy.state.fail_after = None
     _fake_cupy.state.fail_above = 10
     with pytest.raises(MemoryError, match=f"the result needs {a.nbytes + 16} bytes"):
-        CudaEngine(None).invert(normalize(d), route="cublas")
+        invert(CudaEngine(None), normalize(d), route="cublas")
 
 
 def test_planner_sees_little_free_memory(fake, rng):
     a = stack(rng, (4,), 6)
     _fake_cupy.state.device_bytes = 10
     with pytest.raises(MemoryError, match=r"needs \d+ bytes"):
-        CudaEngine(None).invert(normalize(a), route="cublas")
+        invert(CudaEngine(None), normalize(a), route="cublas")
     _fake_cupy.state.device_bytes = 1 << 30
-    check(*CudaEngine(None).invert(normalize(a), route="cublas"), a)
+    check(*invert(CudaEngine(None), normalize(a), route="cublas"), a)
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_error_mid_pipeline_then_next_call_works(fake, rng, monkeypatch, exc):
     a = stack(rng, (40,), 3)
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 4 * 9 * 8)  # 10 chunks
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", 4 * 9 * 8)  # 10 chunks
     engine = CudaEngine(None)
-    real = cuda_mod._host_copy
+    real = cuda_mod.pipeline.host_copy
     count = [0]
 
     def flaky(dst, src):
@@ -306,13 +294,13 @@ def test_error_mid_pipeline_then_next_call_works(fake, rng, monkeypatch, exc):
             raise exc("stop")
         real(dst, src)
 
-    monkeypatch.setattr(cuda_mod, "_host_copy", flaky)
+    monkeypatch.setattr(cuda_mod.pipeline, "host_copy", flaky)
     with pytest.raises(exc):
-        engine.invert(normalize(a), route="cublas")
-    monkeypatch.setattr(cuda_mod, "_host_copy", real)
+        invert(engine, normalize(a), route="cublas")
+    monkeypatch.setattr(cuda_mod.pipeline, "host_copy", real)
     assert len(engine._staging) == 1  # the idle pinned set went back to the cache
     staging = engine._staging[0]
-    check(*engine.invert(normalize(a), route="cublas"), a)
+    check(*invert(engine, normalize(a), route="cublas"), a)
     assert engine._staging[0] is staging  # reused, not reallocated
     engine.clear_cache()
     assert not engine._staging
@@ -329,15 +317,15 @@ def test_kernel_route_calls_invert_small(fake, rng, monkeypatch):
 
     monkeypatch.setattr(gpuinv.kernels, "invert_small", invert_small)
     a = stack(rng, (2, 3), 4)
-    check(*CudaEngine(None).invert(normalize(fake.asarray(a)), route="kernel"), a)
-    check(*CudaEngine(None).invert(normalize(a), route="kernel"), a)
+    check(*invert(CudaEngine(None), normalize(fake.asarray(a)), route="kernel"), a)
+    check(*invert(CudaEngine(None), normalize(a), route="kernel"), a)
     assert seen and all(s[1] and s[0][1:] == (4, 4) and s[2] == np.float64 for s in seen)
 
 
 def test_empty_stacks(fake):
     for shape in [(0, 3, 3), (4, 0, 0), (2, 0, 5, 5)]:
         for inp in (np.zeros(shape), fake.zeros(shape)):
-            x, info = CudaEngine(None).invert(normalize(inp))
+            x, info = invert(CudaEngine(None), normalize(inp))
             assert x.shape == shape and info.shape == shape[:-2]
             assert not np.asarray(info).any()
 
@@ -356,10 +344,10 @@ def test_kernel_route_gathers_unless_input_is_read_only(fake, rng, monkeypatch, 
     monkeypatch.setattr(gpuinv.kernels, "INPUT_READ_ONLY", read_only)
     a = stack(rng, (6,), 3)
     d = fake.asarray(a)
-    check(*CudaEngine(None).invert(normalize(d), route="kernel"), a)
+    check(*invert(CudaEngine(None), normalize(d), route="kernel"), a)
     assert (pointers == [d.data.ptr]) is read_only
     pointers.clear()
-    check(*CudaEngine(None).invert(normalize(d[::-1]), route="kernel"), a[::-1])
+    check(*invert(CudaEngine(None), normalize(d[::-1]), route="kernel"), a[::-1])
     assert pointers != [d.data.ptr]  # a strided view is always gathered
 
 
@@ -368,7 +356,7 @@ def test_info_is_the_step_of_a_not_of_its_transpose(fake, route):
     # A = [[0, 0], [1, 1]]: LU of A meets the zero pivot at step 2, LU of A^T
     # at step 1. LAPACK, NumPy and the CPU engine say 2.
     a = np.array([[[0.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
-    _, info = CudaEngine(None).invert(normalize(fake.asarray(a)), route=route)
+    _, info = invert(CudaEngine(None), normalize(fake.asarray(a)), route=route)
     np.testing.assert_array_equal(np.asarray(info), [2, 1])
     np.testing.assert_array_equal(gpuinv.inv_ex(a, device="cpu").info, [2, 1])
 
@@ -384,7 +372,7 @@ def test_singular_inverse_is_nan_not_stale_memory(fake, route, backend):
     # garbage for info > 0: only the engine's own mask makes these NaN.
     a = np.array([np.eye(3), np.zeros((3, 3)), [[1.0, 2, 3], [2, 4, 6], [0, 0, 1]], 2 * np.eye(3)])
     inp = fake.asarray(a) if backend == "cupy" else a
-    x, info = CudaEngine(None).invert(normalize(inp), route=route)
+    x, info = invert(CudaEngine(None), normalize(inp), route=route)
     x, info = np.asarray(x), np.asarray(info)
     np.testing.assert_array_equal(info, gpuinv.inv_ex(a, device="cpu").info)
     assert (info[[1, 2]] > 0).all()
@@ -404,7 +392,7 @@ def test_info_is_the_first_zero_pivot_whatever_the_library_reports(fake, route, 
                   [[0.0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]],  # steps 1 and 3
                   np.eye(4)])
     fake.state.pivot_report = report
-    _, info = CudaEngine(None).invert(normalize(fake.asarray(a)), route=route)
+    _, info = invert(CudaEngine(None), normalize(fake.asarray(a)), route=route)
     np.testing.assert_array_equal(np.asarray(info), gpuinv.inv_ex(a, device="cpu").info)
     np.testing.assert_array_equal(np.asarray(info), [1, 2, 1, 0])
 
@@ -424,7 +412,7 @@ def test_zero_size_cusolver_workspace(fake, rng, n):
     # which the stand-in's getrf rejects as the library may.
     fake.state.getrf_work_size = 0
     a = stack(rng, (5,), n)
-    check(*CudaEngine(None).invert(normalize(fake.asarray(a)), route="cusolver"), a)
+    check(*invert(CudaEngine(None), normalize(fake.asarray(a)), route="cusolver"), a)
     assert fake.empty(0).data.ptr == 0  # as CuPy
 
 
@@ -457,9 +445,9 @@ def test_misaligned_input_is_realigned_before_any_kernel(fake, rng, route, dtype
         real(x, out, info, **kw)
 
     gpuinv.kernels.invert_small = spy  # restored by the fixture's monkeypatch
-    check(*CudaEngine(None).invert(normalize(view), route=route), a)
+    check(*invert(CudaEngine(None), normalize(view), route=route), a)
     for v in (view[::-1], view.swapaxes(-1, -2)):  # misaligned and strided
-        check(*CudaEngine(None).invert(normalize(v), route=route), np.asarray(v))
+        check(*invert(CudaEngine(None), normalize(v), route=route), np.asarray(v))
     assert all(p % dtype.itemsize == 0 for p in pointers)
     assert bool(pointers) == (route == "kernel")
     with pytest.raises(_fake_cupy.FakeCudaError, match="misaligned"):  # what the GPU would do
@@ -472,14 +460,14 @@ def test_misaligned_input_is_realigned_before_any_kernel(fake, rng, route, dtype
 def test_misaligned_input_that_is_also_cast(fake, rng, route):
     # int16 at a 1-byte offset, cast to float64 on the way in.
     a = (3 * stack(rng, (5,), 4, failures=False)).astype(np.int16)
-    check(*CudaEngine(None).invert(normalize(_misaligned(fake, a)), route=route), a)
+    check(*invert(CudaEngine(None), normalize(_misaligned(fake, a)), route=route), a)
 
 
 def test_aligned_contiguous_input_is_still_read_in_place(fake, rng):
     a = stack(rng, (4,), 3, np.complex128, failures=False)
     d = fake.asarray(a)
     before = len(fake.state.allocations)
-    check(*CudaEngine(None).invert(normalize(d), route="kernel"), a)
+    check(*invert(CudaEngine(None), normalize(d), route="kernel"), a)
     assert fake.state.allocations[before:before + 2] == [a.nbytes, 4 * 4]  # result and info only
     assert len(fake.state.allocations) == before + 2
 
@@ -489,26 +477,26 @@ def test_staging_sets_are_never_freed_through_free_host(fake, rng, monkeypatch):
     # by a larger one, a second engine's set, a busy cache and clear_cache
     # must all give pinned memory back to CuPy's pool instead.
     engine = CudaEngine(None)
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 4 * 9 * 8)  # 4 matrices per chunk
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", 4 * 9 * 8)  # 4 matrices per chunk
     small, large = stack(rng, (3,), 3), stack(rng, (40,), 3)
-    check(*engine.invert(normalize(small)), small)
+    check(*invert(engine, normalize(small)), small)
     first = engine._staging[0]
-    check(*engine.invert(normalize(large)), large)  # the smaller set is replaced
+    check(*invert(engine, normalize(large)), large)  # the smaller set is replaced
     assert engine._staging[0] is not first
     del first
-    real = cuda_mod._invert_chunk
+    real = cuda_mod.general.invert_chunk
     nested = []
 
     def busy(*args, **kw):  # while this call's set is out, other calls come and go
         if not nested:
             nested.append(True)
-            check(*engine.invert(normalize(small)), small)  # finds the cache empty: own set
-            check(*CudaEngine(None).invert(normalize(large)), large)
+            check(*invert(engine, normalize(small)), small)  # finds the cache empty: own set
+            check(*invert(CudaEngine(None), normalize(large)), large)
             engine.clear_cache()
         real(*args, **kw)
 
-    monkeypatch.setattr(cuda_mod, "_invert_chunk", busy)
-    check(*engine.invert(normalize(large)), large)
+    monkeypatch.setattr(cuda_mod.general, "invert_chunk", busy)
+    check(*invert(engine, normalize(large)), large)
     engine.clear_cache()
     import gc
 
@@ -517,7 +505,7 @@ def test_staging_sets_are_never_freed_through_free_host(fake, rng, monkeypatch):
     assert fake.get_default_pinned_memory_pool().n_free_blocks() > 0  # back in the pool
     # Reused, not allocated again: the pool's blocks serve the next set.
     blocks = fake.get_default_pinned_memory_pool().n_free_blocks()
-    check(*engine.invert(normalize(small)), small)
+    check(*invert(engine, normalize(small)), small)
     assert fake.get_default_pinned_memory_pool().n_free_blocks() < blocks
 
 
@@ -525,20 +513,20 @@ def test_pinned_memory_stays_bounded_as_calls_grow(fake, rng, monkeypatch):
     # CuPy's pinned pool reuses a block only for a request of its size and
     # never frees it: staging sizes come in power-of-two classes, so calls
     # of ever larger stacks leave a bounded amount of pinned memory behind.
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", 1 << 20)
     engine = CudaEngine(None)
     n = 8
     largest = 0
     for count in range(200, 4200, 200):  # 20 calls, each larger than the last
         a = stack(rng, (count,), n, failures=False)
-        check(*engine.invert(normalize(a)), a)
+        check(*invert(engine, normalize(a)), a)
         largest = max(largest, engine._staging[0].nbytes)
     pool = fake.get_default_pinned_memory_pool()
     assert fake.state.host_frees == []
     assert pool.allocated <= 2 * largest, (pool.allocated, largest)
-    assert cuda_mod._staging_size(1) == cuda_mod._MIN_STAGING_BYTES
-    assert cuda_mod._staging_size(3 << 20) == 4 << 20
-    assert cuda_mod._staging_size(4 << 20) == 4 << 20
+    assert cuda_mod.pipeline.staging_size(1) == cuda_mod.pipeline._MIN_STAGING_BYTES
+    assert cuda_mod.pipeline.staging_size(3 << 20) == 4 << 20
+    assert cuda_mod.pipeline.staging_size(4 << 20) == 4 << 20
 
 
 def test_the_fake_records_direct_pinned_frees(fake):
@@ -557,16 +545,16 @@ def test_the_fake_records_direct_pinned_frees(fake):
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_pipeline_copies_and_compute_share_each_slot_stream(fake, rng, monkeypatch, route):
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 2 * 9 * 8)  # 2 matrices per chunk
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", 2 * 9 * 8)  # 2 matrices per chunk
     a = stack(rng, (11,), 3)
-    check(*CudaEngine(None).invert(normalize(a), route=route), a)
+    check(*invert(CudaEngine(None), normalize(a), route=route), a)
     log = fake.state.log
     compute = {"kernel": "invert_small", "cublas": "getrfBatched", "cusolver": "getrf"}[route]
     uploads = [e for e in log if e[0] == "memcpyAsync" and e[3] == fake.memcpyHostToDevice]
     downloads = [e for e in log if e[0] == "memcpyAsync" and e[3] == fake.memcpyDeviceToHost]
     assert len(uploads) == 6 and len(downloads) == 12  # 6 chunks: data up; data and info down
     streams = [e[1] for e in uploads]
-    assert 0 not in streams and len(set(streams)) == cuda_mod.PIPELINE_SLOTS
+    assert 0 not in streams and len(set(streams)) == cuda_mod.planning.PIPELINE_SLOTS
     # Per chunk, in order on one stream: upload, compute, two downloads, event.
     per_chunk = []
     for entry in log:
@@ -587,7 +575,7 @@ def test_device_input_runs_on_the_current_stream(fake, rng, route):
     a = stack(rng, (9,), 4)
     stream = fake.cuda.Stream(non_blocking=True)
     with stream:
-        check(*CudaEngine(None).invert(normalize(fake.asarray(a)), route=route), a)
+        check(*invert(CudaEngine(None), normalize(fake.asarray(a)), route=route), a)
     enqueued = [e for e in fake.state.log if e[0] != "record"]
     assert enqueued and {e[1] for e in enqueued} == {stream.ptr}
     assert not any(e[0] == "memcpyAsync" for e in enqueued)  # CuPy input never leaves the device
@@ -619,7 +607,7 @@ def test_device_input_runs_on_its_own_device(fake, rng, route):
         d = fake.asarray(a)
     assert d.device.id == 1 and fake.cuda.Device().id == 0
     used0 = fake.state.used.get(0, 0)
-    x, info = CudaEngine(1).invert(normalize(d), route=route)
+    x, info = invert(CudaEngine(1), normalize(d), route=route)
     check(x, info, a)
     assert x.device.id == 1 and info.device.id == 1
     assert {e[2] for e in fake.state.log} == {1}  # every enqueue ran on device 1
@@ -632,7 +620,7 @@ def test_device_input_runs_on_its_own_device(fake, rng, route):
 @pytest.mark.parametrize("route", ROUTES)
 def test_host_input_runs_on_the_engines_device(fake, rng, route):
     a = stack(rng, (6,), 3)
-    check(*CudaEngine(1).invert(normalize(a), route=route), a)
+    check(*invert(CudaEngine(1), normalize(a), route=route), a)
     log = fake.state.log
     assert log and {e[2] for e in log} == {1}
     check(*gpuinv.inv_ex(a, device="cuda:1"), a)

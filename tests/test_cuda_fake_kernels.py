@@ -14,6 +14,7 @@ from __future__ import annotations
 import _cuda_emu
 import numpy as np
 import pytest
+from _helpers import invert
 from test_cuda_fake import _fake_cupy, check, stack
 
 import gpuinv
@@ -52,10 +53,10 @@ def emulated(monkeypatch):
 )  # fmt: skip
 def test_device_and_host_input_through_the_real_kernels(emulated, rng, dtype, n):
     fake, loaded = emulated
-    assert cuda_mod.cuda_route(n, np.dtype(dtype)) == "kernel"  # dispatch itself picks the kernels
+    assert cuda_mod.routes.cuda_route(n, np.dtype(dtype)) == "kernel"  # dispatch itself picks the kernels
     a = stack(rng, (3, 5), n, dtype)
     for inp in (fake.asarray(a), a):
-        x, info = CudaEngine(None).invert(normalize(inp), route="kernel")
+        x, info = invert(CudaEngine(None), normalize(inp), route="kernel")
         check(x, info, a)
     spec = gpuinv.kernels.kernel_spec(n, dtype)
     # Every launch used the launcher's configuration for its chunk.
@@ -80,11 +81,11 @@ def test_gathered_cast_and_strided_input(emulated, rng):
     base = stack(rng, (12,), 4, failures=False)
     views = [base[::-2], base.swapaxes(-1, -2), base.astype(np.float16), (base * 3).astype(np.int16)]
     for v in views:
-        x, info = CudaEngine(None).invert(normalize(fake.asarray(np.ascontiguousarray(v))[...]), route="kernel")
+        x, info = invert(CudaEngine(None), normalize(fake.asarray(np.ascontiguousarray(v))[...]), route="kernel")
         check(x, info, np.asarray(v))
     d = fake.asarray(base)
     for v in (d[::-3], d.swapaxes(-1, -2), d[:, ::-1]):
-        x, info = CudaEngine(None).invert(normalize(v), route="kernel")
+        x, info = invert(CudaEngine(None), normalize(v), route="kernel")
         check(x, info, np.asarray(v))
 
 
@@ -93,7 +94,7 @@ def test_chunk_seams_on_the_kernel_route(emulated, rng, monkeypatch):
     a = stack(rng, (3, 7), 5)
     for per_chunk in (1, 4, 6):
         monkeypatch.setattr(gpuinv.config, "cuda_chunk_bytes", per_chunk * 25 * 8)
-        x, info = CudaEngine(None).invert(normalize(fake.asarray(a)), route="kernel")
+        x, info = invert(CudaEngine(None), normalize(fake.asarray(a)), route="kernel")
         check(x, info, a)
     sizes = {m for m, _, _ in loaded[gpuinv.kernels.kernel_spec(5, np.float64)].launches}
     assert len(sizes) > 1  # the stack really was cut into chunks

@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import pytest
+from _helpers import invert
 
 import gpuinv
 from gpuinv import SingularMatrixError
@@ -99,7 +100,7 @@ def test_both_routes_at_any_n(rng, route, n, dtype):
     engine = cuda_engine(None)
     for kind in ("cupy", "numpy"):
         op = normalize(cupy.asarray(a) if kind == "cupy" else a)
-        x, info = engine.invert(op, route=route)
+        x, info = invert(engine, op, route=route)
         assert_inverse(cupy.asnumpy(x), a, dtype)
         assert not cupy.asnumpy(info).any()
 
@@ -153,7 +154,7 @@ def test_tiny_chunks_have_clean_seams(rng, monkeypatch, backend, n):
     matrix = n * n * 8
     for per_chunk in (1, 2, 3, 5):
         monkeypatch.setattr(gpuinv.config, "cuda_chunk_bytes", per_chunk * matrix)
-        monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", per_chunk * matrix)
+        monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", per_chunk * matrix)
         inp = cupy.asarray(a) if backend == "cupy" else a
         x, info = gpuinv.inv_ex(inp, device="cuda")
         x, info = cupy.asnumpy(x), cupy.asnumpy(info)
@@ -170,7 +171,7 @@ def test_batch_past_65535(rng, backend):
     a[65534, 1, 1] = np.inf  # last of the first call
     engine = cuda_engine(None)
     inp = cupy.asarray(a) if backend == "cupy" else a
-    x, info = engine.invert(normalize(inp), route="cublas")
+    x, info = invert(engine, normalize(inp), route="cublas")
     x, info = cupy.asnumpy(x), cupy.asnumpy(info)
     assert info[65535] > 0 and info[65534] == -1
     ok = np.ones(len(a), bool)
@@ -324,15 +325,15 @@ def test_threads_with_their_own_streams(rng):
 
 def _spy_chunk_sizes(monkeypatch):
     sizes = []
-    real = cuda_mod._invert_chunk
+    real = cuda_mod.general.invert_chunk
 
     def spy(view, out, info, route, owned=False):
         sizes.append(out.shape[0])
         real(view, out, info, route, owned)
 
-    monkeypatch.setattr(cuda_mod, "_invert_chunk", spy)
+    monkeypatch.setattr(cuda_mod.general, "invert_chunk", spy)
     # The planner believes memory is plentiful; the pool limit says otherwise.
-    monkeypatch.setattr(cuda_mod, "_available_bytes", lambda: 1 << 40)
+    monkeypatch.setattr(cuda_mod.planning, "available_bytes", lambda: 1 << 40)
     return sizes
 
 
@@ -350,7 +351,7 @@ def test_out_of_memory_retries_with_smaller_chunks(rng, monkeypatch, route):
     sizes = _spy_chunk_sizes(monkeypatch)
     result_bytes = d.nbytes + 4 * 4096
     pool.set_limit(size=pool.used_bytes() + result_bytes + (6 << 20))
-    x, info = cuda_engine(None).invert(normalize(view), route=route)
+    x, info = invert(cuda_engine(None), normalize(view), route=route)
     pool.set_limit(size=0)
     assert sizes[0] == 4096 and min(sizes) < 4096, sizes
     assert not info.get().any()
@@ -365,7 +366,7 @@ def test_zero_copy_kernel_route_needs_no_scratch(rng, monkeypatch):
     pool.free_all_blocks()
     sizes = _spy_chunk_sizes(monkeypatch)
     pool.set_limit(size=pool.used_bytes() + d.nbytes + 4 * 4096 + (6 << 20))
-    x, info = cuda_engine(None).invert(normalize(d), route="kernel")
+    x, info = invert(cuda_engine(None), normalize(d), route="kernel")
     pool.set_limit(size=0)
     assert sizes == [4096]
     assert_inverse(x.get(), d.get(), np.float64)
@@ -380,7 +381,7 @@ def test_memory_error_names_the_bytes(rng, monkeypatch, backend, believe_free):
     pool.free_all_blocks()
     baseline = pool.used_bytes()
     if believe_free:  # the error comes from the pool at a one-matrix chunk
-        monkeypatch.setattr(cuda_mod, "_available_bytes", lambda: 1 << 40)
+        monkeypatch.setattr(cuda_mod.planning, "available_bytes", lambda: 1 << 40)
     result = a.nbytes + 12 if backend == "cupy" else 0
     pool.set_limit(size=baseline + result + (1 << 20))
     with pytest.raises(MemoryError, match=r"needs \d+ bytes"):
@@ -422,11 +423,11 @@ def test_no_leaks_across_calls(rng):
 def test_error_between_chunks_leaks_nothing(rng, monkeypatch, exc):
     pool = cupy.get_default_memory_pool()
     a = random_stack(rng, (4000,), 8, np.float64)
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 200 * 8 * 64)  # 20 chunks
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", 200 * 8 * 64)  # 20 chunks
     gpuinv.inv(a, device="cuda")
     cupy.cuda.Device().synchronize()
     used = pool.used_bytes()
-    real = cuda_mod._host_copy
+    real = cuda_mod.pipeline.host_copy
     calls = [0]
 
     def flaky(dst, src):
@@ -435,10 +436,10 @@ def test_error_between_chunks_leaks_nothing(rng, monkeypatch, exc):
             raise exc("interrupted mid-batch")
         real(dst, src)
 
-    monkeypatch.setattr(cuda_mod, "_host_copy", flaky)
+    monkeypatch.setattr(cuda_mod.pipeline, "host_copy", flaky)
     with pytest.raises(exc, match="mid-batch"):
         gpuinv.inv(a, device="cuda")
-    monkeypatch.setattr(cuda_mod, "_host_copy", real)
+    monkeypatch.setattr(cuda_mod.pipeline, "host_copy", real)
     gc.collect()
     assert pool.used_bytes() == used
     for stream in cuda_engine(None)._staging[cupy.cuda.Device().id].streams:
@@ -488,7 +489,7 @@ def test_failed_matrices_are_nan_on_every_route(rng, route, backend):
     want = gpuinv.inv_ex(a, device="cpu")
     _dirty_pool(64 << 20)
     inp = cupy.asarray(a) if backend == "cupy" else a
-    x, info = cuda_engine(None).invert(normalize(inp), route=route)
+    x, info = invert(cuda_engine(None), normalize(inp), route=route)
     x, info = cupy.asnumpy(x), cupy.asnumpy(info)
     np.testing.assert_array_equal(info, want.info)  # the first zero pivot, whatever the library says
     assert (info[[5, 9, 10, 11]] > 0).all() and info[12] == -1
@@ -516,7 +517,7 @@ def test_misaligned_complex_view(rng, dtype, n):
     assert not info.get().any()
     assert_inverse(x.get(), a, dtype)
     for route in ("kernel", "cublas", "cusolver"):
-        y, info = cuda_engine(None).invert(normalize(view[::-1]), route=route)
+        y, info = invert(cuda_engine(None), normalize(view[::-1]), route=route)
         assert not info.get().any()
         assert_inverse(y.get(), a[::-1], dtype)
 
@@ -526,13 +527,13 @@ def test_dropped_staging_goes_back_to_the_pinned_pool(rng, monkeypatch):
     # come from CuPy's pinned pool, so dropping them keeps the blocks there.
     pinned = cupy.get_default_pinned_memory_pool()
     engine = cuda_mod.CudaEngine(None)
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 8 * 8 * 64)
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", 8 * 8 * 64)
     small, large = random_stack(rng, (4,), 8, np.float64), random_stack(rng, (400,), 8, np.float64)
-    engine.invert(normalize(small))
+    invert(engine, normalize(small))
     before = pinned.n_free_blocks()
-    engine.invert(normalize(large))  # replaces the smaller set
+    invert(engine, normalize(large))  # replaces the smaller set
     engine.clear_cache()
     gc.collect()
     assert pinned.n_free_blocks() > before
-    x, info = engine.invert(normalize(large))
+    x, info = invert(engine, normalize(large))
     assert_inverse(x, large, np.float64)

@@ -21,10 +21,11 @@ from gpuinv import CudaUnavailableError, _dispatch
 from gpuinv._chunks import plan_chunks
 from gpuinv._device import cuda_unavailable_reason, parse_device
 from gpuinv._normalize import normalize
-from gpuinv._pipeline import run_pipeline, schedule
+from gpuinv.engines.cuda.pipeline import run_pipeline, schedule
 from gpuinv.engines import cuda as cuda_mod
 from gpuinv.engines import cuda_engine
-from gpuinv.engines.cuda import (
+from gpuinv.engines.cuda import routes as cuda_routes
+from gpuinv.engines.cuda.planning import (
     CUBLAS_MAX_BATCH,
     MAX_CHUNK_ELEMENTS,
     MEMORY_HEADROOM,
@@ -143,16 +144,16 @@ def test_cuda_engine_is_cached_per_index_and_lazy():
 
 
 def test_engine_module_does_not_import_cupy():
-    code = "import sys, gpuinv.engines.cuda, gpuinv._pipeline; assert 'cupy' not in sys.modules"
+    code = "import sys, gpuinv.engines.cuda, gpuinv.engines.cuda.pipeline; assert 'cupy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_cuda_route():
-    assert _dispatch.cuda_route(4, np.float64) == "kernel"
-    assert _dispatch.cuda_route(40, np.float64) == "cublas"
-    n0 = _dispatch.CUDA_CUSOLVER_MIN_N
-    assert _dispatch.cuda_route(n0 - 1, np.float32) == "cublas"
-    assert _dispatch.cuda_route(n0, np.complex128) == "cusolver"
+    assert cuda_routes.cuda_route(4, np.float64) == "kernel"
+    assert cuda_routes.cuda_route(40, np.float64) == "cublas"
+    n0 = cuda_routes.CUDA_CUSOLVER_MIN_N
+    assert cuda_routes.cuda_route(n0 - 1, np.float32) == "cublas"
+    assert cuda_routes.cuda_route(n0, np.complex128) == "cusolver"
 
 
 # --- chunk planning at its boundaries, nothing allocated ---------------------
@@ -253,7 +254,7 @@ def test_plans_past_2_31_elements_and_batch_65535(batch_shape, n):
 
 
 def test_memory_error_names_bytes():
-    err = cuda_mod._memory_error("inverting one 4x4 float64 matrix", 352, 100, 0)
+    err = cuda_mod.planning.memory_error("inverting one 4x4 float64 matrix", 352, 100, 0)
     assert isinstance(err, MemoryError)
     assert "352 bytes" in str(err) and "CUDA device 0" in str(err)
 
@@ -364,11 +365,11 @@ def test_run_pipeline_first_error_wins():
 
 @pytest.mark.parametrize("dtype_in, dtype_out", [("f8", "f8"), (">f4", "f4"), ("i2", "f8"), ("c8", "c8")])
 def test_host_copy_threads_any_strides(monkeypatch, dtype_in, dtype_out):
-    monkeypatch.setattr(cuda_mod, "_HOST_COPY_SPLIT_BYTES", 1)
-    monkeypatch.setattr(cuda_mod, "_HOST_COPY_THREADS", 3)
+    monkeypatch.setattr(cuda_mod.pipeline, "_HOST_COPY_SPLIT_BYTES", 1)
+    monkeypatch.setattr(cuda_mod.pipeline, "_HOST_COPY_THREADS", 3)
     rng = np.random.default_rng(1)
     base = (rng.standard_normal((7, 11, 5, 5)) * 10).astype(dtype_in)
     src = base[::-2, 1::3].transpose(1, 0, 3, 2)  # negative, gapped and transposed strides
     dst = np.empty(src.shape, dtype=dtype_out)
-    cuda_mod._host_copy(dst, src)
+    cuda_mod.pipeline.host_copy(dst, src)
     np.testing.assert_array_equal(dst, src.astype(dtype_out))

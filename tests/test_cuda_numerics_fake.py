@@ -11,57 +11,43 @@ into an error, except where the public function is documented to sync
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from contextlib import contextmanager
-from pathlib import Path
 
+import _helpers
 import numpy as np
 import pytest
 
 import gpuinv
 import gpuinv.kernels
 from gpuinv._numerics import STRUCTURES
-from gpuinv.engines import _cuda_numerics as numerics
 from gpuinv.engines import cuda as cuda_mod
-from gpuinv.engines import _cuda_chol, _cuda_tri
 
 
-def _load(name, file):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(file))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_fake_cupy = _load("gpuinv_tests_fake_cupy", "_fake_cupy.py")
-_extra = _load("gpuinv_tests_fake_cupy_numerics", "_fake_cupy_numerics.py")
-_spy = _load("gpuinv_tests_chunk_spy", "_chunk_spy.py")
+_fake_cupy = _helpers.fake_cupy()
+_extra = _helpers.fake_cupy_numerics()
+_spy = _helpers.chunk_spy()
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    from gpuinv import _dispatch
     from gpuinv.engines import cuda as cuda_module
     from gpuinv.engines import cuda_engine
 
     def without_kernels(n, dtype):  # the stand-in has no NVRTC (see test_cuda_fake.py)
-        return "cusolver" if n >= _dispatch.CUDA_CUSOLVER_MIN_N else "cublas"
+        return "cusolver" if n >= cuda_module.routes.CUDA_CUSOLVER_MIN_N else "cublas"
 
-    monkeypatch.setattr(cuda_module, "cuda_route", without_kernels)
+    monkeypatch.setattr(cuda_module.routes, "cuda_route", without_kernels)
     # The public API's engines cache pinned staging per device: none may
     # carry one fake's memory into the next test.
     cuda_engine.cache_clear()
     # The positive definite route on cuSOLVER here; the Cholesky kernel's
     # route has its own tests below (fixture fake_kernels).
-    monkeypatch.setattr(_cuda_chol, "chol_route", lambda n, dtype: "cusolver")
+    monkeypatch.setattr(cuda_mod.routes, "chol_route", lambda n, dtype: "cusolver")
     # The LU solve on cuBLAS here; the solve kernel's route: fixture fake_kernels.
-    monkeypatch.setattr(numerics, "solve_route", lambda n, dtype: "cublas")
+    monkeypatch.setattr(cuda_mod.routes, "solve_route", lambda n, dtype: "cublas")
     # Likewise the triangular and diagonal inverses on their CuPy/cuBLAS
     # routes; their kernels' route is tested below (fixture fake_kernels).
-    monkeypatch.setattr(_cuda_tri, "structured_route", lambda n, dtype, structure: "cupy")
+    monkeypatch.setattr(cuda_mod.routes, "structured_route", lambda n, dtype, structure: "cupy")
     with _fake_cupy.installed(monkeypatch) as module:
         calls: list = []
         _extra.install(module, monkeypatch, calls)
@@ -259,7 +245,7 @@ STRUCTURED = sorted(set(STRUCTURES.values()))
 
 
 def _spy_chunks(monkeypatch, fail_first=None):
-    return _spy.spy_chunks(monkeypatch, numerics, fail_first)
+    return _spy.spy_chunks(monkeypatch, cuda_mod.engine, fail_first)
 
 
 def _chunk_matrices(monkeypatch, backend, count, elements):
@@ -267,7 +253,7 @@ def _chunk_matrices(monkeypatch, backend, count, elements):
     if backend == "cupy":
         monkeypatch.setattr(gpuinv.config, "cuda_chunk_bytes", count * elements * 8)
     else:
-        monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", count * elements * 8)
+        monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", count * elements * 8)
 
 
 def _inp(fake, backend, x):
@@ -433,7 +419,7 @@ def test_out_of_memory_at_the_first_try_retries_smaller(fake, monkeypatch, rng, 
 
 def _plentiful_planner(monkeypatch):
     # The planner believes memory is plentiful; the pool's limit says otherwise.
-    monkeypatch.setattr(cuda_mod, "_available_bytes", lambda: 1 << 40)
+    monkeypatch.setattr(cuda_mod.planning, "available_bytes", lambda: 1 << 40)
 
 
 @pytest.mark.parametrize("solve", [False, True])
@@ -451,8 +437,8 @@ def test_out_of_memory_under_a_pool_limit(fake, monkeypatch, rng, solve, structu
             else gpuinv.inv_ex(ia, assume_a=structure, rcond=True))
     sizes = _spy_chunks(monkeypatch)
     _plentiful_planner(monkeypatch)
-    route = cuda_mod.cuda_route(n, np.dtype(np.float64))
-    per = numerics.scratch_bytes(n, k, 8, structure, route, rcond=True, solve=solve)
+    route = cuda_mod.routes.cuda_route(n, np.dtype(np.float64))
+    per = cuda_mod.planning.scratch_bytes(n, k, 8, structure, route, rcond=True, solve=solve)
     result = m * (8 * n * (k if solve else n) + 4 + 8)
     fake.get_default_memory_pool().set_limit(size=fake.state.used[0] + result + per * m // 8)
     got = (gpuinv.solve_ex(ia, ib, assume_a=structure, rcond=True) if solve
@@ -478,7 +464,7 @@ def test_planner_splits_to_fit_device_memory(fake, monkeypatch, rng, backend, so
     want = (gpuinv.solve_ex(a, b, assume_a=structure, rcond=True, device="cpu") if solve
             else gpuinv.inv_ex(a, assume_a=structure, rcond=True, device="cpu"))
     sizes = _spy_chunks(monkeypatch)
-    per = numerics.scratch_bytes(n, k, 8, structure, "cublas", rcond=True, solve=solve)
+    per = cuda_mod.planning.scratch_bytes(n, k, 8, structure, "cublas", rcond=True, solve=solve)
     used = fake.state.used.get(0, 0)
     if backend == "cupy":
         room = m * (8 * n * (k if solve else n) + 12) + 20 * per
@@ -514,7 +500,7 @@ def test_host_input_streams_through_the_pipeline(fake, monkeypatch, rng):
     n, k = 3, 2
     a = spd(rng, (11,), n)
     b = rng.standard_normal((11, n, k))
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 2 * (n * n + n * k) * 8)  # 2 a chunk
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", 2 * (n * n + n * k) * 8)  # 2 a chunk
     res = gpuinv.solve_ex(a, b, assume_a="pos", rcond=True, device="cuda")
     assert type(res.solution) is np.ndarray and type(res.rcond) is np.ndarray
     want = gpuinv.solve_ex(a, b, assume_a="pos", rcond=True, device="cpu")
@@ -556,14 +542,16 @@ def test_misaligned_input_is_realigned_before_any_operation(fake, monkeypatch, r
     view = raw[8 : 8 + a.nbytes].view(np.complex128).reshape(a.shape)
     assert view.data.ptr % 16 == 8
     seen = []
-    for name in ("structured_matrix", "rcond_from_inverse", "_lu_solve", "_cholesky_prepare"):
-        real = getattr(numerics, name)
+    for module, name in ((cuda_mod.structured, "structured_matrix"),
+                         (cuda_mod.engine, "rcond_from_inverse"), (cuda_mod.cublas, "lu_solve"),
+                         (cuda_mod.cusolver, "cholesky_prepare")):
+        real = getattr(module, name)
 
         def spy(x, *args, real=real, **kw):
             seen.append(x.data.ptr % x.itemsize)
             return real(x, *args, **kw)
 
-        monkeypatch.setattr(numerics, name, spy)
+        monkeypatch.setattr(module, name, spy)
     b = dev(fake, rng.standard_normal((5, n, 2)).astype(np.complex128))
     with no_host_sync(fake, monkeypatch):
         res = gpuinv.inv_ex(view, assume_a=structure, rcond=True)
@@ -604,7 +592,7 @@ def test_positive_definite_small_n_runs_the_cholesky_kernel(fake_kernels, monkey
     fake = fake_kernels
     n = gpuinv.kernels.CHOL_MAX_N[np.dtype(dtype)]
     for size in sorted({1, 3, n}):
-        assert _cuda_chol.chol_route(size, dtype) == "kernel"
+        assert cuda_mod.routes.chol_route(size, dtype) == "kernel"
         a = spd(rng, (2, 5), size, dtype)
         a[0, 1, size - 1, size - 1] = -1 if size > 1 else 0  # the leading minor of order n fails
         a[1, 3, 0, 0] = -2  # order 1
@@ -633,7 +621,7 @@ def test_positive_definite_small_n_runs_the_cholesky_kernel(fake_kernels, monkey
 def test_positive_definite_above_chol_max_n_stays_on_cusolver(fake_kernels, rng):
     fake = fake_kernels
     n = gpuinv.kernels.CHOL_MAX_N[np.dtype(np.complex128)] + 1
-    assert _cuda_chol.chol_route(n, np.complex128) == "cusolver"
+    assert cuda_mod.routes.chol_route(n, np.complex128) == "cusolver"
     a = spd(rng, (3,), n, np.complex128)
     res = gpuinv.inv_ex(dev(fake, a), assume_a="pos")
     close(res.inverse, gpuinv.inv_ex(a, assume_a="pos", device="cpu").inverse, np.complex128)
@@ -669,7 +657,7 @@ def test_rcond_from_the_kernels_in_the_same_launch(fake_kernels, monkeypatch, rn
     dt = np.dtype(dtype)
     emulated = _fake_cupy._use_emulation
     for n in sorted({1, 3, gpuinv.kernels.THREAD_MAX_N[dt] + 1, 12}):
-        assert cuda_mod.cuda_route(n, dt) == "kernel"
+        assert cuda_mod.routes.cuda_route(n, dt) == "kernel"
         a = rng.standard_normal((2, 4, n, n)).astype(dt)
         a[0, 1] = 0  # singular: rcond 0
         a[1, 2, 0, n - 1] = np.inf  # non-finite: rcond NaN
@@ -753,7 +741,7 @@ def test_triangular_and_diagonal_small_n_run_the_kernels(fake_kernels, monkeypat
     bounds = gpuinv.kernels.DIAG_MAX_N if structure == "diagonal" else gpuinv.kernels.TRI_MAX_N
     top = bounds[np.dtype(dtype)]
     for size in sorted({1, 3, top}):
-        assert _cuda_tri.structured_route(size, dtype, structure) == "kernel"
+        assert cuda_mod.routes.structured_route(size, dtype, structure) == "kernel"
         a = structured(rng, (2, 5), size, dtype, structure)
         a[0, 1, size - 1, size - 1] = 0  # a zero on the diagonal: info n
         a[1, 3, 0, 0] = np.inf  # non-finite where it is read: -1
@@ -779,12 +767,12 @@ def test_structured_above_the_kernel_bounds_stay_on_cupy(fake_kernels, rng):
                               ("upper triangular", gpuinv.kernels.TRI_MAX_N),
                               ("diagonal", gpuinv.kernels.DIAG_MAX_N)):
         n = bounds[np.dtype(np.complex128)] + 1
-        assert _cuda_tri.structured_route(n, np.complex128, structure) == "cupy"
+        assert cuda_mod.routes.structured_route(n, np.complex128, structure) == "cupy"
         a = structured(rng, (3,), n, np.complex128, structure)
         res = gpuinv.inv_ex(dev(fake, a), assume_a=structure)
         close(res.inverse, gpuinv.inv_ex(a, assume_a=structure, device="cpu").inverse, np.complex128)
     assert not structured_launches(fake)
-    assert _cuda_tri.structured_route(3, np.float64, "symmetric") == "cupy"
+    assert cuda_mod.routes.structured_route(3, np.float64, "symmetric") == "cupy"
 
 
 def test_structured_numpy_input_and_solve_rcond_use_the_kernel(fake_kernels, rng):
@@ -836,7 +824,7 @@ def test_small_n_solve_runs_the_solve_kernel(fake_kernels, monkeypatch, rng, dty
     fake = fake_kernels
     top = gpuinv.kernels.SOLVE_MAX_N[np.dtype(dtype)]
     for n in sorted({1, 3, top}):
-        assert numerics.solve_route(n, dtype) == "kernel"
+        assert cuda_mod.routes.solve_route(n, dtype) == "kernel"
         a = rng.standard_normal((2, 5, n, n)).astype(dtype) + 2 * n * np.eye(n, dtype=dtype)
         a[0, 1, :, n // 2] = 0  # singular: info n // 2 + 1
         a[1, 3, n - 1, 0] = np.nan  # info -1
@@ -879,7 +867,7 @@ def test_structured_small_n_solve_runs_the_solve_kernel(fake_kernels, monkeypatc
 def test_solve_above_solve_max_n_stays_on_cublas(fake_kernels, rng):
     fake = fake_kernels
     n = gpuinv.kernels.SOLVE_MAX_N[np.dtype(np.float64)] + 1
-    assert numerics.solve_route(n, np.float64) == "cublas"
+    assert cuda_mod.routes.solve_route(n, np.float64) == "cublas"
     a = rng.standard_normal((3, n, n)) + 2 * n * np.eye(n)
     b = rng.standard_normal((3, n, 2))
     res = gpuinv.solve_ex(dev(fake, a), dev(fake, b))

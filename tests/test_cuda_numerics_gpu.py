@@ -8,16 +8,13 @@ check against its stand-in.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
+import _helpers
 import numpy as np
 import pytest
 
 import gpuinv
 from gpuinv._numerics import STRUCTURES
-from gpuinv.engines import _cuda_numerics as numerics
 from gpuinv.engines import cuda as cuda_mod
 
 cupy = pytest.importorskip("cupy")
@@ -119,23 +116,12 @@ def _no_pool_limit():
 
 def _spy_chunks(monkeypatch, fail_first=False):
     oom = cupy.cuda.memory.OutOfMemoryError if fail_first else None
-    return _load_spy().spy_chunks(monkeypatch, numerics, oom)
-
-
-def _load_spy():
-    # By path, so the tests folder needs no __init__.py.
-    name = "gpuinv_tests_chunk_spy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_chunk_spy.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return _helpers.chunk_spy().spy_chunks(monkeypatch, cuda_mod.engine, oom)
 
 
 def _chunk_matrices(monkeypatch, count, elements, itemsize=8):
     monkeypatch.setattr(gpuinv.config, "cuda_chunk_bytes", count * elements * itemsize)
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", count * elements * itemsize)
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", count * elements * itemsize)
 
 
 def _hostile(rng, batch, n, dtype=np.float64):
@@ -268,9 +254,9 @@ def test_out_of_memory_under_a_pool_limit(rng, monkeypatch, solve, structure):
     cupy.cuda.Device().synchronize()
     del want  # recomputed below, after the limited call: the limit must not count it
     sizes = _spy_chunks(monkeypatch)
-    monkeypatch.setattr(cuda_mod, "_available_bytes", lambda: 1 << 40)
-    route = cuda_mod.cuda_route(n, np.dtype(np.float64))
-    per = numerics.scratch_bytes(n, k, 8, structure, route, rcond=True, solve=solve)
+    monkeypatch.setattr(cuda_mod.planning, "available_bytes", lambda: 1 << 40)
+    route = cuda_mod.routes.cuda_route(n, np.dtype(np.float64))
+    per = cuda_mod.planning.scratch_bytes(n, k, 8, structure, route, rcond=True, solve=solve)
     result = m * (8 * n * (k if solve else n) + 12)
     pool = cupy.get_default_memory_pool()
     pool.set_limit(size=pool.used_bytes() + result + per * m // 8)
@@ -289,7 +275,7 @@ def test_host_input_larger_than_a_pipeline_chunk(rng, monkeypatch):
     n, k = 12, 2
     a = spd(rng, (3000,), n, np.float64)
     b = rng.standard_normal((3000, n, k))
-    monkeypatch.setattr(cuda_mod, "PIPELINE_CHUNK_BYTES", 100 * (n * n + n * k) * 8)
+    monkeypatch.setattr(cuda_mod.planning, "PIPELINE_CHUNK_BYTES", 100 * (n * n + n * k) * 8)
     sizes = _spy_chunks(monkeypatch)
     got = gpuinv.solve_ex(a, b, assume_a="pos", rcond=True, device="cuda")
     assert type(got.solution) is np.ndarray and len(sizes) == 30

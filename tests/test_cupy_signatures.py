@@ -17,7 +17,6 @@ anything.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import re
@@ -25,25 +24,15 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
+import _helpers
 import numpy as np
 import pytest
 
 cupy = pytest.importorskip("cupy")
 
 
-def _load_fake():
-    name = "gpuinv_tests_fake_cupy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_fake_cupy.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_fake = _load_fake()
+_fake = _helpers.fake_cupy()
 _FAKE = _fake._build_modules()
 
 LETTERS = "sdcz"
@@ -198,7 +187,7 @@ def test_cusolver_wrappers(library_docs, name):
 
 def test_the_engine_call_shapes(library_docs):
     # The argument lists the engine passes, as CuPy 14 names them; the engine
-    # calls each positionally (gpuinv/engines/cuda.py).
+    # calls each positionally (gpuinv/engines/cuda/cublas.py, cusolver.py).
     docs = library_docs
     assert parse_params(docs["cublas"]["dgetrfBatched"], "dgetrfBatched") == [
         "handle", "n", "Aarray", "lda", "PivotArray", "infoArray", "batchSize"]

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import _helpers
 import numpy as np
 import pytest
 
@@ -355,11 +356,7 @@ def numpy_launch(spec, a, out, info, rcond=None, *, max_blocks=None, b=None):
 
 @pytest.fixture
 def fake(monkeypatch, kernel_cache):
-    spec = importlib.util.spec_from_file_location(
-        "gpuinv_tests_fake_cupy_check", Path(__file__).with_name("_fake_cupy.py"))
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpuinv_tests_fake_cupy_check", module)
-    spec.loader.exec_module(module)
+    module = _helpers.fresh("_fake_cupy.py", "gpuinv_tests_fake_cupy_check", monkeypatch)
     from gpuinv import kernels
     from gpuinv.engines import cuda_engine
     from gpuinv.kernels import _nvrtc
@@ -376,10 +373,7 @@ def fake(monkeypatch, kernel_cache):
     # streams: each test loads a fresh stand-in, which knows none of an
     # earlier one's streams or memory, so none may reach the next test.
     cuda_engine.cache_clear()
-    extra = importlib.util.spec_from_file_location(
-        "gpuinv_tests_fake_cupy_numerics_check", Path(__file__).with_name("_fake_cupy_numerics.py"))
-    numerics = importlib.util.module_from_spec(extra)
-    extra.loader.exec_module(numerics)
+    numerics = _helpers.fresh("_fake_cupy_numerics.py", "gpuinv_tests_fake_cupy_numerics_check")
     with module.installed(monkeypatch):
         numerics.install(module, monkeypatch, [])  # what issue 10's routes call (the numerics unit)
         yield module

@@ -12,7 +12,7 @@ def test_import_loads_no_optional_framework():
         "import sys, gpuinv, numpy as np\n"
         "gpuinv.inv(np.eye(3)[None].repeat(4, 0))\n"
         "gpuinv.inv_ex(np.eye(2))\n"
-        "bad = [m for m in ('cupy', 'cupyx', 'torch', 'jax', 'dask', 'scipy') if m in sys.modules]\n"
+        "bad = [m for m in ('cupy', 'cupyx', 'torch', 'jax', 'dask', 'scipy', 'numba') if m in sys.modules]\n"
         "print(bad)\n"
         "assert not bad, bad\n"
     )

@@ -180,7 +180,7 @@ def test_every_dispatched_kernel_compiles_without_spills(reports, arch):
 
 
 def test_cuda_route_sends_small_n_to_the_kernels():
-    from gpuinv._dispatch import cuda_route
+    from gpuinv.engines.cuda.routes import cuda_route
 
     for dt, max_n in kernels.KERNEL_MAX_N.items():
         assert cuda_route(1, dt) == "kernel"
@@ -194,7 +194,7 @@ def test_importing_the_kernels_does_not_import_cupy():
     import subprocess
     import sys
 
-    code = "import sys, gpuinv, gpuinv.kernels, gpuinv._dispatch; print('cupy' in sys.modules)"
+    code = "import sys, gpuinv, gpuinv.kernels, gpuinv._dispatch, gpuinv.engines.cuda; print('cupy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -326,15 +326,9 @@ def test_the_kernel_is_loaded_from_our_cubin_not_through_rawmodule(fresh_cache, 
     # The engine's load path on the CuPy stand-in: the binary handed to
     # Module.load is an ELF cubin holding the mangled name that is looked up.
     nvrtc_or_skip()
-    import importlib.util
-    import sys
-    from pathlib import Path
+    import _helpers
 
-    spec_ = importlib.util.spec_from_file_location(
-        "gpuinv_tests_fake_cupy_kernels", Path(__file__).with_name("_fake_cupy.py"))
-    fake = importlib.util.module_from_spec(spec_)
-    monkeypatch.setitem(sys.modules, "gpuinv_tests_fake_cupy_kernels", fake)
-    spec_.loader.exec_module(fake)
+    fake = _helpers.fresh("_fake_cupy.py", "gpuinv_tests_fake_cupy_kernels", monkeypatch)
     spec = kernels.kernel_spec(3, np.complex64)
     with fake.installed(monkeypatch):
         function = kernels._kernel(spec, 0)

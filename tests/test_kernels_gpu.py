@@ -178,7 +178,7 @@ def test_more_than_2_to_the_31_elements():
 def test_public_api_with_odd_strides_uses_the_kernels():
     pytest.importorskip("gpuinv.engines.cuda", reason="the CUDA engine is not in this build")
     import gpuinv
-    from gpuinv._dispatch import cuda_route
+    from gpuinv.engines.cuda.routes import cuda_route
 
     rng = np.random.default_rng(9)
     for dtype, n in [(np.float64, 3), (np.float32, 8), (np.complex128, 13), (np.complex64, 32)]:

@@ -15,7 +15,7 @@ from _kernel_cases import eps, exact_singular, random_matrices, solve_backward_e
 
 import gpuinv
 import gpuinv.kernels as kernels
-from gpuinv.engines import _cuda_numerics
+from gpuinv.engines.cuda import routes as cuda_routes
 
 cupy = pytest.importorskip("cupy")
 pytestmark = [
@@ -79,7 +79,7 @@ def test_engine_route_matches_the_cpu_engine():
     for dtype in DTYPES:
         top = kernels.SOLVE_MAX_N[np.dtype(dtype)]
         for n in (1, 3, top, top + 1):
-            assert _cuda_numerics.solve_route(n, dtype) == ("kernel" if n <= top else "cublas")
+            assert cuda_routes.solve_route(n, dtype) == ("kernel" if n <= top else "cublas")
             a = random_matrices(rng, 50, n, dtype)
             a[3] = 0
             for b in (random_matrices(rng, 50, n, dtype)[:, :, 0], random_matrices(rng, 50, n, dtype)):

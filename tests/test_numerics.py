@@ -481,17 +481,22 @@ def test_small_potrf_info_agrees_with_the_general_one(rng, dtype, n):
     np.testing.assert_array_equal(_structured.small_potrf_info(a), _structured.potrf_info(a))
 
 
-def test_dask_input_refuses_the_new_keywords_clearly():
+def test_dask_input_takes_the_new_keywords():
+    # Was test_dask_input_refuses_the_new_keywords_clearly: dask input now
+    # shares the call path, so rcond, assume_a and solve work lazily
+    # (tests/test_dask.py tests them in depth).
     da = pytest.importorskip("dask.array")
-    a = da.from_array(np.tile(np.eye(3), (4, 1, 1)), chunks=(2, 3, 3))
-    with pytest.raises(NotImplementedError, match="dask"):
-        gpuinv.inv_ex(a, rcond=True)
-    with pytest.raises(NotImplementedError, match="dask"):
-        gpuinv.inv(a, assume_a="pos")
-    with pytest.raises(NotImplementedError, match="dask"):
-        gpuinv.solve(a, np.ones(3))
-    # The plain calls still work lazily (and inv does not check conditioning).
-    np.testing.assert_array_equal(gpuinv.inv(a).compute(), np.tile(np.eye(3), (4, 1, 1)))
+    eye = np.tile(np.eye(3), (4, 1, 1))
+    a = da.from_array(eye, chunks=(2, 3, 3))
+    res = gpuinv.inv_ex(a, rcond=True)
+    assert isinstance(res.rcond, da.Array)
+    np.testing.assert_array_equal(res.rcond.compute(), np.ones(4))
+    np.testing.assert_array_equal(gpuinv.inv(a, assume_a="pos").compute(), eye)
+    x = gpuinv.solve(a, np.ones(3))
+    assert isinstance(x, da.Array)
+    np.testing.assert_array_equal(x.compute(), np.ones((4, 3)))
+    # The plain calls still work lazily.
+    np.testing.assert_array_equal(gpuinv.inv(a).compute(), eye)
 
 
 @pytest.mark.parametrize("n", [2, 3, 6])

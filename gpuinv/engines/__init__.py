@@ -1,11 +1,31 @@
-"""Engines: each turns a validated operand into ``(inverse, info)``.
+"""Engines: step 4 of a call, the only step that differs between engines.
 
-An engine has a ``name`` and one method, ``invert(op) -> (inverse, info)``:
-``inverse`` has shape ``op.batch_shape + (n, n)`` and dtype ``op.dtype``,
-``info`` is int32 of shape ``op.batch_shape`` with the codes of
-:mod:`gpuinv._errors`. Both are arrays of the engine's own kind (NumPy for
-the CPU engine; for the CUDA engine, CuPy for CuPy input and NumPy for NumPy
-input). Engines never raise for singular input: policy is applied after.
+Every engine implements the whole seam, two methods:
+
+* ``inverse(request, operand) -> (inverse, info, rcond or None)``;
+* ``solve(request, operand, b) -> (x, info, rcond or None)``, with
+  ``operand.array`` and ``b`` (batch..., n, k) already broadcast to
+  ``operand.batch_shape``.
+
+``request`` is a :class:`gpuinv._request.Request` (structure, ``lower``,
+whether to compute rcond); ``operand`` a :class:`gpuinv._normalize.Operand`.
+``inverse`` has shape ``batch_shape + (n, n)`` and dtype ``operand.dtype``,
+``info`` is int32 of shape ``batch_shape`` with the codes of
+:mod:`gpuinv._errors`, ``rcond`` the real dtype of shape ``batch_shape``
+(None unless ``request.rcond``). All are arrays of the engine's own kind:
+NumPy for the CPU engine; for the CUDA engine, CuPy for CuPy input and
+NumPy for NumPy input. Engines never raise for singular input: the policy
+is applied after (:mod:`gpuinv._policy`).
+
+An engine also has a ``name`` (for messages and the CLI) and ``memory``:
+``"host"`` for an engine that reads NumPy arrays only (the call path copies
+CuPy input to the host and back, :mod:`gpuinv._compute`), ``"device"`` for
+one that takes both. Each engine picks its own route inside, in one place:
+:mod:`.cpu_routes` and :mod:`.cuda.routes`.
+
+* :mod:`.cpu`: the CPU engine (NumPy/LAPACK, closed forms);
+* :mod:`.cuda`: the CUDA engine, a package (engine, routes, chunk planning,
+  pinned pipeline, one module per route).
 """
 
 from __future__ import annotations

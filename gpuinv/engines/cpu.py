@@ -4,7 +4,7 @@ Per chunk of the batch (a view of the caller's array, never the whole stack):
 
 1. gather the chunk into a contiguous block of the compute dtype;
 2. mark matrices holding NaN or Inf (info -1, inverse NaN);
-3. invert the rest by the route that dispatch picks for n: batch-vectorized
+3. invert the rest by the route of :mod:`.cpu_routes` for n: batch-vectorized
    closed forms for n <= 4 (matrices they cannot do accurately go to step 4),
    LAPACK's getrf/getrs through NumPy's own gufunc above that;
 4. for matrices LAPACK could not invert, find the zero pivot's step with a
@@ -30,11 +30,11 @@ import numpy as np
 
 from .._chunks import Chunk, plan_chunks
 from .._config import config
-from .._dispatch import cpu_route
 from .._dtypes import real_dtype
 from .._errors import INFO_NONFINITE
 from .._normalize import Operand
 from .._numerics import rcond_from_inverse, structured_matrix
+from .._request import Request
 from ._closed_form import (
     SOLVE_MAX_N,
     closed_form_inverse,
@@ -50,6 +50,14 @@ from ._structured import (
     triangular_inverse,
     triangular_solve,
 )
+from .cpu_routes import (
+    COMPILED_INV_MAX_N,
+    COMPILED_SOLVE_MAX_N,
+    compiled_for,
+    compiled_kernels,
+    cpu_route,
+    threads_for,
+)
 
 try:  # NumPy's batched inverse gufunc without the raise-on-first-failure wrapper
     from numpy.linalg import _umath_linalg
@@ -60,7 +68,13 @@ except (ImportError, AttributeError):  # pragma: no cover - future NumPy layouts
     _gufunc_inv = None
     _gufunc_solve = None
 
-__all__ = ["CpuEngine", "invert_block_ex", "lu_pivot_info", "solve_block"]
+__all__ = ["CpuEngine", "compiled_kernels", "invert_block_ex", "lu_pivot_info", "solve_block",
+           "warm_up"]
+
+# The closed-form solve (engines/_closed_form.py) is Cramer's rule in
+# disguise: not backward stable for ill-conditioned a (issue 19 item 3). Off:
+# every n takes LU with partial pivoting (compiled, or LAPACK's gesv).
+CLOSED_FORM_SOLVE = False
 
 _SIGNATURES = {
     np.dtype(np.float32): "f->f",
@@ -71,9 +85,12 @@ _SIGNATURES = {
 
 
 class CpuEngine:
-    """Inverts NumPy stacks on the host. Stateless apart from a shared thread pool."""
+    """Inverts and solves NumPy stacks on the host. Stateless apart from a shared thread pool."""
 
     name = "cpu"
+    #: Computes in host memory: CuPy input is copied in and out by the call
+    #: path (gpuinv._compute), never here.
+    memory = "host"
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -93,38 +110,21 @@ class CpuEngine:
     def __repr__(self) -> str:
         return "CpuEngine()"
 
-    def invert(self, op: Operand) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(inverse, info)`` for a validated NumPy operand."""
-        n, dtype = op.n, op.dtype
-        out = np.empty(op.batch_shape + (n, n), dtype=dtype)
-        info = np.zeros(op.batch_shape, dtype=np.int32)
-        if op.empty:
-            return out, info
-        a = op.array
-        out3 = out.reshape(-1, n, n)
-        info1 = info.reshape(-1)
-        per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
+    def inverse(self, request: Request, op: Operand
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(inverse, info, rcond or None)`` for a validated NumPy operand.
 
-        def task(chunk: Chunk) -> None:
-            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
-            invert_block(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop])
-
-        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
-        return out, info
-
-    def invert_ex(self, op: Operand, *, structure: str = "general", lower: bool = False,
-                  rcond: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(inverse, info, rcond)`` for a validated NumPy operand.
-
-        ``structure`` is a canonical name of :data:`gpuinv._numerics.STRUCTURES`;
-        ``rcond`` is None unless asked for. Chunked and threaded like
-        :meth:`invert`; rcond is computed per chunk while the chunk is hot.
+        Chunked (views of the caller's array, never the whole stack) and
+        threaded. The general inverse without rcond, the cheapest request,
+        runs :func:`invert_block` per chunk; anything else
+        :func:`invert_block_ex`, which computes rcond per chunk while the
+        chunk is hot.
         """
         n, dtype = op.n, op.dtype
         out = np.empty(op.batch_shape + (n, n), dtype=dtype)
         info = np.zeros(op.batch_shape, dtype=np.int32)
         rc = None
-        if rcond:
+        if request.rcond:
             # Every route writes every rcond, so only an empty stack needs the
             # fill (n = 0: rcond 1). np.empty saves a pass over the output.
             rc = (np.ones if op.empty else np.empty)(op.batch_shape, dtype=real_dtype(dtype))
@@ -133,22 +133,28 @@ class CpuEngine:
         a = op.array
         out3 = out.reshape(-1, n, n)
         info1 = info.reshape(-1)
-        rc1 = rc.reshape(-1) if rc is not None else None
+        structure, lower = request.structure, request.lower
 
-        def task(chunk: Chunk) -> None:
-            block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
-            part = rc1[chunk.start : chunk.stop] if rc1 is not None else None
-            invert_block_ex(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop],
-                            part, structure, lower)
+        if structure == "general" and rc is None:
+            def task(chunk: Chunk) -> None:
+                block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+                invert_block(block, out3[chunk.start : chunk.stop], info1[chunk.start : chunk.stop])
+        else:
+            rc1 = rc.reshape(-1) if rc is not None else None
+
+            def task(chunk: Chunk) -> None:
+                block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
+                part = rc1[chunk.start : chunk.stop] if rc1 is not None else None
+                invert_block_ex(block, out3[chunk.start : chunk.stop],
+                                info1[chunk.start : chunk.stop], part, structure, lower)
 
         per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
-        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=threads_for(n))
         return out, info, rc
 
-    def solve_ex(self, op: Operand, b: np.ndarray, *, structure: str = "general",
-                 lower: bool = False, rcond: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(x, info, rcond)`` with ``a @ x = b`` for every matrix.
+    def solve(self, request: Request, op: Operand, b: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(x, info, rcond or None)`` with ``a @ x = b`` for every matrix.
 
         ``op.array`` and ``b`` (batch + (n, k)) are already broadcast to the
         same batch shape (``op.batch_shape``); broadcast views are read chunk
@@ -158,15 +164,16 @@ class CpuEngine:
         k = b.shape[-1]
         x = np.empty(op.batch_shape + (n, k), dtype=dtype)
         info = np.zeros(op.batch_shape, dtype=np.int32)
-        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if rcond else None
+        rc = np.ones(op.batch_shape, dtype=real_dtype(dtype)) if request.rcond else None
         if op.empty or k == 0:
-            if rcond and not op.empty:
-                _, info, rc = self.invert_ex(op, structure=structure, lower=lower, rcond=True)
+            if request.rcond and not op.empty:
+                _, info, rc = self.inverse(request, op)
             return x, info, rc
         a = op.array
         x3 = x.reshape(-1, n, k)
         info1 = info.reshape(-1)
         rc1 = rc.reshape(-1) if rc is not None else None
+        structure, lower = request.structure, request.lower
 
         def task(chunk: Chunk) -> None:
             block = np.ascontiguousarray(a[chunk.index], dtype=dtype).reshape(-1, n, n)
@@ -176,7 +183,7 @@ class CpuEngine:
                         part, structure, lower)
 
         per_chunk = max(1, config.cpu_chunk_bytes // ((n * n + n * k) * dtype.itemsize))
-        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=_threads_for(n))
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=threads_for(n))
         return x, info, rc
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
@@ -227,24 +234,15 @@ class CpuEngine:
             raise
 
 
-def _threads_for(n: int) -> int:
-    """Worker threads for order n (benchmarks/bench_cpu.py, threads sweep).
-
-    * 5 <= n <= 8: LAPACK's tiny-matrix calls contend inside OpenBLAS; two
-      threads ran at 0.74x of one, so these stay on one thread.
-    * n >= 128: getrf is blocked and OpenBLAS threads it itself; our threads
-      on top oversubscribe the cores.
-    """
-    if 5 <= n <= 8 or n >= 128:
-        return 1
-    return config.cpu_threads
-
-
 def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
     """Invert a contiguous block ``x`` (m, n, n) into ``out``, codes into ``info``.
 
     ``x`` may be the caller's own memory: it is only read.
     """
+    compiled = compiled_for("invert", x.shape[-1], x.dtype)
+    if compiled is not None:
+        compiled.invert(x, out, info, None)
+        return
     with np.errstate(all="ignore"):
         all_finite = np.isfinite(x.sum())  # cheap; an overflow just takes the exact check
     if all_finite:
@@ -267,6 +265,10 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 
 
 def _invert_finite(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    compiled = compiled_for("invert", x.shape[-1], x.dtype)
+    if compiled is not None:
+        compiled.invert(np.ascontiguousarray(x), out, info, None)
+        return
     if cpu_route(x.shape[-1]) == "closed_form":
         redo = closed_form_inverse(x, out)
         if redo is None:
@@ -460,6 +462,11 @@ def _invert_structured(a: np.ndarray, out: np.ndarray, info: np.ndarray, structu
 def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
                     structure: str, lower: bool) -> None:
     """Invert a contiguous block ``x`` (m, n, n) as ``structure`` reads it; rcond into ``rc``."""
+    if structure == "general":
+        compiled = compiled_for("invert", x.shape[-1], x.dtype)
+        if compiled is not None:  # rcond inside the kernel, while the matrix is in registers
+            compiled.invert(x, out, info, rc)
+            return
     if structure == "general" and rc is not None and cpu_route(x.shape[-1]) == "closed_form":
         _invert_closed_form_rcond(x, out, info, rc)
         return
@@ -573,10 +580,16 @@ def _invert_pos_closed_form(x: np.ndarray, out: np.ndarray, info: np.ndarray,
 def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
     """LAPACK gesv per matrix (NumPy's gufunc), with LU info codes for the failures.
 
-    n <= SOLVE_MAX_N takes the closed forms first; the matrices they hand
-    back (numerically singular or badly scaled) take gesv.
+    With the compiled kernels, their LU with partial pivoting instead.
+    Without them, n <= SOLVE_MAX_N took the closed forms first; they are
+    not backward stable (issue 19 item 3: 7.7e10 eps at n = 2, cond 1e12),
+    so every n now takes gesv (CLOSED_FORM_SOLVE stays off).
     """
-    if a.shape[-1] <= SOLVE_MAX_N:
+    compiled = compiled_for("solve", a.shape[-1], a.dtype)
+    if compiled is not None:
+        compiled.solve(np.ascontiguousarray(a), np.ascontiguousarray(b), y, info)
+        return
+    if CLOSED_FORM_SOLVE and a.shape[-1] <= SOLVE_MAX_N:
         redo = closed_form_solve(a, b, y)
         if redo is None:
             return
@@ -649,6 +662,14 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
     original = a
     if structure != "general":
         a = structured_matrix(a, structure, lower)
+    compiled = (compiled_for("solve", a.shape[-1], a.dtype)
+                if structure in ("general", "symmetric", "hermitian") else None)
+    if compiled is not None:
+        # Non-finite matrices get info -1 and NaN inside the kernel: no split.
+        compiled.solve(np.ascontiguousarray(a), b, y, info)
+        if rc is not None:
+            _solve_rcond(original, a, info, rc, structure, lower)
+        return
 
     def work(x: np.ndarray, o: np.ndarray, i: np.ndarray) -> None:
         rows = b if len(x) == len(b) else b[keep_rows[0]]
@@ -682,10 +703,62 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
         y[keep] = sub_y
         info[keep] = sub_info
     if rc is not None:
-        # The same code as inv_ex(rcond=True), so that both give the same rcond.
-        inverse = np.empty_like(a)
-        inv_info = np.zeros(len(a), dtype=np.int32)
-        invert_block_ex(original, inverse, inv_info, rc, structure, lower)
-        # A matrix solve found singular (or inv did, by a different rounding)
-        # gets rcond 0, as info says.
-        rc[(info > 0) | (inv_info > 0)] = 0
+        _solve_rcond(original, a, info, rc, structure, lower)
+
+
+def _solve_rcond(original: np.ndarray, a: np.ndarray, info: np.ndarray, rc: np.ndarray,
+                 structure: str, lower: bool) -> None:
+    # The same code as inv_ex(rcond=True), so that both give the same rcond.
+    inverse = np.empty_like(a)
+    inv_info = np.zeros(len(a), dtype=np.int32)
+    invert_block_ex(original, inverse, inv_info, rc, structure, lower)
+    # A matrix solve found singular (or inv did, by a different rounding)
+    # gets rcond 0, as info says.
+    rc[(info > 0) | (inv_info > 0)] = 0
+
+
+def warm_up(dtypes: Iterable[Any] = (np.float32, np.float64, np.complex64, np.complex128),
+            ns: Iterable[int] | None = None,
+            kinds: Iterable[str] = ("invert", "solve")) -> dict[tuple[str, int, str], float]:
+    """Compile the CPU engine's Numba kernels ahead of the first call.
+
+    Each kernel is compiled once per (kind, n, dtype), on its first call, and
+    cached on disk (Numba's ``cache=True``), so only a process that finds no
+    cache pays the compile: about 1-2 s per kernel (docs/cpu-compiled.md).
+    Call this at start-up to move that cost out of the first timed call.
+
+    Parameters
+    ----------
+    dtypes : iterable of dtype-like, optional
+        Compute dtypes (float32, float64, complex64, complex128); all four
+        by default.
+    ns : iterable of int, optional
+        Matrix orders; by default every order the compiled route takes.
+    kinds : iterable of str, optional
+        ``"invert"`` (``inv``, ``inv_ex``, rcond included) and/or ``"solve"``.
+
+    Returns
+    -------
+    dict
+        Seconds per ``(kind, n, dtype name)``, for the kernels the compiled
+        route takes; empty when it is off (Numba not installed, or
+        ``gpuinv.config.cpu_compiled`` False).
+
+    Examples
+    --------
+    >>> from gpuinv.engines.cpu import warm_up
+    >>> took = warm_up(["float64"], [5, 8])  # doctest: +SKIP
+    """
+    compiled = compiled_kernels()
+    if compiled is None:
+        return {}
+    took: dict[tuple[str, int, str], float] = {}
+    top = max(*COMPILED_INV_MAX_N.values(), *COMPILED_SOLVE_MAX_N.values())
+    orders = list(range(1, top + 1)) if ns is None else list(ns)
+    for kind in kinds:
+        if kind not in ("invert", "solve"):
+            raise ValueError(f"kinds must hold 'invert' or 'solve', got {kind!r}")
+        for dt in dtypes:
+            wanted = [n for n in orders if compiled_for(kind, n, dt) is not None]
+            took.update(compiled.warm_up([dt], wanted, kinds=(kind,)))
+    return took

@@ -194,7 +194,7 @@ _OPS = ("inv", *_OP_MAX_N)
 # float64 n = 7 (255, at the limit) and n = 8 (plain 230 / 231; rcond spills
 # 20-44 bytes), Cholesky complex64 n = 8 (254-255, at the limit). There the
 # CUDA engine runs the plain kernel and takes rcond from the two CuPy norms
-# (gpuinv/engines/_cuda_numerics.py), as on the cuBLAS routes.
+# (gpuinv/engines/cuda/engine.py), as on the cuBLAS routes.
 _NO_RCOND_VARIANT = {
     ("inv", np.dtype(np.float64), 7),
     ("chol", np.dtype(np.float64), 7),
@@ -455,15 +455,9 @@ def kernel_source() -> str:
     return kernels
 
 
-# No fast math: the kernels rely on IEEE NaN and Inf (finiteness checks), on
-# correctly rounded division and reciprocals for LAPACK-level accuracy, and on
-# subnormals being kept: with flush-to-zero a float32 pivot of 5e-39 would
-# count as an exact zero (info 1) where the CPU engine and cuBLAS invert it.
-# These are NVRTC's defaults, spelled out because CuPy's own compile path
-# appends -ftz=true (so we call NVRTC directly, gpuinv/kernels/_nvrtc.py).
-# -fmad=true lets ptxas contract a*b+c into one correctly rounded FMA, as
-# cuBLAS and LAPACK builds do. `--check` compiles with the same options.
-NVRTC_OPTIONS = ("-std=c++17", "-ftz=false", "-prec-div=true", "-prec-sqrt=true", "-fmad=true")
+# The options every kernel compiles with, and why: gpuinv/kernels/_nvrtc.py, which
+# compiles them (defined there so that it needs nothing from this package).
+from ._nvrtc import NVRTC_OPTIONS  # noqa: E402
 
 
 def _compute_capability(device_id: int) -> str:

@@ -31,6 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# No fast math: the kernels rely on IEEE NaN and Inf (finiteness checks), on
+# correctly rounded division and reciprocals for LAPACK-level accuracy, and on
+# subnormals being kept: with flush-to-zero a float32 pivot of 5e-39 would
+# count as an exact zero (info 1) where the CPU engine and cuBLAS invert it.
+# These are NVRTC's defaults, spelled out because CuPy's own compile path
+# appends -ftz=true (so we call NVRTC directly, gpuinv/kernels/_nvrtc.py).
+# -fmad=true lets ptxas contract a*b+c into one correctly rounded FMA, as
+# cuBLAS and LAPACK builds do. `--check` compiles with the same options.
+NVRTC_OPTIONS = ("-std=c++17", "-ftz=false", "-prec-div=true", "-prec-sqrt=true", "-fmad=true")
+
 __all__ = [
     "Binary",
     "arch_option",
@@ -119,8 +129,6 @@ def arch_option(compute_capability: str | int, supported: tuple[int, ...] | None
 
 def compile_options(arch: str) -> tuple[str, ...]:
     """Every option passed to NVRTC: :data:`NVRTC_OPTIONS` and ``arch`` (an ``-arch=`` option)."""
-    from . import NVRTC_OPTIONS
-
     return (*NVRTC_OPTIONS, arch)
 
 

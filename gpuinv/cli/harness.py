@@ -3,7 +3,7 @@
 Used by ``gpuinv bench`` (so it ships with the package; ``benchmarks/`` is
 not installed). Reusable on its own:
 
->>> from gpuinv._bench import time_call
+>>> from gpuinv.cli.harness import time_call
 >>> t = time_call(lambda: sum(range(100)), repeats=3)   # doctest: +SKIP
 >>> t.median                                             # seconds per call
 
@@ -87,7 +87,7 @@ class Peer:
 
 
 def _cuda_ready() -> bool:
-    from ._device import cuda_unavailable_reason
+    from .._device import cuda_unavailable_reason
 
     return cuda_unavailable_reason() is None
 
@@ -197,7 +197,7 @@ def _test_stack(n: int, batch: int, dtype: np.dtype, seed: int = 0) -> np.ndarra
 def _gpuinv_on_device(a: np.ndarray) -> Callable[[], Any]:
     import cupy
 
-    from . import inv
+    from .. import inv
 
     d = cupy.asarray(a)
     sync = cupy.cuda.get_current_stream().synchronize
@@ -240,7 +240,7 @@ def run_bench(
     settings) for the JSON output. A peer that fails on some n records the
     error in that row instead of stopping the run.
     """
-    from . import __version__, inv
+    from .. import __version__, inv
 
     dtype = np.dtype(dtype)
     peers = available_peers() if peers is None else peers
@@ -299,7 +299,7 @@ def _cpu_model() -> str:
 
 
 def _cpu_count() -> int:
-    from ._config import _usable_cpus
+    from .._config import _usable_cpus
 
     return _usable_cpus()
 

@@ -1,0 +1,352 @@
+"""The CPU engine's compiled (Numba) route against its LAPACK route and the peers.
+
+Sets the thresholds in gpuinv/engines/cpu_routes.py (COMPILED_*) and
+gpuinv/engines/_compiled.py (SPECIALIZE_MAX_N); the tables are in
+docs/cpu-compiled.md.
+
+Every contender runs in the same process, interleaved round by round, and
+each cell is the best of the rounds, by CPU time (``time.process_time``,
+all threads) and by wall time: on a shared machine the ratios are what
+carry over, not the absolute rates.
+
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py inv --dtypes float64,float32 --ns 2,4,5,8
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py solve --ns 2,3,4,8
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py specialize --ns 5,8,16
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py first-call   # in a fresh NUMBA_CACHE_DIR
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py block --ns 16,24,32,48,64   # one chunk, one thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import gpuinv
+from gpuinv.engines import cpu, cpu_routes
+
+
+def stack(n: int, dtype: np.dtype, nbytes: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    m = max(64, nbytes // (n * n * dtype.itemsize))
+    a = rng.standard_normal((m, n, n))
+    if dtype.kind == "c":
+        a = a + 1j * rng.standard_normal((m, n, n))
+    return (a + np.sqrt(n) * np.eye(n)).astype(dtype)
+
+
+def race(contenders: dict, rounds: int) -> dict:
+    best = {k: [np.inf, np.inf] for k in contenders}
+    for f in contenders.values():
+        f()  # compile / warm up
+    for _ in range(rounds):
+        for k, f in contenders.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            f()
+            c1, w1 = time.process_time(), time.perf_counter()
+            best[k][0] = min(best[k][0], c1 - c0)
+            best[k][1] = min(best[k][1], w1 - w0)
+    return best
+
+
+def with_compiled(on: bool, f):
+    def run():
+        old = gpuinv.config.cpu_compiled
+        gpuinv.config.cpu_compiled = on
+        try:
+            return f()
+        finally:
+            gpuinv.config.cpu_compiled = old
+    return run
+
+
+def peers(a: np.ndarray, names: list[str]) -> dict:
+    out = {"numpy": lambda: np.linalg.inv(a)}
+    if "torch" in names:
+        try:
+            import torch
+
+            t = torch.from_numpy(a)
+            out["torch"] = lambda: torch.linalg.inv(t)
+        except ImportError:
+            pass
+    if "scipy" in names:
+        try:
+            import scipy.linalg
+
+            out["scipy"] = lambda: scipy.linalg.inv(a)
+        except ImportError:
+            pass
+    return out
+
+
+def bench_inv(args) -> list[dict]:
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = stack(n, np.dtype(dt), args.bytes)
+            c = {"compiled": with_compiled(True, lambda: gpuinv.inv(a, device="cpu")),
+                 "lapack/closed": with_compiled(False, lambda: gpuinv.inv(a, device="cpu"))}
+            if n <= 4:
+                # The compiled kernel forced at n <= 4 against the closed forms.
+                saved = cpu_routes.COMPILED_INV_MIN_N
+                def forced(a=a):
+                    cpu_routes.COMPILED_INV_MIN_N = 1
+                    try:
+                        return gpuinv.inv(a, device="cpu")
+                    finally:
+                        cpu_routes.COMPILED_INV_MIN_N = saved
+                c["compiled"] = forced
+                def closed(a=a):
+                    cpu_routes.COMPILED_INV_MIN_N = 5
+                    try:
+                        return gpuinv.inv(a, device="cpu")
+                    finally:
+                        cpu_routes.COMPILED_INV_MIN_N = saved
+                c["lapack/closed"] = closed
+            c.update(peers(a, args.peers))
+            best = race(c, args.rounds)
+            row = {"op": "inv", "dtype": dt, "n": n, "m": len(a),
+                   **{k: {"cpu_s": v[0], "wall_s": v[1]} for k, v in best.items()}}
+            rows.append(row)
+            rates = "  ".join(f"{k}={len(a) / v[1] / 1e6:.3f}/{len(a) / v[0] / 1e6:.3f}"
+                              for k, v in best.items())
+            print(f"inv {dt:10s} n={n:3d}  M/s wall/cpu: {rates}", flush=True)
+    return rows
+
+
+def backward_error(a, x, b):
+    r = np.abs(a @ x - b).max(axis=(1, 2))
+    na = np.abs(a).sum(axis=2).max(axis=1)
+    return r / (na * np.abs(x).max(axis=(1, 2)) + np.abs(b).max(axis=(1, 2)))
+
+
+def conditioned(n, cond, count, rng):
+    """a = U diag(s) V^T at condition ``cond``, b = a x, x ~ N(0, 1) (issue 19's measure)."""
+    u, _ = np.linalg.qr(rng.standard_normal((count, n, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((count, n, n)))
+    s = np.logspace(0, -np.log10(cond), n)
+    a = (u * s[None, None, :]) @ v.swapaxes(1, 2)
+    b = a @ rng.standard_normal((count, n, 1))
+    return a, b
+
+
+def bench_solve(args) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(1)
+    for n in args.ns:
+        for cond in (1e2, 1e8, 1e12) if args.accuracy else ():
+            a, b = conditioned(n, cond, 20000, rng)
+            eps = np.finfo(np.float64).eps
+            errs = {"gpuinv": backward_error(a, gpuinv.solve(a, b, device="cpu", check_cond=False), b),
+                    "gpuinv-nonumba": backward_error(a, with_compiled(False, lambda: gpuinv.solve(
+                        a, b, device="cpu", check_cond=False))(), b),
+                    "numpy": backward_error(a, np.linalg.solve(a, b), b),
+                    "inv@b": backward_error(a, np.linalg.inv(a) @ b, b)}
+            p99 = {k: float(np.percentile(v, 99) / eps) for k, v in errs.items()}
+            print(f"solve n={n} cond={cond:.0e} p99 backward error / eps: "
+                  + "  ".join(f"{k}={v:.3g}" for k, v in p99.items()), flush=True)
+            rows.append({"op": "solve-accuracy", "n": n, "cond": cond, "p99_eps": p99})
+        a = stack(n, np.dtype(np.float64), args.bytes)
+        b = np.ones(a.shape[:-1] + (1,))
+        # "nocheck": check_cond=False on both sides (the solve alone); the
+        # defaults add the exact rcond, which needs the inverse on both.
+        c = {"solve": with_compiled(True, lambda: gpuinv.solve(a, b, device="cpu")),
+             "inv@b": with_compiled(True, lambda: gpuinv.inv(a, device="cpu") @ b),
+             "solve-nocheck": with_compiled(True, lambda: gpuinv.solve(
+                 a, b, device="cpu", check_cond=False)),
+             "inv@b-nocheck": with_compiled(True, lambda: gpuinv.inv(
+                 a, device="cpu", check_cond=False) @ b),
+             "solve-nonumba-nocheck": with_compiled(False, lambda: gpuinv.solve(
+                 a, b, device="cpu", check_cond=False)),
+             "inv@b-nonumba-nocheck": with_compiled(False, lambda: gpuinv.inv(
+                 a, device="cpu", check_cond=False) @ b),
+             "numpy.solve": lambda: np.linalg.solve(a, b)}
+        best = race(c, args.rounds)
+        rates = "  ".join(f"{k}={len(a) / v[1] / 1e6:.3f}/{len(a) / v[0] / 1e6:.3f}"
+                          for k, v in best.items())
+        print(f"solve float64 n={n:3d} k=1  M/s wall/cpu: {rates}", flush=True)
+        rows.append({"op": "solve", "n": n, "m": len(a),
+                     **{k: {"cpu_s": v[0], "wall_s": v[1]} for k, v in best.items()}})
+    return rows
+
+
+def bench_specialize(args) -> list[dict]:
+    from gpuinv.engines import _compiled
+
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = stack(n, np.dtype(dt), args.bytes)
+            out = np.empty_like(a)
+            info = np.zeros(len(a), np.int32)
+            rc = np.empty(len(a), a.real.dtype)
+            x = _compiled._read_only(a)
+            spec = _compiled._kernel("invert", n, a.dtype)
+            gen = _compiled._kernel("invert", 0, a.dtype)
+            best = race({"specialized": lambda: spec(x, out, info, rc, True, 0, len(x)),
+                         "run-time n": lambda: gen(x, out, info, rc, True, 0, len(x))},
+                        args.rounds)
+            ratio = best["run-time n"][0] / best["specialized"][0]
+            print(f"{dt} n={n}: specialized / run-time-n speed {ratio:.2f}", flush=True)
+            rows.append({"op": "specialize", "dtype": dt, "n": n, "speedup": ratio})
+    return rows
+
+
+FIRST_CALL = """
+import time, numpy as np
+t0 = time.perf_counter()
+import gpuinv
+from gpuinv.engines.cpu import warm_up
+t1 = time.perf_counter()
+took = warm_up([{dt!r}], [{n}], kinds=["invert"])
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def bench_first_call(args) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for dt in args.dtypes:
+            for n in args.ns:
+                times = []
+                for _ in range(2):  # cold (compile), then warm (disk cache)
+                    out = subprocess.run([sys.executable, "-c", FIRST_CALL.format(dt=dt, n=n)],
+                                         env=env, capture_output=True, text=True, check=True)
+                    times.append(float(out.stdout.split()[1]))
+                print(f"first call {dt} n={n}: compile {times[0]:.2f} s, from the disk cache "
+                      f"{times[1]:.3f} s", flush=True)
+                rows.append({"op": "first-call", "dtype": dt, "n": n, "cold_s": times[0],
+                             "cached_s": times[1]})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["inv", "solve", "specialize", "first-call", "block",
+                                          "solve-block", "threads"])
+    p.add_argument("--dtypes", default="float64,float32,complex128,complex64")
+    p.add_argument("--ns", default="2,3,4,5,6,8,12,16,24,32,48,64")
+    p.add_argument("--peers", default="torch")
+    p.add_argument("--bytes", type=int, default=8 << 20)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", help="append the rows to this JSON file")
+    p.add_argument("--no-accuracy", dest="accuracy", action="store_false",
+                   help="solve: the timings only")
+    args = p.parse_args()
+    args.dtypes = args.dtypes.split(",")
+    args.ns = [int(v) for v in args.ns.split(",")]
+    args.peers = args.peers.split(",") if args.peers else []
+    rows = {"inv": bench_inv, "solve": bench_solve, "specialize": bench_specialize,
+            "first-call": bench_first_call, "block": bench_block,
+            "solve-block": bench_solve_block, "threads": bench_threads}[args.what](args)
+    if args.json:
+        old = json.load(open(args.json)) if os.path.exists(args.json) else []
+        json.dump(old + rows, open(args.json, "w"), indent=1)
+
+
+
+def bench_block(args) -> list[dict]:
+    """One chunk (1 MiB, the engine's default) on one thread: the compiled kernel
+    against the LAPACK route's block function, rcond on (inv's defaults), process time."""
+    import threading  # noqa: F401  (one thread: this is the per-core cost)
+
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = stack(n, np.dtype(dt), 1 << 20)
+            out = np.empty_like(a)
+            info = np.zeros(len(a), np.int32)
+            rc = np.empty(len(a), a.real.dtype)
+
+            def block(on):
+                # At n < COMPILED_INV_MIN_N the compiled kernel is forced,
+                # against the closed forms.
+                def run():
+                    gpuinv.config.cpu_compiled = on
+                    saved = cpu_routes.COMPILED_INV_MIN_N
+                    cpu_routes.COMPILED_INV_MIN_N = 1
+                    try:
+                        cpu.invert_block_ex(a, out, info, rc, "general", False)
+                    finally:
+                        gpuinv.config.cpu_compiled = True
+                        cpu_routes.COMPILED_INV_MIN_N = saved
+                return run
+
+            best = race({"compiled": block(True), "lapack": block(False),
+                         "numpy.linalg.inv": lambda: np.linalg.inv(a)}, args.rounds)
+            ratio = best["lapack"][0] / best["compiled"][0]
+            print(f"block {dt:10s} n={n:3d}: compiled {len(a) / best['compiled'][0] / 1e6:.3f}, "
+                  f"LAPACK route {len(a) / best['lapack'][0] / 1e6:.3f}, numpy.linalg.inv "
+                  f"{len(a) / best['numpy.linalg.inv'][0] / 1e6:.3f} M/s; compiled / LAPACK "
+                  f"{ratio:.2f}", flush=True)
+            rows.append({"op": "block", "dtype": dt, "n": n, "compiled_over_lapack": ratio})
+    return rows
+
+
+
+def bench_solve_block(args) -> list[dict]:
+    """One chunk on one thread: the compiled solve against gesv (the LAPACK route), k = 1."""
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = stack(n, np.dtype(dt), 1 << 20)
+            b = np.ones(a.shape[:-1] + (1,), dtype=a.dtype)
+            y = np.empty_like(b)
+            info = np.zeros(len(a), np.int32)
+
+            def block(on):
+                def run():
+                    gpuinv.config.cpu_compiled = on
+                    try:
+                        cpu.solve_block(a, b, y, info, None, "general", False)
+                    finally:
+                        gpuinv.config.cpu_compiled = True
+                return run
+
+            best = race({"compiled": block(True), "lapack": block(False)}, args.rounds)
+            ratio = best["lapack"][0] / best["compiled"][0]
+            print(f"solve block {dt:10s} n={n:3d}: compiled / gesv route {ratio:.2f}", flush=True)
+            rows.append({"op": "solve-block", "dtype": dt, "n": n, "compiled_over_lapack": ratio})
+    return rows
+
+
+
+def bench_threads(args) -> list[dict]:
+    """Threads: the engine's pool (one compiled call per chunk, Numba's
+    parallelism off) against one call with Numba's prange over
+    config.cpu_threads slices (numba.set_num_threads), wall time, rcond on."""
+    import numba
+
+    from gpuinv.engines import _compiled
+
+    threads = gpuinv.config.cpu_threads
+    numba.set_num_threads(threads)
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = stack(n, np.dtype(dt), args.bytes)
+            out = np.empty_like(a)
+            info = np.zeros(len(a), np.int32)
+            rc = np.empty(len(a), a.real.dtype)
+            par = _compiled._kernel("invert-prange", 0, a.dtype)
+            x = _compiled._read_only(a)
+            best = race({"pool": lambda: gpuinv.inv_ex(a, rcond=True, device="cpu"),
+                         "prange": lambda: par(x, out, info, rc, True, threads)}, args.rounds)
+            ratio = best["prange"][1] / best["pool"][1]
+            print(f"threads={threads} {dt} n={n}: pool / prange speed (wall) {ratio:.2f}", flush=True)
+            rows.append({"op": "threads", "dtype": dt, "n": n, "threads": threads,
+                         "pool_over_prange": ratio})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

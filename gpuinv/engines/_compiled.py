@@ -1,0 +1,427 @@
+"""Compiled per-matrix LU kernels for the CPU engine (Numba, optional).
+
+Imported only when the CPU engine takes the compiled route (see
+``gpuinv.engines.cpu.compiled_kernels``): ``import gpuinv`` never imports
+Numba. Without Numba, or with ``gpuinv.config.cpu_compiled = False``
+(``GPUINV_CPU_COMPILED=0``), the engine uses its NumPy/LAPACK route.
+
+Why: LAPACK through NumPy's gufunc costs a microsecond or more of call
+overhead per matrix, more than the arithmetic of a 5x5 or 8x8 inverse
+(issue 19). A compiled loop over the batch removes it.
+
+Algorithm, per matrix, the one of our CUDA kernels (gpuinv/kernels/inverse.cuh):
+
+* one pass over the input checks that every entry is finite (else info -1
+  and an all-NaN result), takes the largest |re|, |im| and, when rcond is
+  asked for, the column sums of ``|a|`` (``||a||_1``, before anything
+  overwrites the matrix);
+* a matrix whose largest entry lies outside ``[2**-(maxexp/2), 2**(maxexp/2)]``
+  is scaled by a power of two first (exact): ``inv(a) = s inv(s a)``,
+  ``a y = b`` is ``(s a) y = s b``, as the LAPACK route does for tiny
+  matrices (OpenBLAS loses all accuracy on subnormals) and so that the
+  reciprocal of a huge pivot stays normal;
+* LU with partial pivoting with getf2's rule and arithmetic: the pivot is
+  the first entry of largest ``|re| + |im|`` on or below the diagonal,
+  multipliers are ``a_ik * (1 / pivot)``. The first exactly zero pivot
+  stops the matrix: info is its 1-based step and the result is all NaN,
+  as on the LAPACK route;
+* the inverse: the forward substitution ``L^-1 P`` applied to the identity
+  as the elimination goes, then back substitution (``X = U^-1 L^-1 P``);
+  the solve: the same elimination applied to b, then back substitution.
+  ``||X||_1`` is summed as X is written. An inverse that overflows keeps
+  info 0, as LAPACK's does, and gets rcond 0.
+
+Kernels are built per (function, n, dtype) by :func:`kernel`, with n and the
+dtype's constants frozen into the closure so that LLVM unrolls the short
+loops, and cached on disk (``cache=True``: a later process loads them in
+milliseconds). ``nogil=True``: the engine runs one call per chunk on its own
+thread pool, so the batch is split across threads without Numba's threading
+layer and without nesting it inside our pool.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+import numba
+import numpy as np
+
+__all__ = ["kernel", "invert", "solve", "warm_up", "MAX_N"]
+
+#: Orders the compiled kernels are built for (the CPU engine routes a subset).
+MAX_N = 64
+
+
+def _jit(**options: Any) -> Any:
+    """``numba.njit(cache=True, **options)``, without the disk cache where Numba has none.
+
+    Numba raises at decoration time when neither the package's
+    ``__pycache__`` nor a user-wide cache directory is writable (a read-only
+    install without a home directory): the kernels then compile per process.
+    """
+    def decorate(fn: Any) -> Any:
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return numba.njit(cache=False, **options)(fn)
+    return decorate
+
+
+@_jit(inline="always")
+def _modulus(v, lo, hi):  # pragma: no cover - compiled
+    """|v| for complex v: sqrt(re^2 + im^2) where that cannot over- or underflow.
+
+    Numba's abs(complex) calls hypot, which made rcond cost 3.5x the whole
+    complex128 inverse at n = 4 (/tmp bench in the issue 19 report).
+    """
+    re = abs(v.real)
+    im = abs(v.imag)
+    big = max(re, im)
+    if big > lo and big < hi:
+        return np.sqrt(re * re + im * im)
+    return abs(v)
+
+
+def _real_type(dtype: np.dtype) -> Any:
+    return np.dtype(dtype).type(0).real.dtype.type
+
+
+#: Kernels may be specialized (n frozen in, loops unrolled) up to this order;
+#: above it one kernel per dtype reads n at run time. Each specialization
+#: costs a compile of 1-2 s (once per machine, then Numba's disk cache). With
+#: the branch-free contiguous inner loops the run-time-n kernel is as fast:
+#: specialized / run-time-n speed 1.17, 1.01, 0.84, 0.74 at n = 4, 5, 6, 8
+#: (float64), 1.02-0.79 (float32), 1.10-1.16 (complex128)
+#: (benchmarks/bench_compiled.py specialize), so none is specialized: one
+#: compile per (kind, dtype).
+SPECIALIZE_MAX_N = {"invert": 0, "solve": 0}
+
+
+def kernel(name: str, n: int, dtype: Any) -> Any:
+    """The compiled ``name`` ("invert" or "solve") for order ``n`` and ``dtype``.
+
+    Compiled on first use (or loaded from Numba's disk cache); orders above
+    ``SPECIALIZE_MAX_N[name]`` share the run-time-n kernel.
+    """
+    if name not in SPECIALIZE_MAX_N:
+        raise ValueError(f"unknown compiled kernel {name!r}")
+    return _kernel(name, n if n <= SPECIALIZE_MAX_N[name] else 0, np.dtype(dtype))
+
+
+@lru_cache(maxsize=None)
+def _kernel(name: str, n: int, dtype: np.dtype) -> Any:
+    if name == "invert":
+        return _make_invert(n, dtype)
+    if name == "invert-prange":
+        return _make_invert(n, dtype, parallel=True)
+    return _make_solve(n, dtype)
+
+
+def _constants(n: int, dtype: np.dtype) -> tuple[Any, ...]:
+    t = dtype.type
+    rt = _real_type(dtype)
+    maxexp = np.finfo(rt).maxexp
+    return (t(1), t(0), t(np.nan), rt(0), rt(1), rt(np.nan),
+            rt(np.ldexp(1.0, -(maxexp // 2))), rt(np.ldexp(1.0, maxexp // 2)), maxexp - 4)
+
+
+def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
+    ONE, ZERO, NAN, RZERO, RONE, RNAN, LO, HI, LIMIT = _constants(n, dtype)
+    NFIX = n  # 0: the order is read from the array at run time
+    COMPLEX = dtype.kind == "c"
+    RT = _real_type(dtype)
+
+    @_jit(nogil=True, error_model="numpy", boundscheck=False)
+    def block(x, out, info, rc, want_rc, lo, hi):  # pragma: no cover - compiled
+        N = NFIX if NFIX > 0 else x.shape[1]
+        a = np.empty((N, N), dtype=x.dtype)
+        col = np.empty(N, dtype=np.int64)
+        u = np.empty(N, dtype=x.dtype)
+        colsum = np.empty(N, dtype=RT)
+        for b in range(lo, hi):
+            # Load, check, largest entry and ||a||_1, in one pass.
+            finite = True
+            big = RZERO
+            for j in range(N):
+                colsum[j] = RZERO
+            for i in range(N):
+                for j in range(N):
+                    v = x[b, i, j]
+                    a[i, j] = v
+                    re = abs(v.real)
+                    if COMPLEX:
+                        im = abs(v.imag)
+                        if not (re - re == RZERO and im - im == RZERO):
+                            finite = False
+                        big = max(big, re, im)
+                    else:
+                        if not (re - re == RZERO):
+                            finite = False
+                        big = max(big, re)
+                    if want_rc:
+                        colsum[j] += _modulus(v, LO, HI) if COMPLEX else abs(v)
+            if not finite:
+                info[b] = -1
+                for i in range(N):
+                    for j in range(N):
+                        out[b, i, j] = NAN
+                if want_rc:
+                    rc[b] = RNAN
+                continue
+            norm_a = RZERO
+            if want_rc:
+                for j in range(N):
+                    norm_a = max(norm_a, colsum[j])
+            s = RONE
+            if big > RZERO and (big < LO or big > HI):
+                e = math.frexp(big)[1]
+                e = min(max(e, -LIMIT), LIMIT)
+                s = RT(math.ldexp(1.0, -e))
+                for i in range(N):
+                    for j in range(N):
+                        a[i, j] = a[i, j] * s
+            # LU with partial pivoting, L^-1 P I built in place (inverse.cuh).
+            code = 0
+            for i in range(N):
+                col[i] = i
+            for k in range(N):
+                p = k
+                piv = a[k, k]
+                best = abs(piv.real) + abs(piv.imag) if COMPLEX else abs(piv)
+                for i in range(k + 1, N):
+                    w = a[i, k]
+                    key = abs(w.real) + abs(w.imag) if COMPLEX else abs(w)
+                    if key > best:
+                        best = key
+                        p = i
+                if best == RZERO:
+                    code = k + 1
+                    break
+                if p != k:
+                    for j in range(N):
+                        t = a[k, j]
+                        a[k, j] = a[p, j]
+                        a[p, j] = t
+                    tc = col[k]
+                    col[k] = col[p]
+                    col[p] = tc
+                inv = ONE / a[k, k]
+                # Two branch-free contiguous loops (j < k: L^-1 P so far;
+                # j > k: the active part), which LLVM vectorizes.
+                for i in range(k + 1, N):
+                    l = a[i, k] * inv
+                    for j in range(k):
+                        a[i, j] = a[i, j] - l * a[k, j]
+                    for j in range(k + 1, N):
+                        a[i, j] = a[i, j] - l * a[k, j]
+                    a[i, k] = -l
+                a[k, k] = inv
+            info[b] = code
+            if code != 0:
+                for i in range(N):
+                    for j in range(N):
+                        out[b, i, j] = NAN
+                if want_rc:
+                    rc[b] = RZERO
+                continue
+            # Back substitution, bottom row first: X = U^-1 (L^-1 P), row k
+            # as y_k - sum_{j>k} u_kj x_j (increasing j, as inverse.cuh),
+            # times 1 / u_kk: whole-row updates, contiguous and vectorized.
+            for k in range(N - 1, -1, -1):
+                for j in range(k + 1, N):
+                    u[j] = a[k, j]
+                    a[k, j] = ZERO
+                inv_ukk = a[k, k]
+                a[k, k] = ONE
+                for j in range(k + 1, N):
+                    uj = u[j]
+                    for c in range(N):
+                        a[k, c] = a[k, c] - uj * a[j, c]
+                for c in range(N):
+                    a[k, c] = a[k, c] * inv_ukk
+            # Store with the column permutation (and the scale), ||X||_1 on the way.
+            if want_rc:
+                for c in range(N):
+                    colsum[c] = RZERO
+            for i in range(N):
+                for c in range(N):
+                    v = a[i, c] * s
+                    out[b, i, col[c]] = v
+                    if want_rc:
+                        colsum[c] += _modulus(v, LO, HI) if COMPLEX else abs(v)
+            if want_rc:
+                norm_x = RZERO
+                for c in range(N):
+                    norm_x = max(norm_x, colsum[c])
+                r = RONE / (norm_a * norm_x)
+                # An overflowed inverse (Inf or NaN norm) gets 0, as rcond_from_inverse.
+                rc[b] = r if r - r == RZERO else RZERO
+
+    if parallel:
+        # Measurement only (benchmarks/bench_compiled.py threads): Numba's
+        # prange over `parts` slices, against the engine's own thread pool.
+        @numba.njit(nogil=True, parallel=True, error_model="numpy")
+        def prange_run(x, out, info, rc, want_rc, parts):  # pragma: no cover - compiled
+            m = x.shape[0]
+            for t in numba.prange(parts):
+                block(x, out, info, rc, want_rc, t * m // parts, (t + 1) * m // parts)
+
+        return prange_run
+
+    # The kernel itself, with its range of matrices (lo, hi) as arguments: a
+    # wrapper calling it would hold it in its closure, and Numba's cache key
+    # for such a wrapper changes from process to process (it never hits).
+    return block
+
+
+def _make_solve(n: int, dtype: np.dtype) -> Any:
+    ONE, ZERO, NAN, RZERO, RONE, RNAN, LO, HI, LIMIT = _constants(n, dtype)
+    NFIX = n  # 0: the order is read from the array at run time
+    COMPLEX = dtype.kind == "c"
+    RT = _real_type(dtype)
+
+    @_jit(nogil=True, error_model="numpy", boundscheck=False)
+    def run(x, rhs, y, info):  # pragma: no cover - compiled
+        m = x.shape[0]
+        N = NFIX if NFIX > 0 else x.shape[1]
+        K = rhs.shape[2]
+        a = np.empty((N, N), dtype=x.dtype)
+        r = np.empty((N, K), dtype=x.dtype)
+        for b in range(m):
+            finite = True
+            big = RZERO
+            for i in range(N):
+                for j in range(N):
+                    v = x[b, i, j]
+                    a[i, j] = v
+                    re = abs(v.real)
+                    if COMPLEX:
+                        im = abs(v.imag)
+                        if not (re - re == RZERO and im - im == RZERO):
+                            finite = False
+                        big = max(big, re, im)
+                    else:
+                        if not (re - re == RZERO):
+                            finite = False
+                        big = max(big, re)
+            if not finite:
+                info[b] = -1
+                for i in range(N):
+                    for c in range(K):
+                        y[b, i, c] = NAN
+                continue
+            s = RONE
+            if big > RZERO and (big < LO or big > HI):
+                e = math.frexp(big)[1]
+                e = min(max(e, -LIMIT), LIMIT)
+                s = RT(math.ldexp(1.0, -e))
+                for i in range(N):
+                    for j in range(N):
+                        a[i, j] = a[i, j] * s
+            for i in range(N):
+                for c in range(K):
+                    r[i, c] = rhs[b, i, c] * s
+            code = 0
+            for k in range(N):
+                p = k
+                piv = a[k, k]
+                best = abs(piv.real) + abs(piv.imag) if COMPLEX else abs(piv)
+                for i in range(k + 1, N):
+                    w = a[i, k]
+                    key = abs(w.real) + abs(w.imag) if COMPLEX else abs(w)
+                    if key > best:
+                        best = key
+                        p = i
+                if best == RZERO:
+                    code = k + 1
+                    break
+                if p != k:
+                    for j in range(k, N):
+                        t = a[k, j]
+                        a[k, j] = a[p, j]
+                        a[p, j] = t
+                    for c in range(K):
+                        t = r[k, c]
+                        r[k, c] = r[p, c]
+                        r[p, c] = t
+                inv = ONE / a[k, k]
+                for i in range(k + 1, N):
+                    l = a[i, k] * inv
+                    for j in range(k + 1, N):
+                        a[i, j] = a[i, j] - l * a[k, j]
+                    for c in range(K):
+                        r[i, c] = r[i, c] - l * r[k, c]
+                a[k, k] = inv
+            info[b] = code
+            if code != 0:
+                for i in range(N):
+                    for c in range(K):
+                        y[b, i, c] = NAN
+                continue
+            for k in range(N - 1, -1, -1):
+                inv_ukk = a[k, k]
+                for c in range(K):
+                    t = r[k, c]
+                    for j in range(k + 1, N):
+                        t = t - a[k, j] * r[j, c]
+                    t = t * inv_ukk
+                    r[k, c] = t
+                    y[b, k, c] = t
+
+    return run
+
+
+def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None) -> None:
+    """Invert the C-contiguous block ``x`` (m, n, n) into ``out``; info (and rcond) per matrix."""
+    n = x.shape[-1]
+    run = kernel("invert", n, x.dtype)
+    x = _read_only(x)
+    if rc is None:
+        run(x, out, info, np.empty(0, dtype=_real_type(x.dtype)), False, 0, len(x))
+    else:
+        run(x, out, info, rc, True, 0, len(x))
+
+
+def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
+    """Solve ``a @ y = b`` for C-contiguous blocks a (m, n, n), b (m, n, k)."""
+    kernel("solve", a.shape[-1], a.dtype)(_read_only(a), _read_only(b), y, info)
+
+
+def _read_only(x: np.ndarray) -> np.ndarray:
+    """A read-only, C-contiguous view of x (a copy only if x is not contiguous).
+
+    Numba types writeable and read-only arrays apart: always passing the
+    read-only kind compiles one specialization, whatever the caller's flags.
+    """
+    view = np.ascontiguousarray(x).view()
+    view.flags.writeable = False
+    return view
+
+
+def warm_up(dtypes: Iterable[Any], ns: Iterable[int],
+            kinds: Iterable[str] = ("invert", "solve")) -> dict[tuple[str, int, str], float]:
+    """Compile (or load from the disk cache) the kernels for every dtype and n.
+
+    Returns the seconds each ``(kind, n, dtype name)`` took.
+    """
+    took: dict[tuple[str, int, str], float] = {}
+    for dt in dtypes:
+        dt = np.dtype(dt)
+        for n in ns:
+            x = np.eye(n, dtype=dt)[None]
+            for kind in kinds:
+                start = time.perf_counter()
+                if kind == "invert":
+                    invert(x, np.empty_like(x), np.zeros(1, np.int32), None)
+                    invert(x, np.empty_like(x), np.zeros(1, np.int32),
+                           np.empty(1, dtype=_real_type(dt)))
+                elif kind == "solve":
+                    solve(x, x, np.empty_like(x), np.zeros(1, np.int32))
+                else:
+                    raise ValueError(f"unknown compiled kernel {kind!r}")
+                took[(kind, n, dt.name)] = time.perf_counter() - start
+    return took

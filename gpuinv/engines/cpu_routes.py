@@ -1,0 +1,110 @@
+"""The CPU engine's route choice, in one place: which method and how many threads for order n.
+
+Read this file to know what the CPU engine runs for a given n. Each
+threshold names the benchmark that set it. The engine (:mod:`.cpu`) and its
+block functions look the routes up here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._config import config
+
+__all__ = ["CPU_CLOSED_FORM_MAX_N", "COMPILED_INV_MIN_N", "COMPILED_INV_MAX_N",
+           "COMPILED_SOLVE_MAX_N", "compiled_for", "compiled_kernels", "cpu_route", "threads_for"]
+
+# Closed forms beat LAPACK's per-matrix calls by 5-30x for n <= 4 and keep its
+# accuracy (with the guard in engines/_closed_form.py); at n = 5 the 5x5
+# adjugate would cost more than LAPACK (benchmarks/bench_cpu.py).
+CPU_CLOSED_FORM_MAX_N = 4
+
+
+def cpu_route(n: int) -> str:
+    """The CPU engine's route for order n: "closed_form" or "lapack"."""
+    return "closed_form" if n <= CPU_CLOSED_FORM_MAX_N else "lapack"
+
+
+def threads_for(n: int) -> int:
+    """Worker threads for order n (benchmarks/bench_cpu.py, threads sweep).
+
+    * 5 <= n <= 8: LAPACK's tiny-matrix calls contend inside OpenBLAS; two
+      threads ran at 0.74x of one, so these stay on one thread, unless the
+      compiled kernels take these orders (they share nothing between
+      threads and release the GIL: every thread is free speed).
+    * n >= 128: getrf is blocked and OpenBLAS threads it itself; our threads
+      on top oversubscribe the cores.
+    """
+    if 5 <= n <= 8 and n >= COMPILED_INV_MIN_N and compiled_kernels() is not None:
+        return config.cpu_threads
+    if 5 <= n <= 8 or n >= 128:
+        return 1
+    return config.cpu_threads
+
+
+# --- the compiled route (issue 19): every threshold in one place --------------
+#
+# Where Numba is installed (the gpuinv[cpu] extra) and config.cpu_compiled is
+# on, per-matrix LU kernels compiled by Numba (engines/_compiled.py) replace
+# LAPACK's per-matrix calls for these orders. Set by
+# `benchmarks/bench_compiled.py block` (one 1 MiB chunk on one thread, rcond
+# on as inv's defaults, the compiled kernel against this module's LAPACK
+# route, by process time, interleaved; 2-core AMD EPYC under load; table in
+# docs/cpu-compiled.md). Compiled / LAPACK route speed:
+#
+#   n           5     8    12    16    24    32    48    64
+#   float64   3.65  2.57  3.03  2.22  2.16  1.82  1.43  1.25
+#   float32   3.76  2.34  2.36  1.87  1.80  1.40  1.10  0.99
+#   complex128 2.67 1.94  1.61  1.41  1.06  0.89  0.76  0.64
+#   complex64 2.75  1.98  1.62  1.35  1.00  0.81  0.62  0.52
+#
+# * COMPILED_INV_MIN_N: at n <= 4 the closed forms stay: forced there, the
+#   compiled kernel ran at 0.51-2.14x of them, slower at float32 n = 3 (0.51)
+#   and complex128 n = 2, 3 (0.82, 0.91): not faster at every dtype.
+# * COMPILED_INV_MAX_N: the last n where the compiled kernel is faster
+#   (64 for float64, 48 for float32, 24 for complex: 1.06 and 1.00 there).
+# * COMPILED_SOLVE_MAX_N: the compiled LU solve from n = 1 (backward stable,
+#   where the closed-form solve was not, issue 19 item 3) up to its
+#   crossover with gesv (`bench_compiled.py solve-block`, k = 1, compiled /
+#   gesv route speed):
+#
+#   n           2     4     8    12    16    24    32
+#   float64   3.34  2.28  1.60  1.68  1.26  1.09  0.86
+#   float32   3.61  2.71  1.90  1.58  1.27  0.91  0.73
+#   complex128 3.29 2.31  1.75  1.47  1.19  0.89  0.68
+#   complex64 3.30  2.42  1.74  1.75  1.41  1.01  0.80
+COMPILED_INV_MIN_N = 5
+COMPILED_INV_MAX_N = {"d": 64, "f": 48, "D": 24, "F": 24}
+COMPILED_SOLVE_MAX_N = {"d": 24, "f": 16, "D": 16, "F": 16}
+
+_compiled_module: Any = None
+_compiled_failed = False
+
+
+def compiled_kernels() -> Any:
+    """The compiled-kernel module, or None (Numba missing, or config.cpu_compiled off).
+
+    Imported on first use only: ``import gpuinv`` never imports Numba.
+    """
+    global _compiled_module, _compiled_failed
+    if not config.cpu_compiled or _compiled_failed:
+        return None
+    if _compiled_module is None:
+        try:
+            from . import _compiled
+        except ImportError:
+            _compiled_failed = True
+            return None
+        _compiled_module = _compiled
+    return _compiled_module
+
+
+def compiled_for(kind: str, n: int, dtype: Any) -> Any:
+    """The compiled-kernel module if it takes ``kind`` ("invert", "solve") at order n."""
+    top = (COMPILED_INV_MAX_N if kind == "invert" else COMPILED_SOLVE_MAX_N)[np.dtype(dtype).char]
+    low = COMPILED_INV_MIN_N if kind == "invert" else 1
+    if not low <= n <= top:
+        return None
+    return compiled_kernels()
