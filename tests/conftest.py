@@ -28,7 +28,22 @@ def cuda_usable() -> bool:
         return False
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--emu-all", action="store_true", default=False,
+        help="emulate every kernel instantiation on the CPU (the tests marked exhaustive); by default "
+             "tests/test_kernels*_emu.py run a representative sample (tests/_cuda_emu.py, sample())",
+    )  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
+    # The exhaustive emulation (every instantiation, not only the sample) is
+    # its own CI step (.ci/run): deselected, not skipped, unless --emu-all.
+    if not config.getoption("--emu-all"):
+        rest = [item for item in items if item.get_closest_marker("exhaustive") is not None]
+        if rest:
+            config.hook.pytest_deselected(items=rest)
+            items[:] = [item for item in items if item.get_closest_marker("exhaustive") is None]
     if cuda_usable():
         return
     skip = pytest.mark.skip(reason="no usable CUDA device (cupy missing, no driver or no GPU)")

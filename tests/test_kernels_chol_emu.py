@@ -7,15 +7,30 @@ bit, exact-size buffers, the input checked unwritten). Results are compared
 bit for bit with the host build of cholesky.cuh (tests/_kernel_cases.py),
 which tests/test_kernels_chol_host.py holds to LAPACK's accuracy, so any
 difference here is the kernel's staging, tiling or indexing.
+
+By default the representative sample of the instantiations runs (every dtype
+and shape at the edges of every bound, the rcond variants) and every mutation
+test; ``--emu-all`` runs the rest too (tests/_emu_base.py, tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import shutil
-
-import _cuda_emu
 import numpy as np
 import pytest
+from _emu_base import (
+    Mutation,
+    assert_capped_grid_same,
+    assert_same_bits,
+    builds,  # noqa: F401 - fixture
+    check_mutation,
+    mixed,
+    mutants,  # noqa: F401 - fixture
+    mutation_params,
+    requires_emulation,
+    run,
+    same_bits,
+    spec_params,
+)
 from _kernel_cases import (
     backward_error,
     build_chol_host_lib,
@@ -27,41 +42,15 @@ from _kernel_cases import (
 
 import gpuinv.kernels as kernels
 
-pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
+pytestmark = requires_emulation
 
 CHOL_SPECS = [s for s in kernels.instantiations() if s.op == "chol" and not s.rcond]
 RC_CHOL_SPECS = [s for s in kernels.instantiations() if s.op == "chol" and s.rcond]
 
 
-def spec_id(spec: kernels.KernelSpec) -> str:
-    return f"{spec.dtype.name}-n{spec.n}-{spec.kind}"
-
-
-@pytest.fixture(scope="module")
-def builds():
-    return _cuda_emu.build_all(CHOL_SPECS)
-
-
-@pytest.fixture(scope="module")
-def rc_builds():
-    return _cuda_emu.build_all(RC_CHOL_SPECS)
-
-
 @pytest.fixture(scope="module")
 def host_lib(tmp_path_factory):
     return build_chol_host_lib(tmp_path_factory.mktemp("emu_chol_host"))
-
-
-def run(builds, spec, a, **kwargs):
-    return _cuda_emu.run(spec, a, exe=builds[spec], **kwargs)
-
-
-def _bits(x: np.ndarray) -> np.dtype:
-    return np.dtype(f"u{x.dtype.itemsize // (2 if x.dtype.kind == 'c' else 1)}")
-
-
-def assert_same_bits(x, y):
-    np.testing.assert_array_equal(x.view(_bits(x)), y.view(_bits(y)))
 
 
 def assert_same_as_host(host_lib, a, out, info):
@@ -90,7 +79,7 @@ def with_garbage_upper(rng, a):
     return junk
 
 
-@pytest.mark.parametrize("spec", CHOL_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(CHOL_SPECS))
 def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
     rng = np.random.default_rng(40 * spec.n + spec.dtype.num)
     a = spd_matrices(rng, 2 * spec.per_block + 3, spec.n, spec.dtype)
@@ -101,17 +90,14 @@ def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
     assert_same_as_host(host_lib, a, out, info)
     assert np.all(backward_error(a, out) <= 100 * spec.n * eps(spec.dtype))
     np.testing.assert_array_equal(out, np.conj(np.swapaxes(out, -1, -2)))  # exactly Hermitian
-    for cap in (1, 2):
-        capped, capped_info = run(builds, spec, a, max_blocks=cap, orders=("f", "s2"))
-        np.testing.assert_array_equal(capped_info, info)
-        assert_same_bits(capped, out)
+    assert_capped_grid_same(builds, spec, a, out, info)
     # Only the lower triangle is read: garbage above it changes no bit.
     junk, junk_info = run(builds, spec, with_garbage_upper(rng, a), max_blocks=2, orders=("f",))
     np.testing.assert_array_equal(junk_info, 0)
     assert_same_bits(junk, out)
 
 
-@pytest.mark.parametrize("spec", CHOL_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(CHOL_SPECS))
 def test_one_matrix_and_one_past_a_full_tile(builds, host_lib, spec):
     rng = np.random.default_rng(50 * spec.n + spec.dtype.num)
     for m in (1, spec.per_block + 1):
@@ -121,7 +107,7 @@ def test_one_matrix_and_one_past_a_full_tile(builds, host_lib, spec):
         assert_same_as_host(host_lib, a, out, info)
 
 
-@pytest.mark.parametrize("spec", CHOL_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(CHOL_SPECS))
 def test_indefinite_nonfinite_and_identity_among_good(builds, host_lib, spec):
     rng = np.random.default_rng(60 * spec.n + spec.dtype.num)
     n, dt = spec.n, spec.dtype
@@ -134,18 +120,13 @@ def test_indefinite_nonfinite_and_identity_among_good(builds, host_lib, spec):
         j = int(rng.integers(i + 1))
         nonfinite[k, i, j] = value
     eye = np.broadcast_to(np.eye(n, dtype=dt), (2, n, n))
-    parts = [
+    a, expected, kinds = mixed(rng, [
         ("good", good, np.zeros(len(good), np.int32)),
         ("indefinite", bad, steps),
         ("indefinite", zero, np.array([1], np.int32)),
         ("nonfinite", nonfinite, np.full(len(nonfinite), -1, np.int32)),
         ("eye", eye, np.zeros(2, np.int32)),
-    ]
-    stack = np.concatenate([p[1] for p in parts])
-    expected = np.concatenate([p[2] for p in parts])
-    kinds = np.concatenate([[p[0]] * len(p[1]) for p in parts])
-    order = rng.permutation(len(stack))
-    a, expected, kinds = stack[order], expected[order], kinds[order]
+    ])  # fmt: skip
     before = a.copy()
     out, info = run(builds, spec, a)
     np.testing.assert_array_equal(a, before)
@@ -176,8 +157,8 @@ def hermitian_as_read(a):
     return full
 
 
-@pytest.mark.parametrize("spec", RC_CHOL_SPECS, ids=spec_id)
-def test_rcond_variant(rc_builds, host_lib, spec):
+@pytest.mark.parametrize("spec", spec_params(RC_CHOL_SPECS))
+def test_rcond_variant(builds, host_lib, spec):
     from gpuinv._numerics import rcond_from_inverse
 
     rng = np.random.default_rng(70 * spec.n + spec.dtype.num)
@@ -194,7 +175,7 @@ def test_rcond_variant(rc_builds, host_lib, spec):
     scaled[1] *= np.finfo(dt).dtype.type(tiny)
     a = with_garbage_upper(rng, np.concatenate(parts + [bad, nonfinite, scaled]))
     before = a.copy()
-    out, info, rc = _cuda_emu.run(spec, a, exe=rc_builds[spec])
+    out, info, rc = run(builds, spec, a)
     np.testing.assert_array_equal(a, before)
     assert_same_as_host(host_lib, a, out, info)  # out and info: the plain kernel's math, bit for bit
     real = np.finfo(dt).dtype
@@ -204,7 +185,7 @@ def test_rcond_variant(rc_builds, host_lib, spec):
     np.testing.assert_array_equal(rc[info > 0], 0)
     ok = info == 0
     np.testing.assert_allclose(rc[ok], want[ok], rtol=8 * (n + 2) * eps(real), atol=0)
-    capped, capped_info, capped_rc = _cuda_emu.run(spec, a, exe=rc_builds[spec], max_blocks=1, orders=("f",))
+    capped, capped_info, capped_rc = run(builds, spec, a, max_blocks=1, orders=("f",))
     np.testing.assert_array_equal(capped_info, info)
     assert_same_bits(capped_rc, rc)
 
@@ -222,48 +203,34 @@ def _spec(dtype, n):
 
 
 MUTATIONS = [
-    # (id, spec, original, mutated, how caught); each original occurs once in kernels.cu.
-    ("chol-load-index-off-by-one", _spec(np.float64, 4),
+    # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement, how caught).
+    Mutation("chol-load-index-off-by-one", _spec(np.float64, 4),
      "stage_in<T, NN, B>(stage, a + off,", "stage_in<T, NN, B>(stage, a + off + 1,",
      "asan"),
-    ("chol-missing-syncthreads", _spec(np.float32, 3),
+    Mutation("chol-missing-syncthreads", _spec(np.float32, 3),
      "            __syncthreads();\n            // Threads past the stack's end only take part in the barriers.\n"
      "            if (t < count) {\n                R a_norm = R(0);  // RC",
      "            // Threads past the stack's end only take part in the barriers.\n"
      "            if (t < count) {\n                R a_norm = R(0);  // RC",
      "race"),
-    ("chol-reads-the-upper-triangle", _spec(np.complex64, 3),
+    Mutation("chol-reads-the-upper-triangle", _spec(np.complex64, 3),
      "r[i][j] = j <= i ? stage[(i * N + j) * LD + t]", "r[i][j] = j <= i ? stage[(j * N + i) * LD + t]", "wrong"),
-    ("chol-grid-stride-step", _spec(np.float64, 3), "tl += gridDim.x)", "tl += gridDim.x + 1)", "wrong"),
-    ("chol-store-index-off-by-one", _spec(np.complex128, 2),
+    Mutation("chol-grid-stride-step", _spec(np.float64, 3), "tl += gridDim.x)", "tl += gridDim.x + 1)", "wrong"),
+    Mutation("chol-store-index-off-by-one", _spec(np.complex128, 2),
      "dst[g] = stage[(g - mat * NN) * (B + 1) + mat];", "dst[g] = stage[(g - mat * NN) * (B + 1) + mat + 1];",
      "wrong"),
 ]  # fmt: skip
 
-CAUGHT_BY = {
-    "asan": lambda exc: "ERROR: AddressSanitizer" in exc.stderr,
-    "race": lambda exc: exc.returncode == 4 and "differs between thread orders" in exc.stderr,
-}
 
-
-@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m[0] for m in MUTATIONS])
-def test_mutated_cholesky_kernel_is_caught(tmp_path, host_lib, mutation):
-    name, spec, original, mutated, how = mutation
-    source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
-    assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
-    (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
-    for header in _cuda_emu.HEADERS:
-        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
-    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+@pytest.mark.parametrize("mutation", mutation_params(MUTATIONS))
+def test_mutated_cholesky_kernel_is_caught(mutants, host_lib, mutation):
+    spec = mutation.spec
     rng = np.random.default_rng(8)
     # Garbage above the diagonal, so that reading it shows.
     a = with_garbage_upper(rng, spd_matrices(rng, 2 * spec.per_block + 3, spec.n, spec.dtype))
-    if how == "wrong":
-        out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+
+    def is_right(out, info):
         ref, ref_info = host_chol_invert(host_lib, a)
-        same = np.array_equal(info, ref_info) and np.array_equal(out.view(_bits(out)), ref.view(_bits(ref)))
-        assert not same, f"{name}: the mutated kernel gave the right results"
-        return
-    with pytest.raises(_cuda_emu.EmulationError) as caught:
-        _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
-    assert CAUGHT_BY[how](caught.value), f"{name}: expected to be caught as {how}, got:\n{caught.value.stderr}"
+        return np.array_equal(info, ref_info) and same_bits(out, ref)
+
+    check_mutation(mutants, mutation, a, is_right=is_right)

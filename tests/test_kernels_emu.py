@@ -13,20 +13,38 @@ The mutation tests at the end alter a copy of kernels.cu in the ways real
 kernel bugs look (an off-by-one in a staging index, a wrong shuffle source,
 a missing barrier, a barrier only some lanes reach, a grid-stride step) and
 check that the harness catches each one.
+
+By default the representative sample of the instantiations runs (every dtype
+and shape at the edges of every bound, the rcond variants) and every mutation
+test; ``--emu-all`` runs the rest too (tests/_emu_base.py, tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import shutil
-
 import _cuda_emu
 import numpy as np
 import pytest
+from _emu_base import (
+    Mutation,
+    assert_capped_grid_same,
+    assert_same_bits,
+    builds,  # noqa: F401 - fixture
+    check_mutation,
+    mixed,
+    mutants,  # noqa: F401 - fixture
+    mutation_params,
+    passes,
+    requires_emulation,
+    run,
+    same_bits,
+    spec_params,
+    tile_count,
+)
 from _kernel_cases import backward_error, build_host_lib, eps, exact_singular, host_invert, random_matrices
 
 import gpuinv.kernels as kernels
 
-pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
+pytestmark = requires_emulation
 
 # The general inverse's instantiations; the Cholesky kernel's run in
 # tests/test_kernels_chol_emu.py against their own host build. The rcond
@@ -35,28 +53,9 @@ SPECS = [s for s in kernels.instantiations() if s.op == "inv" and not s.rcond]
 RC_SPECS = [s for s in kernels.instantiations() if s.op == "inv" and s.rcond]
 
 
-def spec_id(spec: kernels.KernelSpec) -> str:
-    return f"{spec.dtype.name}-n{spec.n}-{spec.kind}"
-
-
-@pytest.fixture(scope="session")
-def builds():
-    """Every dispatched instantiation, built in parallel once per session (and cached on disk)."""
-    return _cuda_emu.build_all(SPECS)
-
-
-@pytest.fixture(scope="session")
-def rc_builds():
-    return _cuda_emu.build_all(RC_SPECS)
-
-
 @pytest.fixture(scope="module")
 def host_lib(tmp_path_factory):
     return build_host_lib(tmp_path_factory.mktemp("emu_host"))
-
-
-def run(builds, spec, a, **kwargs):
-    return _cuda_emu.run(spec, a, exe=builds[spec], **kwargs)
 
 
 def assert_same_as_host(host_lib, a, out, info):
@@ -64,21 +63,11 @@ def assert_same_as_host(host_lib, a, out, info):
     ref, ref_info = host_invert(host_lib, a)
     np.testing.assert_array_equal(info, ref_info)
     ok = info == 0
-    np.testing.assert_array_equal(out[ok].view(_bits(out)), ref[ok].view(_bits(ref)))
+    assert_same_bits(out[ok], ref[ok])
     assert np.all(np.isnan(out[info == -1]))
 
 
-def _bits(x: np.ndarray) -> np.dtype:
-    return np.dtype(f"u{x.dtype.itemsize // (2 if x.dtype.kind == 'c' else 1)}")
-
-
-def tile_count(spec: kernels.KernelSpec) -> int:
-    """Matrices for the partial-last-tile stack: two full tiles and a part, fewer at the larger n."""
-    full = spec.per_block
-    return 2 * full + 3 if spec.n <= 16 else full + 3
-
-
-@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SPECS))
 def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
     rng = np.random.default_rng(10 * spec.n + spec.dtype.num)
     a = random_matrices(rng, tile_count(spec), spec.n, spec.dtype)
@@ -89,15 +78,10 @@ def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
     assert_same_as_host(host_lib, a, out, info)
     # Accuracy in its own right, not only agreement with the host build.
     assert np.all(backward_error(a, out) <= 100 * spec.n * eps(spec.dtype))
-    # One and two blocks: the grid-stride loop makes several trips, and
-    # every trip must give the same bits as one block per tile.
-    for cap in (1, 2):
-        capped, capped_info = run(builds, spec, a, max_blocks=cap, orders=("f", "s2"))
-        np.testing.assert_array_equal(capped_info, info)
-        np.testing.assert_array_equal(capped.view(_bits(capped)), out.view(_bits(out)))
+    assert_capped_grid_same(builds, spec, a, out, info)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SPECS))
 def test_one_matrix_and_one_past_a_full_tile(builds, host_lib, spec):
     rng = np.random.default_rng(20 * spec.n + spec.dtype.num)
     for m in (1, spec.per_block + 1):
@@ -128,22 +112,17 @@ def special_stack(rng, spec):
     perms = np.zeros((2, n, n), dtype=dtype)
     for k in range(2):
         perms[k, np.arange(n), rng.permutation(n)] = 1
-    parts = [
+    return mixed(rng, [
         ("good", good, np.zeros(len(good), np.int32)),
         ("singular", singular, steps),
         ("singular", zero_col, np.array([c + 1], np.int32)),
         ("singular", zero, np.array([1], np.int32)),
         ("nonfinite", nonfinite, np.full(len(nonfinite), -1, np.int32)),
         ("perm", perms, np.zeros(len(perms), np.int32)),
-    ]
-    stack = np.concatenate([p[1] for p in parts])
-    expected = np.concatenate([p[2] for p in parts])
-    kinds = np.concatenate([[p[0]] * len(p[1]) for p in parts])
-    order = rng.permutation(len(stack))  # interleave the kinds
-    return stack[order], expected[order], kinds[order]
+    ])  # fmt: skip
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SPECS))
 def test_singular_nonfinite_and_permutations_among_good(builds, host_lib, spec):
     rng = np.random.default_rng(30 * spec.n + spec.dtype.num)
     a, expected, kinds = special_stack(rng, spec)
@@ -159,7 +138,7 @@ def test_singular_nonfinite_and_permutations_among_good(builds, host_lib, spec):
     good = kinds == "good"
     alone, alone_info = run(builds, spec, a[good], orders=("f",))
     np.testing.assert_array_equal(alone_info, 0)
-    np.testing.assert_array_equal(out[good].view(_bits(out)), alone.view(_bits(alone)))
+    assert_same_bits(out[good], alone)
 
 
 def test_every_dispatched_instantiation_is_emulated():
@@ -204,12 +183,12 @@ def assert_rcond(spec, a, out, info, rc):
     np.testing.assert_allclose(rc[ok], want[ok], rtol=8 * (spec.n + 2) * eps(real), atol=0)
 
 
-@pytest.mark.parametrize("spec", RC_SPECS, ids=spec_id)
-def test_rcond_variant(rc_builds, host_lib, spec):
+@pytest.mark.parametrize("spec", spec_params(RC_SPECS))
+def test_rcond_variant(builds, host_lib, spec):
     rng = np.random.default_rng(40 * spec.n + spec.dtype.num)
     a, expected = rcond_stack(rng, spec)
     before = a.copy()
-    out, info, rc = _cuda_emu.run(spec, a, exe=rc_builds[spec])
+    out, info, rc = run(builds, spec, a)
     np.testing.assert_array_equal(a, before)
     assert_same_as_host(host_lib, a, out, info)  # out and info: the plain kernel's math, bit for bit
     np.testing.assert_array_equal(info[expected != 0], expected[expected != 0])
@@ -221,9 +200,9 @@ def test_rcond_variant(rc_builds, host_lib, spec):
     np.testing.assert_allclose(rc[good], 1 / cond, rtol=1e5 * eps(np.finfo(spec.dtype).dtype))
     # The grid-stride loop and a partial tile: the same bits.
     m = min(len(a), spec.per_block + 1)
-    capped, capped_info, capped_rc = _cuda_emu.run(spec, a[:m], exe=rc_builds[spec], max_blocks=1, orders=("f",))
+    capped, capped_info, capped_rc = run(builds, spec, a[:m], max_blocks=1, orders=("f",))
     np.testing.assert_array_equal(capped_info, info[:m])
-    np.testing.assert_array_equal(capped_rc.view(_bits(capped_rc)), rc[:m].view(_bits(rc)))
+    assert_same_bits(capped_rc, rc[:m])
 
 
 def test_rcond_variants_cover_the_dispatched_instantiations():
@@ -239,126 +218,94 @@ def _spec(dtype, n):
 
 
 MUTATIONS = [
-    # (id, spec, original text, mutated text, how it is caught). Each original
-    # occurs exactly once in kernels.cu. How: "asan" (AddressSanitizer stops
-    # the run), "race" (the thread orders disagree), "divergent" (lanes reach
-    # different collectives), "wrong" (runs, but not the host build's bits),
-    # "memory" (AddressSanitizer or UndefinedBehaviorSanitizer stops a run whose
-    # wrong pivot or unsynchronized read sends a store out of bounds).
-    ("thread-load-index-off-by-one", _spec(np.float64, 4),
+    # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement,
+    # how it is caught: _emu_base.Mutation). "wrong": runs, but not the host build's bits.
+    Mutation("thread-load-index-off-by-one", _spec(np.float64, 4),
      "stage_in<T, NN, B>(stage, a + base,", "stage_in<T, NN, B>(stage, a + base + 1,",
      "asan"),
-    ("thread-stage-slot-off-by-one", _spec(np.float32, 3),
+    Mutation("thread-stage-slot-off-by-one", _spec(np.float32, 3),
      "r[i][j] = stage[(i * N + j) * LD + t];\n                }\n                int code = invert_in_place",
      "r[i][j] = stage[(i * N + j) * LD + t + 1];\n                }\n                int code = invert_in_place", "race"),
-    ("thread-missing-syncthreads", _spec(np.float64, 3),
+    Mutation("thread-missing-syncthreads", _spec(np.float64, 3),
      "            __syncthreads();\n            if (t < count) {", "            if (t < count) {", "race"),
-    ("thread-grid-stride-step", _spec(np.float64, 3),
+    Mutation("thread-grid-stride-step", _spec(np.float64, 3),
      "tile += gridDim.x) {\n            const long long first = tile * B;\n"
      "            const int count = (m - first) < B ? (int)(m - first) : B;\n            const long long base",
      "tile += gridDim.x + 1) {\n            const long long first = tile * B;\n"
      "            const int count = (m - first) < B ? (int)(m - first) : B;\n            const long long base", "wrong"),
-    ("thread-direct-load-past-the-matrix", _spec(np.float32, 2),
+    Mutation("thread-direct-load-past-the-matrix", _spec(np.float32, 2),
      "return a[i * NN + row * N + col]; },\n            [&](long long i, T (&r)[N][N]) {\n                int col[N];\n"
      "                R a_norm",
      "return a[i * NN + row * N + col + 1]; },\n            [&](long long i, T (&r)[N][N]) {\n                int col[N];\n"
      "                R a_norm", "asan"),
-    ("thread-direct-store-past-the-matrix", _spec(np.complex64, 1),
+    Mutation("thread-direct-store-past-the-matrix", _spec(np.complex64, 1),
      "T* dst = out + i * NN;\n                GPUINV_UNROLL\n                for (int row = 0;",
      "T* dst = out + i * NN + 1;\n                GPUINV_UNROLL\n                for (int row = 0;", "asan"),
-    ("group-pivot-row-read-one-slot-off", _spec(np.float64, 16),
+    Mutation("group-pivot-row-read-one-slot-off", _spec(np.float64, 16),
      "r[j - 1] = fms(r[j], l, prow[j]);", "r[j - 1] = fms(r[j], l, prow[j - 1]);", "wrong"),
-    ("group-warp-reduction-min-for-max", _spec(np.float32, 17),
+    Mutation("group-warp-reduction-min-for-max", _spec(np.float32, 17),
      "top_lo = __reduce_max_sync(", "top_lo = __reduce_min_sync(", "memory"),
-    ("group-wrong-butterfly-mask", _spec(np.float32, 12),
+    Mutation("group-wrong-butterfly-mask", _spec(np.float32, 12),
      "R other = shfl_xor(best, off, G);", "R other = shfl_xor(best, off ^ 1, G);", "memory"),
-    ("group-missing-syncwarp-before-the-permutation-is-read", _spec(np.float64, 16),
+    Mutation("group-missing-syncwarp-before-the-permutation-is-read", _spec(np.float64, 16),
      "        __syncwarp();\n        const int col_of_mine", "        const int col_of_mine", "memory"),
-    ("group-syncwarp-only-in-lanes-with-a-row", _spec(np.float64, 12),
+    Mutation("group-syncwarp-only-in-lanes-with-a-row", _spec(np.float64, 12),
      "        __syncwarp();  // every lane has read U", "        if (has_row) __syncwarp();  // every lane has read U",
      "divergent"),
-    ("group-store-row-index-rotated", _spec(np.complex64, 9),
+    Mutation("group-store-row-index-rotated", _spec(np.complex64, 9),
      "dst[i * N] = nonfinite", "dst[((i + 1) % N) * N] = nonfinite", "wrong"),
-    ("group-info-index-off-by-one", _spec(np.float64, 16), "info[first + grp] =", "info[first + grp + 1] =", "asan"),
+    Mutation("group-info-index-off-by-one", _spec(np.float64, 16), "info[first + grp] =", "info[first + grp + 1] =", "asan"),
 ]  # fmt: skip
 
-CAUGHT_BY = {
-    "asan": lambda exc: "ERROR: AddressSanitizer" in exc.stderr,
-    "race": lambda exc: exc.returncode == 4 and "differs between thread orders" in exc.stderr,
-    "divergent": lambda exc: exc.returncode == 3 and "divergent warp" in exc.stderr,
-    "memory": lambda exc: "ERROR: AddressSanitizer" in exc.stderr or "runtime error:" in exc.stderr,
-}
 
-
-@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m[0] for m in MUTATIONS])
-def test_mutated_kernel_is_caught(tmp_path, host_lib, mutation):
-    name, spec, original, mutated, how = mutation
-    source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
-    assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
-    (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
-    for header in _cuda_emu.HEADERS:
-        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
-    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+@pytest.mark.parametrize("mutation", mutation_params(MUTATIONS))
+def test_mutated_kernel_is_caught(mutants, host_lib, mutation):
+    spec = mutation.spec
     rng = np.random.default_rng(7)
     a = random_matrices(rng, tile_count(spec), spec.n, spec.dtype)
-    if how == "wrong":
-        out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+
+    def is_right(out, info):
         ref, ref_info = host_invert(host_lib, a)
-        same = np.array_equal(info, ref_info) and np.array_equal(out.view(_bits(out)), ref.view(_bits(ref)))
-        assert not same, f"{name}: the mutated kernel gave the right results"
-        return
-    with pytest.raises(_cuda_emu.EmulationError) as caught:
-        _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
-    assert CAUGHT_BY[how](caught.value), f"{name}: expected to be caught as {how}, got:\n{caught.value.stderr}"
+        return np.array_equal(info, ref_info) and same_bits(out, ref)
+
+    check_mutation(mutants, mutation, a, is_right=is_right)
 
 
-def test_unmutated_copy_runs_clean(tmp_path, host_lib):
-    # The control for the mutation tests: the same procedure on an exact copy passes.
-    spec = _spec(np.float64, 12)
-    shutil.copy(_cuda_emu.KERNEL_DIR / "kernels.cu", tmp_path / "kernels.cu")
-    for header in _cuda_emu.HEADERS:
-        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
-    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+# The control for the mutation tests: the same procedure on an exact copy passes.
+UNMUTATED = Mutation("unmutated-copy", _spec(np.float64, 12), '#include "inverse.cuh"', '#include "inverse.cuh"', "none")
+
+
+@pytest.mark.parametrize("mutation", mutation_params([UNMUTATED]))
+def test_unmutated_copy_runs_clean(mutants, host_lib, mutation):
+    spec = mutation.spec
+    assert mutation.source() == (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
     a = random_matrices(np.random.default_rng(7), tile_count(spec), spec.n, spec.dtype)
-    out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+    out, info = _cuda_emu.run(spec, a, exe=mutants[mutation.name], max_blocks=2)
     assert_same_as_host(host_lib, a, out, info)
 
 
 RC_MUTATIONS = [
-    # The rcond variants' own code: (id, spec, original, mutated, how caught).
-    ("thread-rcond-index-off-by-one", kernels.kernel_spec(3, np.float64, rcond=True),
+    # The rcond variants' own code. "wrong": rcond is not rcond_from_inverse's (assert_rcond fails).
+    Mutation("thread-rcond-index-off-by-one", kernels.kernel_spec(3, np.float64, rcond=True),
      "invert_in_place<T, N>(r, col);\n                if constexpr (RC) rcond[first + t] =",
      "invert_in_place<T, N>(r, col);\n                if constexpr (RC) rcond[first + t + 1] =", "asan"),
-    ("thread-rcond-norm-after-the-inverse", kernels.kernel_spec(2, np.complex64, rcond=True),
+    Mutation("thread-rcond-norm-after-the-inverse", kernels.kernel_spec(2, np.complex64, rcond=True),
      "if constexpr (RC) a_norm = one_norm<T, N>(r);\n                int code = invert_in_place<T, N>(r, col);\n"
      "                if constexpr (RC) rcond[i]",
      "int code = invert_in_place<T, N>(r, col);\n                if constexpr (RC) a_norm = one_norm<T, N>(r);\n"
      "                if constexpr (RC) rcond[i]", "wrong"),
-    ("group-rcond-a-norm-of-one-column", kernels.kernel_spec(12, np.float32, rcond=True),
+    Mutation("group-rcond-a-norm-of-one-column", kernels.kernel_spec(12, np.float32, rcond=True),
      "a_norm = max_keep_nan(a_norm, shfl_xor(a_norm, off, G));", "", "wrong"),
-    ("group-rcond-x-norm-from-the-wrong-lane", kernels.kernel_spec(20, np.complex128, rcond=True),
+    Mutation("group-rcond-x-norm-from-the-wrong-lane", kernels.kernel_spec(20, np.complex128, rcond=True),
      "x_norm = max_keep_nan(x_norm, shfl_xor(x_norm, off, G));",
      "x_norm = max_keep_nan(x_norm, shfl_xor(x_sum, off ^ 1, G));", "wrong"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("mutation", RC_MUTATIONS, ids=[m[0] for m in RC_MUTATIONS])
-def test_mutated_rcond_is_caught(tmp_path, host_lib, mutation):
-    name, spec, original, mutated, how = mutation
-    source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
-    assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
-    (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
-    for header in _cuda_emu.HEADERS:
-        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
-    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+@pytest.mark.parametrize("mutation", mutation_params(RC_MUTATIONS))
+def test_mutated_rcond_is_caught(mutants, host_lib, mutation):
+    spec = mutation.spec
     rng = np.random.default_rng(9)
     a = random_matrices(rng, tile_count(spec), spec.n, spec.dtype)
     a[::3] *= np.logspace(0, -3, spec.n).astype(a.real.dtype)  # columns of unequal norm
-    if how == "wrong":
-        out, info, rc = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
-        with pytest.raises(AssertionError):
-            assert_rcond(spec, a, out, info, rc)
-        return
-    with pytest.raises(_cuda_emu.EmulationError) as caught:
-        _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
-    assert CAUGHT_BY[how](caught.value), f"{name}: expected to be caught as {how}, got:\n{caught.value.stderr}"
+    check_mutation(mutants, mutation, a, is_right=lambda out, info, rc: passes(assert_rcond, spec, a, out, info, rc))

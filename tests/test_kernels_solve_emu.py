@@ -9,15 +9,30 @@ which tests/test_kernels_solve_host.py holds to LAPACK's accuracy, so any
 difference here is the kernel's staging, tiling or indexing. Every
 instantiation runs k = 1 (b staged through shared memory), k = 2 and
 k = n + 1 (b and x straight from and to global memory).
+
+By default the representative sample of the instantiations runs (every dtype
+and shape at the edges of every bound, the rcond variants) and every mutation
+test; ``--emu-all`` runs the rest too (tests/_emu_base.py, tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import shutil
-
-import _cuda_emu
 import numpy as np
 import pytest
+from _emu_base import (
+    Mutation,
+    assert_capped_grid_same,
+    assert_same_bits,
+    builds,  # noqa: F401 - fixture
+    check_mutation,
+    mixed,
+    mutants,  # noqa: F401 - fixture
+    mutation_params,
+    requires_emulation,
+    run,
+    same_bits,
+    spec_params,
+)
 from _kernel_cases import (
     build_solve_host_lib,
     eps,
@@ -29,35 +44,14 @@ from _kernel_cases import (
 
 import gpuinv.kernels as kernels
 
-pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
+pytestmark = requires_emulation
 
 SOLVE_SPECS = [s for s in kernels.instantiations() if s.op == "solve"]
-
-
-def spec_id(spec: kernels.KernelSpec) -> str:
-    return f"{spec.dtype.name}-n{spec.n}-{spec.kind}"
-
-
-@pytest.fixture(scope="module")
-def builds():
-    return _cuda_emu.build_all(SOLVE_SPECS)
 
 
 @pytest.fixture(scope="module")
 def host_lib(tmp_path_factory):
     return build_solve_host_lib(tmp_path_factory.mktemp("emu_solve_host"))
-
-
-def run(builds, spec, a, b, **kwargs):
-    return _cuda_emu.run(spec, a, b=b, exe=builds[spec], **kwargs)
-
-
-def _bits(x: np.ndarray) -> np.dtype:
-    return np.dtype(f"u{x.dtype.itemsize // (2 if x.dtype.kind == 'c' else 1)}")
-
-
-def assert_same_bits(x, y):
-    np.testing.assert_array_equal(x.view(_bits(x)), y.view(_bits(y)))
 
 
 def assert_same_as_host(host_lib, a, b, x, info):
@@ -76,7 +70,7 @@ def ks(spec):
     return sorted({1, 2, spec.n + 1})
 
 
-@pytest.mark.parametrize("spec", SOLVE_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SOLVE_SPECS))
 def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
     rng = np.random.default_rng(70 * spec.n + spec.dtype.num)
     m = 2 * spec.per_block + 3  # not a multiple of the tile
@@ -92,13 +86,10 @@ def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
         assert_same_as_host(host_lib, a, b, x, info)
         lapack = solve_backward_error(a, np.linalg.solve(a, b), b)
         assert np.all(solve_backward_error(a, x, b) <= 10 * np.maximum(lapack, eps(spec.dtype)))
-        for cap in (1, 2):
-            capped, capped_info = run(builds, spec, a, b, max_blocks=cap, orders=("f", "s2"))
-            np.testing.assert_array_equal(capped_info, info)
-            assert_same_bits(capped, x)
+        assert_capped_grid_same(builds, spec, a, x, info, b)
 
 
-@pytest.mark.parametrize("spec", SOLVE_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SOLVE_SPECS))
 def test_one_system_and_one_past_a_full_tile(builds, host_lib, spec):
     rng = np.random.default_rng(80 * spec.n + spec.dtype.num)
     for m in (1, spec.per_block + 1):
@@ -110,7 +101,7 @@ def test_one_system_and_one_past_a_full_tile(builds, host_lib, spec):
             assert_same_as_host(host_lib, a, b, x, info)
 
 
-@pytest.mark.parametrize("spec", SOLVE_SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SOLVE_SPECS))
 def test_singular_nonfinite_and_identity_among_good(builds, host_lib, spec):
     rng = np.random.default_rng(90 * spec.n + spec.dtype.num)
     n, dt = spec.n, spec.dtype
@@ -121,18 +112,13 @@ def test_singular_nonfinite_and_identity_among_good(builds, host_lib, spec):
     for i, value in enumerate((np.nan, np.inf, -np.inf)):
         nonfinite[i, int(rng.integers(n)), int(rng.integers(n))] = value
     eye = np.broadcast_to(np.eye(n, dtype=dt), (2, n, n))
-    parts = [
+    a, expected, kinds = mixed(rng, [
         ("good", good, np.zeros(len(good), np.int32)),
         ("singular", singular, steps),
         ("singular", zero, np.array([1], np.int32)),
         ("nonfinite", nonfinite, np.full(len(nonfinite), -1, np.int32)),
         ("eye", eye, np.zeros(2, np.int32)),
-    ]
-    stack = np.concatenate([p[1] for p in parts])
-    expected = np.concatenate([p[2] for p in parts])
-    kinds = np.concatenate([[p[0]] * len(p[1]) for p in parts])
-    order = rng.permutation(len(stack))
-    a, expected, kinds = stack[order], expected[order], kinds[order]
+    ])  # fmt: skip
     for k in ks(spec):
         b = rhs(rng, len(a), n, k, dt)
         x, info = run(builds, spec, a, b)
@@ -160,52 +146,39 @@ def _spec(dtype, n):
 
 
 MUTATIONS = [
-    # (id, spec, k, original, mutated, how caught); each original occurs once in kernels.cu.
-    ("solve-b-stage-overruns-the-tile", _spec(np.float64, 3), 1,
+    # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement, how caught,
+    # k = the right-hand sides per system).
+    Mutation("solve-b-stage-overruns-the-tile", _spec(np.float64, 3),
      "stage_in<T, N, B>(stage_b, b + first * N, t, count * N);",
-     "stage_in<T, N, B>(stage_b, b + first * N, t, count * N + 1);", "asan"),
-    ("solve-missing-syncthreads-before-x-store", _spec(np.float32, 4), 1,
+     "stage_in<T, N, B>(stage_b, b + first * N, t, count * N + 1);", "asan", k=1),
+    Mutation("solve-missing-syncthreads-before-x-store", _spec(np.float32, 4),
      "                __syncthreads();\n                stage_out<T, N, B>(stage_b,",
-     "                stage_out<T, N, B>(stage_b,", "race"),
-    ("solve-b-read-from-the-neighbour", _spec(np.complex64, 3), 1,
+     "                stage_out<T, N, B>(stage_b,", "race", k=1),
+    Mutation("solve-b-read-from-the-neighbour", _spec(np.complex64, 3),
      # The neighbour overwrites its column with x: what is read depends on the thread order.
      "[&](int row) { return stage_b[row * LD + t]; }", "[&](int row) { return stage_b[row * LD + (t ^ 1)]; }",
-     "race"),
-    ("solve-global-column-stride", _spec(np.float64, 4), 3,
+     "race", k=1),
+    Mutation("solve-global-column-stride", _spec(np.float64, 4),
      "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);\n"
      "                        GPUINV_UNROLL",
      "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * (k - 1) + j]; }, y);\n"
-     "                        GPUINV_UNROLL", "wrong"),
-    ("solve-direct-x-past-the-end", _spec(np.float32, 2), 2,
+     "                        GPUINV_UNROLL", "wrong", k=3),
+    Mutation("solve-direct-x-past-the-end", _spec(np.float32, 2),
      "for (int row = 0; row < N; ++row) x[base + (long long)row * k + j] = code",
-     "for (int row = 0; row < N; ++row) x[base + (long long)row * k + j + 1] = code", "asan"),
+     "for (int row = 0; row < N; ++row) x[base + (long long)row * k + j + 1] = code", "asan", k=2),
 ]  # fmt: skip
 
-CAUGHT_BY = {
-    "asan": lambda exc: "ERROR: AddressSanitizer" in exc.stderr,
-    "race": lambda exc: exc.returncode == 4 and "differs between thread orders" in exc.stderr,
-}
 
-
-@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m[0] for m in MUTATIONS])
-def test_mutated_solve_kernel_is_caught(tmp_path, host_lib, mutation):
-    name, spec, k, original, mutated, how = mutation
-    source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
-    assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
-    (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
-    for header in _cuda_emu.HEADERS:
-        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
-    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+@pytest.mark.parametrize("mutation", mutation_params(MUTATIONS))
+def test_mutated_solve_kernel_is_caught(mutants, host_lib, mutation):
+    spec = mutation.spec
     rng = np.random.default_rng(9)
     m = 2 * spec.per_block + 3
     a = random_matrices(rng, m, spec.n, spec.dtype)
-    b = rhs(rng, m, spec.n, k, spec.dtype)
-    if how == "wrong":
-        x, info = _cuda_emu.run(spec, a, b=b, exe=exe, max_blocks=2)
+    b = rhs(rng, m, spec.n, mutation.k, spec.dtype)
+
+    def is_right(x, info):
         ref, ref_info = host_solve(host_lib, a, b)
-        same = np.array_equal(info, ref_info) and np.array_equal(x.view(_bits(x)), ref.view(_bits(ref)))
-        assert not same, f"{name}: the mutated kernel gave the right results"
-        return
-    with pytest.raises(_cuda_emu.EmulationError) as caught:
-        _cuda_emu.run(spec, a, b=b, exe=exe, max_blocks=2)
-    assert CAUGHT_BY[how](caught.value), f"{name}: expected to be caught as {how}, got:\n{caught.value.stderr}"
+        return np.array_equal(info, ref_info) and same_bits(x, ref)
+
+    check_mutation(mutants, mutation, a, b, is_right=is_right)

@@ -9,55 +9,44 @@ unwritten). Results are compared bit for bit with the host build of
 triangular.cuh (tests/_kernel_cases.py), which tests/test_kernels_tri_host.py
 holds to LAPACK's accuracy, so any difference here is the kernel's staging,
 tiling, transposition or indexing.
+
+By default the representative sample of the instantiations runs (every dtype
+and shape at the edges of every bound, the rcond variants) and every mutation
+test; ``--emu-all`` runs the rest too (tests/_emu_base.py, tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import shutil
-
-import _cuda_emu
 import numpy as np
 import pytest
+from _emu_base import (
+    Mutation,
+    assert_capped_grid_same,
+    assert_same_bits,
+    builds,  # noqa: F401 - fixture
+    check_mutation,
+    mixed,
+    mutants,  # noqa: F401 - fixture
+    mutation_params,
+    requires_emulation,
+    run,
+    same_bits,
+    spec_params,
+)
 from _kernel_cases import build_tri_host_lib, host_tri_invert, triangular_matrices
 
 import gpuinv.kernels as kernels
 
-pytestmark = pytest.mark.skipif(_cuda_emu.available() is not None, reason=str(_cuda_emu.available()))
+pytestmark = requires_emulation
 
 OPS = ("tril", "triu", "diag")
 SPECS = [s for s in kernels.instantiations() if s.op in OPS and not s.rcond]
 RC_SPECS = [s for s in kernels.instantiations() if s.op in OPS and s.rcond]
 
 
-def spec_id(spec: kernels.KernelSpec) -> str:
-    return f"{spec.dtype.name}-n{spec.n}-{spec.kind}"
-
-
-@pytest.fixture(scope="module")
-def builds():
-    return _cuda_emu.build_all(SPECS)
-
-
-@pytest.fixture(scope="module")
-def rc_builds():
-    return _cuda_emu.build_all(RC_SPECS)
-
-
 @pytest.fixture(scope="module")
 def host_lib(tmp_path_factory):
     return build_tri_host_lib(tmp_path_factory.mktemp("emu_tri_host"))
-
-
-def run(builds, spec, a, **kwargs):
-    return _cuda_emu.run(spec, a, exe=builds[spec], **kwargs)
-
-
-def _bits(x: np.ndarray) -> np.dtype:
-    return np.dtype(f"u{x.dtype.itemsize // (2 if x.dtype.kind == 'c' else 1)}")
-
-
-def assert_same_bits(x, y):
-    np.testing.assert_array_equal(x.view(_bits(x)), y.view(_bits(y)))
 
 
 def outside(n, op):
@@ -95,7 +84,7 @@ def assert_same_as_host(host_lib, spec, a, out, info):
     assert np.all(np.isnan(out[~ok]))
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SPECS))
 def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
     rng = np.random.default_rng(40 * spec.n + spec.dtype.num + OPS.index(spec.op))
     a = matrices(rng, 2 * spec.per_block + 3, spec)
@@ -106,17 +95,14 @@ def test_random_stack_with_partial_tile_and_capped_grid(builds, host_lib, spec):
     assert_same_as_host(host_lib, spec, a, out, info)
     zeros = out[:, outside(spec.n, spec.op)]  # exact +0.0 outside the structure
     assert np.all(zeros == 0) and not np.any(np.signbit(zeros.real))
-    for cap in (1, 2):
-        capped, capped_info = run(builds, spec, a, max_blocks=cap, orders=("f", "s2"))
-        np.testing.assert_array_equal(capped_info, info)
-        assert_same_bits(capped, out)
+    assert_capped_grid_same(builds, spec, a, out, info)
     # Only the structure is read: garbage, NaN and Inf elsewhere change no bit.
     junk, junk_info = run(builds, spec, with_garbage(rng, a, spec.op), max_blocks=2, orders=("f",))
     np.testing.assert_array_equal(junk_info, 0)
     assert_same_bits(junk, out)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SPECS))
 def test_one_matrix_and_one_past_a_full_tile(builds, host_lib, spec):
     rng = np.random.default_rng(50 * spec.n + spec.dtype.num + OPS.index(spec.op))
     for m in (1, spec.per_block + 1):
@@ -126,7 +112,7 @@ def test_one_matrix_and_one_past_a_full_tile(builds, host_lib, spec):
         assert_same_as_host(host_lib, spec, a, out, info)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", spec_params(SPECS))
 def test_zero_diagonal_nonfinite_and_identity_among_good(builds, host_lib, spec):
     rng = np.random.default_rng(60 * spec.n + spec.dtype.num + OPS.index(spec.op))
     n, dt = spec.n, spec.dtype
@@ -140,17 +126,12 @@ def test_zero_diagonal_nonfinite_and_identity_among_good(builds, host_lib, spec)
         j = i if spec.op == "diag" else int(rng.integers(i + 1))
         nonfinite[(k, i, j) if spec.op != "triu" else (k, j, i)] = value
     eye = np.broadcast_to(np.eye(n, dtype=dt), (2, n, n))
-    parts = [
+    a, expected, kinds = mixed(rng, [
         ("good", good, np.zeros(len(good), np.int32)),
         ("zero", zero_at, (steps + 1).astype(np.int32)),
         ("nonfinite", nonfinite, np.full(len(nonfinite), -1, np.int32)),
         ("eye", eye, np.zeros(2, np.int32)),
-    ]
-    stack = np.concatenate([p[1] for p in parts])
-    expected = np.concatenate([p[2] for p in parts])
-    kinds = np.concatenate([[p[0]] * len(p[1]) for p in parts])
-    order = rng.permutation(len(stack))
-    a, expected, kinds = stack[order], expected[order], kinds[order]
+    ])  # fmt: skip
     before = a.copy()
     out, info = run(builds, spec, a)
     np.testing.assert_array_equal(a, before)
@@ -170,8 +151,8 @@ def test_every_dispatched_structured_instantiation_is_emulated():
     assert set(SPECS) == dispatched
 
 
-@pytest.mark.parametrize("spec", RC_SPECS, ids=spec_id)
-def test_rcond_variant(rc_builds, host_lib, spec):
+@pytest.mark.parametrize("spec", spec_params(RC_SPECS))
+def test_rcond_variant(builds, host_lib, spec):
     # The same inverse and info as the plain kernel's math, and rcond as
     # gpuinv._numerics.rcond_from_inverse gives it for the matrix as read.
     from gpuinv._numerics import rcond_from_inverse
@@ -186,7 +167,7 @@ def test_rcond_variant(rc_builds, host_lib, spec):
     a[4] *= np.finfo(dt).dtype.type(big)  # the complex modulus's hypot path
     a[5] *= np.finfo(dt).dtype.type(tiny)
     junk = with_garbage(rng, a, spec.op)
-    out, info, rc = _cuda_emu.run(spec, junk, exe=rc_builds[spec])
+    out, info, rc = run(builds, spec, junk)
     assert_same_as_host(host_lib, spec, a, out, info)
     assert info[1] == n and info[2] == -1
     real = np.finfo(dt).dtype
@@ -196,7 +177,7 @@ def test_rcond_variant(rc_builds, host_lib, spec):
     np.testing.assert_array_equal(rc[info > 0], 0)
     ok = info == 0
     np.testing.assert_allclose(rc[ok], want[ok], rtol=8 * (n + 2) * np.finfo(real).eps, atol=0)
-    capped, capped_info, capped_rc = _cuda_emu.run(spec, junk, exe=rc_builds[spec], max_blocks=1, orders=("f",))
+    capped, capped_info, capped_rc = run(builds, spec, junk, max_blocks=1, orders=("f",))
     np.testing.assert_array_equal(capped_info, info)
     assert_same_bits(capped_rc, rc)
 
@@ -214,56 +195,42 @@ def _spec(op, dtype, n):
 
 
 MUTATIONS = [
-    # (id, spec, original, mutated, how caught); each original occurs once in kernels.cu.
-    ("tri-load-index-off-by-one", _spec("tril", np.float64, 4),
+    # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement, how caught).
+    Mutation("tri-load-index-off-by-one", _spec("tril", np.float64, 4),
      "stage_in<T, NN, B>(stage, a + tri_off,", "stage_in<T, NN, B>(stage, a + tri_off + 1,", "asan"),
-    ("tri-upper-read-untransposed", _spec("triu", np.complex64, 3),
+    Mutation("tri-upper-read-untransposed", _spec("triu", np.complex64, 3),
      "stage[(LOWER ? i * N + j : j * N + i) * LD + t]", "stage[(i * N + j) * LD + t]", "wrong"),
-    ("tri-upper-result-untransposed", _spec("triu", np.float32, 4),
+    Mutation("tri-upper-result-untransposed", _spec("triu", np.float32, 4),
      "(LOWER ? r[i][j] : r[j][i]);", "r[i][j];", "wrong"),
-    ("tri-grid-stride-step", _spec("tril", np.float64, 3), "tri_t += gridDim.x)", "tri_t += gridDim.x + 1)",
+    Mutation("tri-grid-stride-step", _spec("tril", np.float64, 3), "tri_t += gridDim.x)", "tri_t += gridDim.x + 1)",
      "wrong"),
-    ("tri-direct-reads-the-other-triangle", _spec("triu", np.float64, 2),
+    Mutation("tri-direct-reads-the-other-triangle", _spec("triu", np.float64, 2),
      "return col <= row ? a[i * NN + (LOWER ? row * N + col : col * N + row)]",
      "return col <= row ? a[i * NN + row * N + col]", "wrong"),
-    ("diag-missing-syncthreads", _spec("diag", np.float32, 5),
+    Mutation("diag-missing-syncthreads", _spec("diag", np.float32, 5),
      "            __syncthreads();\n            // Threads without a matrix (past the stack's end) only wait at the barriers.\n"
      "            if (t < count) {\n                T d[N];",
      "            // Threads without a matrix (past the stack's end) only wait at the barriers.\n"
      "            if (t < count) {\n                T d[N];", "race"),
-    ("diag-reads-off-the-diagonal", _spec("diag", np.complex128, 3),
+    Mutation("diag-reads-off-the-diagonal", _spec("diag", np.complex128, 3),
      "d[j] = stage[(j * N + j) * LD + t];", "d[j] = stage[(j * N + (j + 1) % N) * LD + t];", "wrong"),
-    ("diag-direct-store-past-the-matrix", _spec("diag", np.float32, 1),
+    Mutation("diag-direct-store-past-the-matrix", _spec("diag", np.float32, 1),
      "T* dst = out + i * NN;\n                GPUINV_UNROLL\n                for (int e = 0; e < NN; ++e)\n"
      "                    dst[e] = code != 0 ? make_nan<T>() : (e / N == e % N",
      "T* dst = out + i * NN + 1;\n                GPUINV_UNROLL\n                for (int e = 0; e < NN; ++e)\n"
      "                    dst[e] = code != 0 ? make_nan<T>() : (e / N == e % N", "asan"),
 ]  # fmt: skip
 
-CAUGHT_BY = {
-    "asan": lambda exc: "ERROR: AddressSanitizer" in exc.stderr,
-    "race": lambda exc: exc.returncode == 4 and "differs between thread orders" in exc.stderr,
-}
 
-
-@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m[0] for m in MUTATIONS])
-def test_mutated_structured_kernel_is_caught(tmp_path, host_lib, mutation):
-    name, spec, original, mutated, how = mutation
-    source = (_cuda_emu.KERNEL_DIR / "kernels.cu").read_text()
-    assert source.count(original) == 1, f"{name}: the text to mutate is no longer unique in kernels.cu"
-    (tmp_path / "kernels.cu").write_text(source.replace(original, mutated))
-    for header in _cuda_emu.HEADERS:
-        shutil.copy(_cuda_emu.KERNEL_DIR / header, tmp_path / header)
-    exe = _cuda_emu.build(spec, kernel_dir=tmp_path)
+@pytest.mark.parametrize("mutation", mutation_params(MUTATIONS))
+def test_mutated_structured_kernel_is_caught(mutants, host_lib, mutation):
+    spec = mutation.spec
     rng = np.random.default_rng(8)
     # Garbage outside the structure, so that reading it shows.
     a = with_garbage(rng, matrices(rng, 2 * spec.per_block + 3, spec), spec.op)
-    if how == "wrong":
-        out, info = _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
+
+    def is_right(out, info):
         ref, ref_info = host_tri_invert(host_lib, a, spec.op)
-        same = np.array_equal(info, ref_info) and np.array_equal(out.view(_bits(out)), ref.view(_bits(ref)))
-        assert not same, f"{name}: the mutated kernel gave the right results"
-        return
-    with pytest.raises(_cuda_emu.EmulationError) as caught:
-        _cuda_emu.run(spec, a, exe=exe, max_blocks=2)
-    assert CAUGHT_BY[how](caught.value), f"{name}: expected to be caught as {how}, got:\n{caught.value.stderr}"
+        return np.array_equal(info, ref_info) and same_bits(out, ref)
+
+    check_mutation(mutants, mutation, a, is_right=is_right)

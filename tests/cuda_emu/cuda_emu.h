@@ -2,8 +2,8 @@
 //
 // tests/_cuda_emu.py compiles gpuinv/kernels/kernels.cu (which includes
 // inverse.cuh) after this header with g++, under AddressSanitizer and UBSan,
-// one kernel instantiation per executable (emu_main.cpp), and runs it on
-// exact-size heap buffers with the grid and block that the Python launcher
+// a few instantiations per executable (emu_main.cpp, emu_table.h), and runs
+// one of them on exact-size heap buffers with the grid and block that the Python launcher
 // computes.
 //
 // Execution model
@@ -35,8 +35,8 @@
 //   reads lane ^ mask when that lane is not past the end of the caller's
 //   segment, else the caller's own value. Reading a lane outside the mask is
 //   an error (undefined on a GPU).
-// * __shared__ arrays become `extern` declarations; emu_shared.cpp defines
-//   them as plain globals of the instantiation's exact shared size, so
+// * __shared__ arrays become `extern` declarations; a unit that
+//   tests/_cuda_emu.py generates defines them as plain globals of the instantiation's exact shared size, so
 //   AddressSanitizer bounds every access to them. They are filled with 0xFF
 //   bytes (NaN for every floating type) before each block starts, so a read
 //   of shared memory that the block never wrote shows up as NaN.
@@ -57,6 +57,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
 #else
@@ -133,7 +134,7 @@ enum class Order : int { forward = 0, reverse = 1, shuffle = 2 };
 struct Launch {
     Order order = Order::forward;
     unsigned seed = 0;
-    unsigned char* shared = nullptr;  // this instantiation's shared memory (emu_shared.cpp)
+    unsigned char* shared = nullptr;  // this instantiation's shared memory (tests/_cuda_emu.py)
     std::size_t shared_bytes = 0;
 };
 
@@ -150,11 +151,13 @@ inline const uint3& current_thread_idx() { return g_current->idx; }
 // switch_stack(save, next): push the callee-saved registers, store the stack
 // pointer in *save, load `next` and pop the registers saved there. A new
 // fiber's stack is laid out so that the pops take zeros and the `ret` enters
-// fiber_entry with the stack aligned as after a call.
+// fiber_entry with the stack aligned as after a call. Weak: every object of
+// an executable that includes this header defines it (tests/_cuda_emu.py
+// links the runtime and the kernels' objects together).
 extern "C" void emu_switch_stack(void** save, void* next);
 asm(R"(
     .text
-    .globl emu_switch_stack
+    .weak emu_switch_stack
     .type emu_switch_stack, @function
 emu_switch_stack:
     pushq %rbp
@@ -413,6 +416,12 @@ class Block {
         th.warp = t / 32;
         th.op = Op::running;
         th.fake_stack = nullptr;
+#if EMU_ASAN
+        // A fiber ends by switching away, never returning from entry(): without
+        // optimization entry()'s frame has redzones, left poisoned on the stack
+        // that the next block's fiber reuses.
+        __asan_unpoison_memory_region(th.stack, th.stack_size);
+#endif
 #if defined(__x86_64__)
         auto top = reinterpret_cast<std::uintptr_t>(th.stack + th.stack_size) & ~std::uintptr_t(15);
         auto* sp = reinterpret_cast<std::uintptr_t*>(top);

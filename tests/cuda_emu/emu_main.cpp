@@ -1,15 +1,15 @@
-// One kernel instantiation of gpuinv/kernels/kernels.cu, run on the CPU.
+// The runtime of an emulation executable: runs one of its kernels on the CPU.
 //
-// Built by tests/_cuda_emu.py with
-//   -DEMU_T=<element type>  -DEMU_KERNEL=<template-id, e.g. gpuinv::inv_thread<double, 4, 128>>
-//   -DEMU_CALL=<the call, e.g. EMU_KERNEL(a, out, info, rcond, m)>
-// and linked with emu_shared.cpp. kernels.cu (and the headers it includes)
-// are compiled unchanged after cuda_emu.h. EMU_CALL names the kernel's
-// arguments in its order (gpuinv.kernels.KernelSpec.params) from: a, b (the
-// inputs), out, info, rcond (the outputs), m and k (the counts).
+// Linked by tests/_cuda_emu.py with the generated objects that hold the
+// kernel instantiations (gpuinv/kernels/kernels.cu compiled unchanged after
+// cuda_emu.h, several instantiations per executable) and their shared
+// arrays; emu_table.h describes them. This file does not include kernels.cu,
+// so its object is built once and reused by every executable.
 //
-// Usage: emu_kernel M K GRID BLOCK ORDERS A B OUT INFO RCOND
-//   M       matrices in the stack; A holds M matrices of EMU_T
+// Usage: emu_kernel INDEX NAME M K GRID BLOCK ORDERS A B OUT INFO RCOND
+//   INDEX   the kernel's entry in emu_kernels; NAME must be its template-id
+//           (e.g. gpuinv::inv_thread<double, 4, 128>), checked
+//   M       matrices in the stack; A holds M matrices of the kernel's element type
 //   K       right-hand sides per matrix (0 where the kernel takes none)
 //   ORDERS  comma-separated thread orders: f (forward), r (reverse), sSEED
 //           (a random permutation per round, seeded)
@@ -25,15 +25,9 @@
 // written; AddressSanitizer and UBSan abort on their own.
 #include "cuda_emu.h"
 
-#include "kernels.cu"
-
-extern "C" unsigned char* emu_shared_arrays[];
-extern "C" const std::size_t emu_shared_bytes;
+#include "emu_table.h"
 
 namespace {
-
-using T = EMU_T;
-using R = gpuinv::real_of<T>::type;
 
 // One output buffer: exact size, pre-filled, compared across thread orders.
 struct Output {
@@ -110,10 +104,17 @@ emu::Launch parse_order(const std::string& word) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 11) {
-        std::fprintf(stderr, "usage: %s M K GRID BLOCK ORDERS A B OUT INFO RCOND\n", argv[0]);
+    if (argc != 13) {
+        std::fprintf(stderr, "usage: %s INDEX NAME M K GRID BLOCK ORDERS A B OUT INFO RCOND\n", argv[0]);
         return 2;
     }
+    const int index = std::atoi(argv[1]);
+    if (index < 0 || index >= emu_kernel_count || std::strcmp(emu_kernels[index].name, argv[2]) != 0) {
+        std::fprintf(stderr, "cuda_emu: kernel %s is not entry %s of this executable\n", argv[2], argv[1]);
+        return 2;
+    }
+    const EmuKernel& kernel = emu_kernels[index];
+    argv += 2;  // the rest as before: M K GRID BLOCK ORDERS A B OUT INFO RCOND at argv[1..10]
     const long long m = std::atoll(argv[1]);
     const int k = std::atoi(argv[2]);
     const unsigned grid = (unsigned)std::strtoul(argv[3], nullptr, 10);
@@ -139,18 +140,18 @@ int main(int argc, char** argv) {
     std::vector<unsigned char> a_in = read_file(argv[6]), b_in;
     if (has_b) b_in = read_file(argv[7]);
     for (const auto* in : {&a_in, &b_in}) {
-        if (in->size() % (std::size_t)m != 0 || in->size() % sizeof(T) != 0) {
+        if (in->size() % (std::size_t)m != 0 || in->size() % kernel.elem_bytes != 0) {
             std::fprintf(stderr, "cuda_emu: an input holds %zu bytes, not M matrices of %zu-byte elements\n",
-                         in->size(), sizeof(T));
+                         in->size(), kernel.elem_bytes);
             return 2;
         }
     }
 
     // Exact-size heap buffers: one element past either end is a redzone.
     struct Input {
-        T* p = nullptr;
+        void* p = nullptr;
         explicit Input(const std::vector<unsigned char>& data) {
-            p = static_cast<T*>(std::malloc(data.size() ? data.size() : 1));
+            p = std::malloc(data.size() ? data.size() : 1);
             if (!data.empty()) std::memcpy(p, data.data(), data.size());
         }
         Input(const Input&) = delete;
@@ -158,24 +159,21 @@ int main(int argc, char** argv) {
         ~Input() { std::free(p); }
     };
     Input a_buf(a_in), b_buf(b_in);
-    T* a = a_buf.p;
-    T* b = has_b ? b_buf.p : nullptr;
+    const void* a = a_buf.p;
+    const void* b = has_b ? b_buf.p : nullptr;
     const std::size_t out_bytes = has_b ? b_in.size() : a_in.size();
     Output outs[3] = {{"out", out_bytes, out_bytes / (std::size_t)m},
                       {"info", (std::size_t)m * sizeof(int), sizeof(int)},
-                      {"rcond", has_rcond ? (std::size_t)m * sizeof(R) : 0, sizeof(R)}};
+                      {"rcond", has_rcond ? (std::size_t)m * kernel.real_bytes : 0, kernel.real_bytes}};
     for (std::size_t i = 0; i < orders.size(); ++i) {
         for (auto& o : outs) o.fresh();
-        T* out = reinterpret_cast<T*>(outs[0].data);
-        int* info = reinterpret_cast<int*>(outs[1].data);
-        R* rcond = has_rcond ? reinterpret_cast<R*>(outs[2].data) : nullptr;
-        (void)rcond;
-        (void)k;
+        const EmuArgs args{a, b, outs[0].data, reinterpret_cast<int*>(outs[1].data),
+                           has_rcond ? outs[2].data : nullptr, m, k};
         emu::Launch how = parse_order(orders[i]);
-        how.shared = emu_shared_arrays[0];
-        how.shared_bytes = emu_shared_bytes;
-        for (int s = 1; emu_shared_arrays[s] != nullptr; ++s) std::memset(emu_shared_arrays[s], 0xFF, emu_shared_bytes);
-        emu::launch(dim3(grid), dim3(block), how, [&] { EMU_CALL; });
+        how.shared = kernel.shared[0];
+        how.shared_bytes = kernel.shared_bytes;
+        for (int s = 1; kernel.shared[s] != nullptr; ++s) std::memset(kernel.shared[s], 0xFF, kernel.shared_bytes);
+        emu::launch(dim3(grid), dim3(block), how, [&] { kernel.call(args); });
         if (std::memcmp(a, a_in.data(), a_in.size()) != 0) {
             std::fprintf(stderr, "cuda_emu: the kernel wrote its input `a`\n");
             return 5;
