@@ -55,10 +55,30 @@ template <class R> GPUINV_HD R abs_real(R x) { return x < R(0) ? -x : x; }
 // and it stays correct because no kernel is compiled with fast math.
 template <class R> GPUINV_HD bool finite_real(R x) { return (x - x) == R(0); }
 
-template <class R> GPUINV_HD R nan_real() {
-    R zero = R(0);
-    return zero / zero;
+// NaN built from its bits. `zero / zero` was a division: under
+// -prec-div=true the GPU compiler emits it as a call of the IEEE division
+// subroutine (unconditionally for double, behind an FCHK for float), on
+// every tile of every kernel that may write NaN. The bits are those that
+// division returns for 0 / 0 on the GPU (0x7fffffff; 0xfff8000000000000),
+// on the host too, so that every build writes the same NaN.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+GPUINV_HD float float_from_bits(int bits) { return __int_as_float(bits); }
+GPUINV_HD double double_from_bits(long long bits) { return __longlong_as_double(bits); }
+#else
+inline float float_from_bits(int bits) {
+    float x;
+    __builtin_memcpy(&x, &bits, sizeof x);
+    return x;
 }
+inline double double_from_bits(long long bits) {
+    double x;
+    __builtin_memcpy(&x, &bits, sizeof x);
+    return x;
+}
+#endif
+template <class R> GPUINV_HD R nan_real();
+template <> GPUINV_HD float nan_real<float>() { return float_from_bits(0x7fffffff); }
+template <> GPUINV_HD double nan_real<double>() { return double_from_bits((long long)0xfff8000000000000ull); }
 
 GPUINV_HD float cabs1(float x) { return abs_real(x); }
 GPUINV_HD double cabs1(double x) { return abs_real(x); }
@@ -220,24 +240,25 @@ template <class R> GPUINV_HD bool pivot_beats(R key_a, int pos_a, R key_b, int p
 // U, with 1 / u_ii on the diagonal: getrf plus the forward substitution of
 // getrs applied to the identity.
 //
-// `fetch(j)` returns element j of the pivot row as it was before this step;
-// the warp kernel fetches it with a shuffle, the one-thread kernel from its
-// registers. If `active` is false (the pivot is exactly zero, so the column
-// below it is all zero) the row is left alone; fetch is still called for
-// every j != k, because in the warp kernel every lane must take part in
-// every shuffle.
+// `fetch(j)` returns element j of the pivot row as it was before this step.
+// An exactly zero pivot (info > 0: the column below it is all +-0 unless
+// NaN) takes `inv` = 1 and the step runs as any other: the rows below get
+// l = a_ik (+-0), so only the signs of zeros and an overflow's NaN move,
+// in an inverse that is meaningless anyway. That is what the lane-group
+// kernel (kernels.cu, inv_group) does without a select, so both shapes
+// write the same bits for every info, and the one-thread kernel needs no
+// predicate on the update either.
 template <class T, int N, class Fetch>
-GPUINV_HD void lu_row_step(T (&row)[N], int k, bool below, bool is_pivot, bool active, T inv, Fetch fetch) {
-    const bool update = active && below;
+GPUINV_HD void lu_row_step(T (&row)[N], int k, bool below, bool is_pivot, T inv, Fetch fetch) {
     T l = mul(row[k], inv);
     GPUINV_UNROLL
     for (int j = 0; j < N; ++j) {
         if (j == k) continue;
         T pj = fetch(j);
-        if (update) row[j] = fms(row[j], l, pj);
+        if (below) row[j] = fms(row[j], l, pj);
     }
-    if (update) row[k] = neg(l);
-    if (active && is_pivot) row[k] = inv;
+    if (below) row[k] = neg(l);
+    if (is_pivot) row[k] = inv;
 }
 
 // Phase 2, one element: X = U^-1 Y, by back substitution, row k from the
@@ -333,8 +354,8 @@ GPUINV_HD int lu_in_place(T (&a)[N][N], int (&col)[N]) {
         // The rows below first, the pivot row last: they read it as it was.
         GPUINV_UNROLL
         for (int i = k + 1; i < N; ++i)
-            lu_row_step<T, N>(a[i], k, true, false, active, inv, [&](int j) { return a[k][j]; });
-        lu_row_step<T, N>(a[k], k, false, true, active, inv, [&](int j) { return a[k][j]; });
+            lu_row_step<T, N>(a[i], k, true, false, inv, [&](int j) { return a[k][j]; });
+        lu_row_step<T, N>(a[k], k, false, true, inv, [&](int j) { return a[k][j]; });
     }
     return info;
 }
@@ -483,11 +504,10 @@ GPUINV_HD int lu_factor(T (&a)[N][N], int (&col)[N]) {
         for (int i = k + 1; i < N; ++i) {
             T l = mul(a[i][k], inv);
             GPUINV_UNROLL
-            for (int j = k + 1; j < N; ++j)
-                if (active) a[i][j] = fms(a[i][j], l, a[k][j]);
-            if (active) a[i][k] = l;
+            for (int j = k + 1; j < N; ++j) a[i][j] = fms(a[i][j], l, a[k][j]);
+            a[i][k] = l;
         }
-        if (active) a[k][k] = inv;
+        a[k][k] = inv;  // 1 at an exactly zero pivot, as lu_row_step's
     }
     return info;
 }
