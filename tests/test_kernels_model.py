@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import gpuinv.kernels as kernels
-from gpuinv.kernels import _check
-from gpuinv.kernels import _model as model
-from gpuinv.kernels import _sass as sass
+from gpuinv.kernels.tooling import check as _check
+from gpuinv.kernels.tooling import model
+from gpuinv.kernels.tooling import sass
 
 # A main path in nvdisasm's raw-binary format, written to exercise every rule:
 # a staging loop unrolled twice (two loads a body trip) behind its remainder
@@ -290,7 +290,7 @@ def test_partial_budget_update_keeps_the_other_entries(tmp_path):
 
 
 def test_committed_budget_is_consistent():
-    from gpuinv.kernels.__main__ import DEFAULT_BUDGET
+    from gpuinv.kernels.tooling.cli import DEFAULT_BUDGET
 
     doc = json.loads(DEFAULT_BUDGET.read_text())
     assert doc["digest"] == model._digest(doc["kernels"])
@@ -300,7 +300,7 @@ def test_committed_budget_is_consistent():
 
 
 def test_cli_rejects_one_json_path_for_two_archs(capsys):
-    from gpuinv.kernels.__main__ import main
+    from gpuinv.kernels.tooling.cli import main
 
     with pytest.raises(SystemExit):
         main(["--model", "--json", "model.json"])
@@ -308,7 +308,7 @@ def test_cli_rejects_one_json_path_for_two_archs(capsys):
 
 
 def test_cli_op_selects_kernels_but_not_for_the_budget(capsys, monkeypatch):
-    from gpuinv.kernels import __main__ as cli
+    from gpuinv.kernels.tooling import cli
 
     with pytest.raises(SystemExit):
         cli.main(["--budget", "--op", "tril"])

@@ -1,6 +1,6 @@
 """Read the machine code (SASS) of a compiled kernel and count what one trip costs.
 
-Used by ``python -m gpuinv.kernels --model`` (``_model.py``); nothing here
+Used by ``python -m gpuinv.kernels --model`` (``model.py``); nothing here
 runs when the library inverts matrices.
 
 * :func:`kernel_code` takes one kernel's instructions out of an NVRTC cubin
