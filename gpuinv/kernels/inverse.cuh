@@ -240,25 +240,24 @@ template <class R> GPUINV_HD bool pivot_beats(R key_a, int pos_a, R key_b, int p
 // U, with 1 / u_ii on the diagonal: getrf plus the forward substitution of
 // getrs applied to the identity.
 //
-// `fetch(j)` returns element j of the pivot row as it was before this step.
-// An exactly zero pivot (info > 0: the column below it is all +-0 unless
-// NaN) takes `inv` = 1 and the step runs as any other: the rows below get
-// l = a_ik (+-0), so only the signs of zeros and an overflow's NaN move,
-// in an inverse that is meaningless anyway. That is what the lane-group
-// kernel (kernels.cu, inv_group) does without a select, so both shapes
-// write the same bits for every info, and the one-thread kernel needs no
-// predicate on the update either.
+// `fetch(j)` returns element j of the pivot row as it was before this step;
+// the warp kernel fetches it with a shuffle, the one-thread kernel from its
+// registers. If `active` is false (the pivot is exactly zero, so the column
+// below it is all zero) the row is left alone; fetch is still called for
+// every j != k, because in the warp kernel every lane must take part in
+// every shuffle.
 template <class T, int N, class Fetch>
-GPUINV_HD void lu_row_step(T (&row)[N], int k, bool below, bool is_pivot, T inv, Fetch fetch) {
+GPUINV_HD void lu_row_step(T (&row)[N], int k, bool below, bool is_pivot, bool active, T inv, Fetch fetch) {
+    const bool update = active && below;
     T l = mul(row[k], inv);
     GPUINV_UNROLL
     for (int j = 0; j < N; ++j) {
         if (j == k) continue;
         T pj = fetch(j);
-        if (below) row[j] = fms(row[j], l, pj);
+        if (update) row[j] = fms(row[j], l, pj);
     }
-    if (below) row[k] = neg(l);
-    if (is_pivot) row[k] = inv;
+    if (update) row[k] = neg(l);
+    if (active && is_pivot) row[k] = inv;
 }
 
 // Phase 2, one element: X = U^-1 Y, by back substitution, row k from the
@@ -354,8 +353,8 @@ GPUINV_HD int lu_in_place(T (&a)[N][N], int (&col)[N]) {
         // The rows below first, the pivot row last: they read it as it was.
         GPUINV_UNROLL
         for (int i = k + 1; i < N; ++i)
-            lu_row_step<T, N>(a[i], k, true, false, inv, [&](int j) { return a[k][j]; });
-        lu_row_step<T, N>(a[k], k, false, true, inv, [&](int j) { return a[k][j]; });
+            lu_row_step<T, N>(a[i], k, true, false, active, inv, [&](int j) { return a[k][j]; });
+        lu_row_step<T, N>(a[k], k, false, true, active, inv, [&](int j) { return a[k][j]; });
     }
     return info;
 }
@@ -504,10 +503,11 @@ GPUINV_HD int lu_factor(T (&a)[N][N], int (&col)[N]) {
         for (int i = k + 1; i < N; ++i) {
             T l = mul(a[i][k], inv);
             GPUINV_UNROLL
-            for (int j = k + 1; j < N; ++j) a[i][j] = fms(a[i][j], l, a[k][j]);
-            a[i][k] = l;
+            for (int j = k + 1; j < N; ++j)
+                if (active) a[i][j] = fms(a[i][j], l, a[k][j]);
+            if (active) a[i][k] = l;
         }
-        a[k][k] = inv;  // 1 at an exactly zero pivot, as lu_row_step's
+        if (active) a[k][k] = inv;
     }
     return info;
 }

@@ -286,11 +286,18 @@ template <> struct pivot_code_of<double> { typedef PivotCode64 type; };
 // applies the same update without a select: rows below the pivot get
 // exactly lu_row_step's arithmetic, and the other rows (the pivot row and
 // rows above it, already stored) get values nobody reads. That is exact for
-// every matrix with info == 0; after an exactly zero pivot (info > 0) the
-// rows below it are updated with l = a_ik (which is +-0 unless NaN) where
-// the one-thread kernel leaves them, and only the signs of zeros or the
-// propagation of an overflow can differ, in an inverse that is
-// meaningless anyway.
+// every matrix with info == 0 (and info -1 writes NaN from both shapes).
+// At an exactly zero pivot (info > 0) the shapes differ, in an inverse that
+// is meaningless anyway: this kernel stores 1 as the pivot's reciprocal
+// (recip(1), no select) and updates the rows below with l = a_ik (+-0
+// unless NaN), where the one-thread kernel keeps the zero pivot and leaves
+// the rows alone (lu_row_step's `active`). So X differs wholesale, not only
+// in the signs of zeros: the zero matrix gives X = I here and X = 0 from
+// inv_thread. Making the one-thread kernel do this kernel's arithmetic
+// costs it registers past the CI budget (docs/kernels.md, "The two shapes
+// at info > 0"), and making this kernel do the other's costs selects in its
+// rolled k loop; tests/test_kernels_shapes_emu.py pins what agrees and what
+// does not.
 // Phase 2 (X = U^-1 Y): each lane solves one column with
 // back_substitute_column_rotated, reading U and Y from the slice (all lanes
 // of a group read the same U element at once: a broadcast). Lanes past N
