@@ -83,6 +83,6 @@ def test_thread_and_group_agree_except_at_info_above_zero(case):
     # The zero matrix: every pivot is zero. inv_group takes 1 / pivot = 1
     # (X = I, zeros of either sign), inv_thread keeps the zero pivot (X = 0).
     zero = np.flatnonzero(np.all(a == 0, axis=(1, 2)))
-    assert len(zero) == 2
-    np.testing.assert_array_equal(out_g[zero], np.broadcast_to(np.eye(n, dtype=dt), (2, n, n)))
+    assert len(zero) >= 2  # at n = 1 the singular ones are zero matrices too
+    np.testing.assert_array_equal(out_g[zero], np.broadcast_to(np.eye(n, dtype=dt), (len(zero), n, n)))
     np.testing.assert_array_equal(out_t[zero], 0)
