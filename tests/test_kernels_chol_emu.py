@@ -205,17 +205,14 @@ def _spec(dtype, n):
 MUTATIONS = [
     # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement, how caught).
     Mutation("chol-load-index-off-by-one", _spec(np.float64, 4),
-     "stage_in<T, NN, B>(stage, a + off,", "stage_in<T, NN, B>(stage, a + off + 1,",
+     "{ stage_in<T, NN, B>(stage, a + first * NN,", "{ stage_in<T, NN, B>(stage, a + first * NN + 1,",
      "asan"),
     Mutation("chol-missing-syncthreads", _spec(np.float32, 3),
-     "            __syncthreads();\n            // Threads past the stack's end only take part in the barriers.\n"
-     "            if (t < count) {\n                R a_norm = R(0);  // RC",
-     "            // Threads past the stack's end only take part in the barriers.\n"
-     "            if (t < count) {\n                R a_norm = R(0);  // RC",
+     "        fill(stage, t, first, count);\n        __syncthreads();\n", "        fill(stage, t, first, count);\n",
      "race"),
     Mutation("chol-reads-the-upper-triangle", _spec(np.complex64, 3),
-     "r[i][j] = j <= i ? stage[(i * N + j) * LD + t]", "r[i][j] = j <= i ? stage[(j * N + i) * LD + t]", "wrong"),
-    Mutation("chol-grid-stride-step", _spec(np.float64, 3), "tl += gridDim.x)", "tl += gridDim.x + 1)", "wrong"),
+     "return col <= row ? at(row, col) : make_zero<T>();", "return col <= row ? at(col, row) : make_zero<T>();", "wrong"),
+    Mutation("chol-grid-stride-step", _spec(np.float64, 3), "tile < tiles; tile += gridDim.x)", "tile < tiles; tile += gridDim.x + 1)", "wrong"),
     Mutation("chol-store-index-off-by-one", _spec(np.complex128, 2),
      "dst[g] = stage[(g - mat * NN) * (B + 1) + mat];", "dst[g] = stage[(g - mat * NN) * (B + 1) + mat + 1];",
      "wrong"),

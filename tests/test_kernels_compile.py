@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import gpuinv.kernels as kernels
-from gpuinv.kernels import _check
-from gpuinv.kernels._check import KernelReport, NvrtcCompileError, parse_ptxas_report
+from gpuinv.kernels.tooling import check as _check
+from gpuinv.kernels.tooling.check import KernelReport, NvrtcCompileError, parse_ptxas_report
 
 SAMPLE_LOG = """\
 ptxas info    : 0 bytes gmem

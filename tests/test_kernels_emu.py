@@ -221,26 +221,19 @@ MUTATIONS = [
     # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement,
     # how it is caught: _emu_base.Mutation). "wrong": runs, but not the host build's bits.
     Mutation("thread-load-index-off-by-one", _spec(np.float64, 4),
-     "stage_in<T, NN, B>(stage, a + base,", "stage_in<T, NN, B>(stage, a + base + 1,",
+     "{ stage_in<T, NN, B>(stage, a + first * NN,", "{ stage_in<T, NN, B>(stage, a + first * NN + 1,",
      "asan"),
     Mutation("thread-stage-slot-off-by-one", _spec(np.float32, 3),
-     "r[i][j] = stage[(i * N + j) * LD + t];\n                }\n                int code = invert_in_place",
-     "r[i][j] = stage[(i * N + j) * LD + t + 1];\n                }\n                int code = invert_in_place", "race"),
+     "return Op::load([&](int p, int q) { return slot(p * N + q); }, row, col);",
+     "return Op::load([&](int p, int q) { return slot.at[(p * N + q) * (B + 1) + 1]; }, row, col);", "race"),
     Mutation("thread-missing-syncthreads", _spec(np.float64, 3),
-     "            __syncthreads();\n            if (t < count) {", "            if (t < count) {", "race"),
+     "        fill(stage, t, first, count);\n        __syncthreads();\n", "        fill(stage, t, first, count);\n", "race"),
     Mutation("thread-grid-stride-step", _spec(np.float64, 3),
-     "tile += gridDim.x) {\n            const long long first = tile * B;\n"
-     "            const int count = (m - first) < B ? (int)(m - first) : B;\n            const long long base",
-     "tile += gridDim.x + 1) {\n            const long long first = tile * B;\n"
-     "            const int count = (m - first) < B ? (int)(m - first) : B;\n            const long long base", "wrong"),
+     "tile < tiles; tile += gridDim.x) {", "tile < tiles; tile += gridDim.x + 1) {", "wrong"),
     Mutation("thread-direct-load-past-the-matrix", _spec(np.float32, 2),
-     "return a[i * NN + row * N + col]; },\n            [&](long long i, T (&r)[N][N]) {\n                int col[N];\n"
-     "                R a_norm",
-     "return a[i * NN + row * N + col + 1]; },\n            [&](long long i, T (&r)[N][N]) {\n                int col[N];\n"
-     "                R a_norm", "asan"),
+     "{ return a[i * NN + p * N + q]; }", "{ return a[i * NN + p * N + q + 1]; }", "asan"),
     Mutation("thread-direct-store-past-the-matrix", _spec(np.complex64, 1),
-     "T* dst = out + i * NN;\n                GPUINV_UNROLL\n                for (int row = 0;",
-     "T* dst = out + i * NN + 1;\n                GPUINV_UNROLL\n                for (int row = 0;", "asan"),
+     "{ out[i * NN + e] = v; }", "{ out[i * NN + e + 1] = v; }", "asan"),
     Mutation("group-pivot-row-read-one-slot-off", _spec(np.float64, 16),
      "r[j - 1] = fms(r[j], l, prow[j]);", "r[j - 1] = fms(r[j], l, prow[j - 1]);", "wrong"),
     Mutation("group-warp-reduction-min-for-max", _spec(np.float32, 17),
@@ -287,13 +280,12 @@ def test_unmutated_copy_runs_clean(mutants, host_lib, mutation):
 RC_MUTATIONS = [
     # The rcond variants' own code. "wrong": rcond is not rcond_from_inverse's (assert_rcond fails).
     Mutation("thread-rcond-index-off-by-one", kernels.kernel_spec(3, np.float64, rcond=True),
-     "invert_in_place<T, N>(r, col);\n                if constexpr (RC) rcond[first + t] =",
-     "invert_in_place<T, N>(r, col);\n                if constexpr (RC) rcond[first + t + 1] =", "asan"),
+     "invert_in_place<T, N>(r, col);\n        if constexpr (RC) rcond[i] =",
+     "invert_in_place<T, N>(r, col);\n        if constexpr (RC) rcond[i + 1] =", "asan"),
     Mutation("thread-rcond-norm-after-the-inverse", kernels.kernel_spec(2, np.complex64, rcond=True),
-     "if constexpr (RC) a_norm = one_norm<T, N>(r);\n                int code = invert_in_place<T, N>(r, col);\n"
-     "                if constexpr (RC) rcond[i]",
-     "int code = invert_in_place<T, N>(r, col);\n                if constexpr (RC) a_norm = one_norm<T, N>(r);\n"
-     "                if constexpr (RC) rcond[i]", "wrong"),
+     # ||A|| taken from r after the inversion: ||X||.
+     "invert_in_place<T, N>(r, col);\n        if constexpr (RC) rcond[i] = rcond_of(code, a_norm,",
+     "invert_in_place<T, N>(r, col);\n        if constexpr (RC) rcond[i] = rcond_of(code, one_norm<T, N>(r),", "wrong"),
     Mutation("group-rcond-a-norm-of-one-column", kernels.kernel_spec(12, np.float32, rcond=True),
      "a_norm = max_keep_nan(a_norm, shfl_xor(a_norm, off, G));", "", "wrong"),
     Mutation("group-rcond-x-norm-from-the-wrong-lane", kernels.kernel_spec(20, np.complex128, rcond=True),

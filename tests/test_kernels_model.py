@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import gpuinv.kernels as kernels
-from gpuinv.kernels import _check
-from gpuinv.kernels import _model as model
-from gpuinv.kernels import _sass as sass
+from gpuinv.kernels.tooling import check as _check
+from gpuinv.kernels.tooling import model
+from gpuinv.kernels.tooling import sass
 
 # A main path in nvdisasm's raw-binary format, written to exercise every rule:
 # a staging loop unrolled twice (two loads a body trip) behind its remainder
@@ -119,6 +119,67 @@ def test_main_path_ends_before_the_slow_paths_and_weights_the_staging_loop():
     # STS: one wavefront; STS.64: two, three trips each.
     assert pipes["shared"] == 1 + 2 * 2 * 3 and pipes["xu"] == 1 and pipes["fp32"] == 1
     assert path.global_bytes_in_flight() == 32 * (8 + 8)
+
+
+# An unconditional call in the tile loop (a __noinline__ function; before
+# NaN was built from its bits, `0.0 / 0.0`'s IEEE division subroutine): the
+# block around it runs on every trip, and so does the callee's path to RET
+# (the guard at 0x90 falls through, the BRA at 0xb0 is followed, 0xc0 is
+# skipped). GUARD puts a guard branch before the call's block.
+UNCONDITIONAL_CALL = """\
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E R2, desc[UR8][R4.64] ;
+        /*0020*/                   GUARD ;
+        /*0030*/                   MOV R10, 0x50 ;
+        /*0040*/                   CALL.REL.NOINC 0x90 ;
+        /*0050*/                   WORK ;
+        /*0060*/                   STG.E desc[UR8][R14.64], R3 ;
+        /*0070*/              @!P3 BRA 0x10 ;
+        /*0080*/                   EXIT ;
+        /*0090*/                   FSETP.GT.AND P0, PT, R2, RZ, PT ;
+        /*00a0*/               @P0 BRA 0xd0 ;
+        /*00b0*/                   FADD R2, R2, 1 ;
+        /*00c0*/                   BRA 0xe0 ;
+        /*00d0*/                   FADD R2, R2, 2 ;
+        /*00e0*/                   RET.REL.NODEC R10 0x0 ;
+        /*00f0*/                   BRA 0xf0;
+"""
+
+
+def _call_sample(guard: str, work: str) -> list:
+    return sass.parse_sass(UNCONDITIONAL_CALL.replace("GUARD", guard).replace("WORK", work))
+
+
+def test_an_unconditional_call_is_counted_through_its_callee():
+    path = sass.count_main_path(_call_sample("IADD3 R0, R0, 0x1, RZ", "FMUL R3, R2, R2"), staging_trips=1)
+    assert path.end == 0x90 and path.rare == set()
+    w = path.weights
+    # Every instruction of the main path once, the call and its block included ...
+    assert all(w[a] == 1 for a in range(0, 0x90, 0x10))
+    # ... and the callee's path: 0x90, 0xa0 (not taken), 0xb0, 0xc0 (taken), 0xe0.
+    assert [i.addr for i in path.instructions if i.addr >= path.end] == [0x90, 0xA0, 0xB0, 0xC0, 0xE0]
+    assert w[0xE0] == 1 and w.get(0xD0, 0) == 0
+    assert path.weighted() == 9 + 5
+    assert path.mix()["fp"] == 1 + 1 + 1  # the FMUL, the callee's FSETP and one FADD
+    assert sum(path.mix().values()) == path.weighted()
+
+
+def test_a_call_is_a_slow_path_only_where_a_guard_skips_its_block():
+    # A guard branch around the call and the moves of its operands: a slow path.
+    guarded = sass.count_main_path(_call_sample("@P2 BRA 0x50", "FMUL R3, R2, R2"), staging_trips=1)
+    assert guarded.rare == {0x30, 0x40}
+    assert guarded.weighted() == 9 - 2 and all(i.addr < guarded.end for i in guarded.instructions)
+    # A guard around real work (an `if` of the source) is no slow-path check:
+    # the block and the callee are counted.
+    work = sass.parse_sass(UNCONDITIONAL_CALL.replace("GUARD", "@P2 BRA 0x60").replace(
+        "        /*0030*/                   MOV R10, 0x50 ;", "        /*0030*/                   FMUL R10, R2, R2 ;"))
+    counted = sass.count_main_path(work, staging_trips=1)
+    assert counted.rare == set() and counted.weighted() == 9 + 5
+    # A predicated call is not followed (its callee is not on every trip).
+    predicated = sass.count_main_path(
+        sass.parse_sass(UNCONDITIONAL_CALL.replace("GUARD", "NOP").replace(
+            "                   CALL.REL.NOINC 0x90", "               @P1 CALL.REL.NOINC 0x90")), staging_trips=1)
+    assert predicated.rare == set() and predicated.weighted() == 9
 
 
 def test_a_rolled_loop_without_global_accesses_is_reported_unknown():
@@ -290,7 +351,7 @@ def test_partial_budget_update_keeps_the_other_entries(tmp_path):
 
 
 def test_committed_budget_is_consistent():
-    from gpuinv.kernels.__main__ import DEFAULT_BUDGET
+    from gpuinv.kernels.tooling.cli import DEFAULT_BUDGET
 
     doc = json.loads(DEFAULT_BUDGET.read_text())
     assert doc["digest"] == model._digest(doc["kernels"])
@@ -300,7 +361,7 @@ def test_committed_budget_is_consistent():
 
 
 def test_cli_rejects_one_json_path_for_two_archs(capsys):
-    from gpuinv.kernels.__main__ import main
+    from gpuinv.kernels.tooling.cli import main
 
     with pytest.raises(SystemExit):
         main(["--model", "--json", "model.json"])
@@ -308,7 +369,7 @@ def test_cli_rejects_one_json_path_for_two_archs(capsys):
 
 
 def test_cli_op_selects_kernels_but_not_for_the_budget(capsys, monkeypatch):
-    from gpuinv.kernels import __main__ as cli
+    from gpuinv.kernels.tooling import cli
 
     with pytest.raises(SystemExit):
         cli.main(["--budget", "--op", "tril"])
@@ -437,6 +498,38 @@ def test_a_rolled_compute_loop_counts_its_trips(tools, arch):
     assert counted.weighted() - once.weighted() == 7 * loop.body_instructions
     assert counted.mix()["shared"] == 8 + 8
     assert sum(1 for i in counted.instructions if i.base == "FFMA" and loop.start <= i.addr <= loop.end) == 1
+
+
+CALL_SOURCE = r"""
+__device__ __noinline__ float twice(float v) { return v + v; }
+extern "C" __global__ void call(const float* __restrict__ a, float* __restrict__ b, int m) {
+    #pragma unroll 1
+    for (int c = blockIdx.x; c < m; c += gridDim.x) b[c * 32 + threadIdx.x] = twice(a[c * 32 + threadIdx.x]) * 3.0f;
+}
+"""
+
+
+@pytest.mark.parametrize("arch", _check.ARCHS)
+def test_an_unconditional_call_in_a_compiled_kernel_is_counted(tools, arch):
+    # The call of a __noinline__ function runs on every trip of the loop:
+    # its block is counted, and its callee through RET.
+    nvrtc = tools
+    prog = nvrtc.createProgram(CALL_SOURCE, "call.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, [f"-arch={arch}"])
+        code = sass.kernel_code(nvrtc.getCUBIN(prog), "call")
+    finally:
+        nvrtc.destroyProgram(prog)
+    path = sass.count_main_path(sass.parse_sass(sass.disassemble(code, arch)), staging_trips=1)
+    (call,) = [i for i in path.instructions if i.base == "CALL"]
+    assert path.rare == set() and path.weights[call.addr] == 1
+    callee = [i for i in path.instructions if i.addr >= path.end]
+    assert callee and callee[0].addr == call.target and callee[-1].base == "RET"
+    assert all(path.weights[i.addr] == 1 for i in callee)
+    assert any(i.base == "FADD" for i in callee)  # v + v, in the callee
+    assert any(i.base == "FMUL" and i.addr < path.end for i in path.instructions)  # * 3, after the call
+    assert path.weighted() == len(path.instructions)
+    assert path.mix()["global"] == 2
 
 
 def test_model_of_real_instantiations(tools):

@@ -149,20 +149,19 @@ MUTATIONS = [
     # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement, how caught,
     # k = the right-hand sides per system).
     Mutation("solve-b-stage-overruns-the-tile", _spec(np.float64, 3),
-     "stage_in<T, N, B>(stage_b, b + first * N, t, count * N);",
-     "stage_in<T, N, B>(stage_b, b + first * N, t, count * N + 1);", "asan", k=1),
+     "stage_in<T, N, B>(stage + NN * (B + 1), b + first * N, t, count * N);",
+     "stage_in<T, N, B>(stage + NN * (B + 1), b + first * N, t, count * N + 1);", "asan", k=1),
     Mutation("solve-missing-syncthreads-before-x-store", _spec(np.float32, 4),
-     "                __syncthreads();\n                stage_out<T, N, B>(stage_b,",
-     "                stage_out<T, N, B>(stage_b,", "race", k=1),
+     "        if (drains) {\n            __syncthreads();\n",
+     "        if (drains) {\n", "race", k=1),
     Mutation("solve-b-read-from-the-neighbour", _spec(np.complex64, 3),
      # The neighbour overwrites its column with x: what is read depends on the thread order.
-     "[&](int row) { return stage_b[row * LD + t]; }", "[&](int row) { return stage_b[row * LD + (t ^ 1)]; }",
+     "[&](int row) { return slot(NN + row); }",
+     "[&](int row) { return slot.at[(NN + row) * (B + 1) + 1 - 2 * (threadIdx.x & 1)]; }",
      "race", k=1),
     Mutation("solve-global-column-stride", _spec(np.float64, 4),
-     "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);\n"
-     "                        GPUINV_UNROLL",
-     "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * (k - 1) + j]; }, y);\n"
-     "                        GPUINV_UNROLL", "wrong", k=3),
+     "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);",
+     "solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * (k - 1) + j]; }, y);", "wrong", k=3),
     Mutation("solve-direct-x-past-the-end", _spec(np.float32, 2),
      "for (int row = 0; row < N; ++row) x[base + (long long)row * k + j] = code",
      "for (int row = 0; row < N; ++row) x[base + (long long)row * k + j + 1] = code", "asan", k=2),

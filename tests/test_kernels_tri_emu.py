@@ -197,28 +197,22 @@ def _spec(op, dtype, n):
 MUTATIONS = [
     # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement, how caught).
     Mutation("tri-load-index-off-by-one", _spec("tril", np.float64, 4),
-     "stage_in<T, NN, B>(stage, a + tri_off,", "stage_in<T, NN, B>(stage, a + tri_off + 1,", "asan"),
+     "{ stage_in<T, NN, B>(stage, a + first * NN,", "{ stage_in<T, NN, B>(stage, a + first * NN + 1,", "asan"),
     Mutation("tri-upper-read-untransposed", _spec("triu", np.complex64, 3),
-     "stage[(LOWER ? i * N + j : j * N + i) * LD + t]", "stage[(i * N + j) * LD + t]", "wrong"),
+     "(LOWER ? at(row, col) : at(col, row))", "at(row, col)", "wrong"),
     Mutation("tri-upper-result-untransposed", _spec("triu", np.float32, 4),
-     "(LOWER ? r[i][j] : r[j][i]);", "r[i][j];", "wrong"),
-    Mutation("tri-grid-stride-step", _spec("tril", np.float64, 3), "tri_t += gridDim.x)", "tri_t += gridDim.x + 1)",
+     "(LOWER ? r[e / N][e % N] : r[e % N][e / N])", "r[e / N][e % N]", "wrong"),
+    Mutation("tri-grid-stride-step", _spec("tril", np.float64, 3), "tile < tiles; tile += gridDim.x)", "tile < tiles; tile += gridDim.x + 1)",
      "wrong"),
     Mutation("tri-direct-reads-the-other-triangle", _spec("triu", np.float64, 2),
-     "return col <= row ? a[i * NN + (LOWER ? row * N + col : col * N + row)]",
-     "return col <= row ? a[i * NN + row * N + col]", "wrong"),
+     "(LOWER ? at(row, col) : at(col, row))", "at(row, col)", "wrong"),
     Mutation("diag-missing-syncthreads", _spec("diag", np.float32, 5),
-     "            __syncthreads();\n            // Threads without a matrix (past the stack's end) only wait at the barriers.\n"
-     "            if (t < count) {\n                T d[N];",
-     "            // Threads without a matrix (past the stack's end) only wait at the barriers.\n"
-     "            if (t < count) {\n                T d[N];", "race"),
+     "        fill(stage, t, first, count);\n        __syncthreads();\n", "        fill(stage, t, first, count);\n", "race"),
     Mutation("diag-reads-off-the-diagonal", _spec("diag", np.complex128, 3),
-     "d[j] = stage[(j * N + j) * LD + t];", "d[j] = stage[(j * N + (j + 1) % N) * LD + t];", "wrong"),
+     "return row == col ? at(row, col) : make_zero<T>();", "return row == col ? at(row, (col + 1) % N) : make_zero<T>();",
+     "wrong"),
     Mutation("diag-direct-store-past-the-matrix", _spec("diag", np.float32, 1),
-     "T* dst = out + i * NN;\n                GPUINV_UNROLL\n                for (int e = 0; e < NN; ++e)\n"
-     "                    dst[e] = code != 0 ? make_nan<T>() : (e / N == e % N",
-     "T* dst = out + i * NN + 1;\n                GPUINV_UNROLL\n                for (int e = 0; e < NN; ++e)\n"
-     "                    dst[e] = code != 0 ? make_nan<T>() : (e / N == e % N", "asan"),
+     "{ out[i * NN + e] = v; }", "{ out[i * NN + e + 1] = v; }", "asan"),
 ]  # fmt: skip
 
 

@@ -73,12 +73,13 @@ _HERE = Path(__file__).resolve().parent
 
 _DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
 
-_CXX_TYPES = {
-    np.dtype(np.float32): "float",
-    np.dtype(np.float64): "double",
-    np.dtype(np.complex64): "gpuinv::cplx<float>",
-    np.dtype(np.complex128): "gpuinv::cplx<double>",
-}
+_CXX_TYPES = dict(zip(_DTYPES, ("float", "double", "gpuinv::cplx<float>", "gpuinv::cplx<double>")))
+
+
+def _per_dtype(float32: int, float64: int, complex64: int, complex128: int) -> dict[np.dtype, int]:
+    """One bound per dtype, in _DTYPES' order."""
+    return dict(zip(_DTYPES, (float32, float64, complex64, complex128)))
+
 
 # The largest n that dispatch sends to these kernels, per dtype; above it
 # the CUDA engine uses cuBLAS getrf/getri. Provisional until measured: the
@@ -89,8 +90,7 @@ _CXX_TYPES = {
 # hoists, reaches 255 registers and spills on sm_80 or sm_90 (`python -m
 # gpuinv.kernels --check`, NVRTC 12.9). benchmarks/gpu_check.py measures the
 # crossover against cuBLAS on real hardware.
-KERNEL_MAX_N: dict[np.dtype, int] = {dt: 32 for dt in _DTYPES}
-KERNEL_MAX_N[np.dtype(np.complex128)] = 24
+KERNEL_MAX_N: dict[np.dtype, int] = _per_dtype(32, 32, 32, 24)
 
 # The largest n that runs one thread per matrix; larger n runs a lane group
 # per matrix. Chosen with the cost model (`python -m gpuinv.kernels --model`,
@@ -102,12 +102,7 @@ KERNEL_MAX_N[np.dtype(np.complex128)] = 24
 # 64 KB main path: float64 n = 8 needs 240 registers, complex64 n = 7 a
 # 69.5 KB main path, complex128 n = 6 246 registers. Provisional until a GPU
 # measures both shapes: benchmarks/gpu_check.py times them side by side.
-THREAD_MAX_N: dict[np.dtype, int] = {
-    np.dtype(np.float32): 8,
-    np.dtype(np.float64): 7,
-    np.dtype(np.complex64): 6,
-    np.dtype(np.complex128): 5,
-}
+THREAD_MAX_N: dict[np.dtype, int] = _per_dtype(8, 7, 6, 5)
 
 # The largest n that the Cholesky (positive definite) kernel takes, per
 # dtype: one thread per matrix, only the lower triangle (n(n+1)/2 elements)
@@ -119,14 +114,7 @@ THREAD_MAX_N: dict[np.dtype, int] = {
 # (float64) and 168 (complex64) registers on sm_90; complex128 needs 178 at
 # n = 6, 234-240 at n = 7 and spills at n = 8. Whether the kernel beats the
 # cuSOLVER route up to these sizes is provisional: no GPU has measured it.
-CHOL_MAX_N: dict[np.dtype, int] = {
-    np.dtype(np.float32): 8,
-    np.dtype(np.float64): 8,
-    np.dtype(np.complex64): 8,
-    np.dtype(np.complex128): 6,
-}
-# The largest n --check --all compiles the Cholesky kernel at (dispatched or not).
-_CHOL_CHECK_N = 8
+CHOL_MAX_N: dict[np.dtype, int] = _per_dtype(8, 8, 8, 6)
 
 # The largest n that the triangular kernel takes (either triangle), per
 # dtype: one thread per matrix, the triangle read (n(n+1)/2 elements) in
@@ -139,12 +127,7 @@ _CHOL_CHECK_N = 8
 # at n = 7 (a block of 64 there) and 231 at n = 8; complex128 182 at n = 5,
 # 255 at n = 6 and spills at n = 7. Provisional as CHOL_MAX_N: no GPU has
 # timed the kernel against the cuBLAS route.
-TRI_MAX_N: dict[np.dtype, int] = {
-    np.dtype(np.float32): 8,
-    np.dtype(np.float64): 7,
-    np.dtype(np.complex64): 7,
-    np.dtype(np.complex128): 5,
-}
+TRI_MAX_N: dict[np.dtype, int] = _per_dtype(8, 7, 7, 5)
 # The largest n that the diagonal kernel takes, per dtype, by the same rule
 # and check. Its own state is n elements, but the staging's unrolled loads
 # and stores (all of a tile's elements in flight, kernels.cu) set its
@@ -152,14 +135,7 @@ TRI_MAX_N: dict[np.dtype, int] = {
 # and 108 at n = 8; float64 125 at n = 7 and 254 at n = 8; complex64 114 at
 # n = 6 and 209 at n = 7; complex128 182 at n = 5 and spills at n = 6 on
 # sm_90 (16 bytes) and at n = 7 on both.
-DIAG_MAX_N: dict[np.dtype, int] = {
-    np.dtype(np.float32): 8,
-    np.dtype(np.float64): 7,
-    np.dtype(np.complex64): 6,
-    np.dtype(np.complex128): 5,
-}
-# The largest n --check --all compiles the triangular and diagonal kernels at (dispatched or not).
-_TRI_CHECK_N = 8
+DIAG_MAX_N: dict[np.dtype, int] = _per_dtype(8, 7, 6, 5)
 
 # The largest n that the LU solve kernel (solve_thread, one thread per
 # system) takes, per dtype; above it the CUDA engine solves with cuBLAS
@@ -171,20 +147,35 @@ _TRI_CHECK_N = 8
 # at n = 6 and 228 at n = 7; complex64 168 at n = 6 and 226 at n = 7;
 # complex128 204 at n = 5 and spills at n = 6. Whether the kernel beats
 # getrf + getrs up to these sizes is provisional: no GPU has measured it.
-SOLVE_MAX_N: dict[np.dtype, int] = {
-    np.dtype(np.float32): 8,
-    np.dtype(np.float64): 6,
-    np.dtype(np.complex64): 6,
-    np.dtype(np.complex128): 5,
-}
-# The largest n --check --all compiles the solve kernel at (dispatched or not).
-_SOLVE_CHECK_N = 8
+SOLVE_MAX_N: dict[np.dtype, int] = _per_dtype(8, 6, 6, 5)
 
-# Each op's largest dispatched n, and the words of its range error.
-_OP_MAX_N = {"chol": (CHOL_MAX_N, "the Cholesky kernel"), "tril": (TRI_MAX_N, "the triangular kernel"),
-             "triu": (TRI_MAX_N, "the triangular kernel"), "diag": (DIAG_MAX_N, "the diagonal kernel"),
-             "solve": (SOLVE_MAX_N, "the solve kernel")}
-_OPS = ("inv", *_OP_MAX_N)
+
+@dataclass(frozen=True)
+class _Op:
+    """One operation's kernel, as data: what :func:`kernel_spec` checks and
+    :func:`instantiations` lists, and the template :attr:`KernelSpec.name_expression` names."""
+
+    what: str  # the words of its range error
+    max_n: dict[np.dtype, int]  # the largest n dispatch sends it, per dtype
+    template: str  # the one-thread kernel's C++ name; {T} {n} {block} {rc} are filled in
+    #: The largest n ``--check --all`` compiles its one-thread kernel at, dispatched or not
+    #: (for "inv": the one-thread shape above THREAD_MAX_N).
+    check_n: int = 8
+    rcond: bool = True  # has rcond variants (where has_rcond_variant says so)
+
+
+#: Every operation's kernel (the key is KernelSpec.op), in the order :func:`instantiations` lists them.
+_OP_TABLE: dict[str, _Op] = {
+    "inv": _Op("the small-matrix kernels", KERNEL_MAX_N, "gpuinv::inv_thread<{T}, {n}, {block}{rc}>"),
+    "chol": _Op("the Cholesky kernel", CHOL_MAX_N, "gpuinv::inv_chol_thread<{T}, {n}, {block}{rc}>"),
+    "tril": _Op("the triangular kernel", TRI_MAX_N, "gpuinv::inv_tri_thread<{T}, {n}, {block}, true{rc}>"),
+    "triu": _Op("the triangular kernel", TRI_MAX_N, "gpuinv::inv_tri_thread<{T}, {n}, {block}, false{rc}>"),
+    "diag": _Op("the diagonal kernel", DIAG_MAX_N, "gpuinv::inv_diag_thread<{T}, {n}, {block}{rc}>"),
+    "solve": _Op("the solve kernel", SOLVE_MAX_N, "gpuinv::solve_thread<{T}, {n}, {block}>", rcond=False),
+}
+#: The general inverse's lane-group kernel.
+_GROUP_TEMPLATE = "gpuinv::inv_group<{T}, {n}, {group}, {warps}{rc}>"
+_OPS = tuple(_OP_TABLE)
 
 # The (op, dtype, n) whose kernel has no rcond variant: the one-thread
 # kernels already near the register limit, where the variant's norms (a
@@ -209,7 +200,7 @@ def has_rcond_variant(n: int, dtype: Any, op: str = "inv") -> bool:
     Every dispatched kernel has one except the solve kernel and the few
     one-thread kernels where it would exceed the registers (``_NO_RCOND_VARIANT``).
     """
-    return op != "solve" and (op, np.dtype(dtype), int(n)) not in _NO_RCOND_VARIANT
+    return op in _OP_TABLE and _OP_TABLE[op].rcond and (op, np.dtype(dtype), int(n)) not in _NO_RCOND_VARIANT
 
 # Every kernel takes the input as ``const T* __restrict__`` and only reads it,
 # so the CUDA engine may hand them the caller's own contiguous stack without
@@ -281,21 +272,9 @@ class KernelSpec:
     @property
     def name_expression(self) -> str:
         """The C++ name of the instantiation, as NVRTC's addNameExpression takes it."""
-        cxx = _CXX_TYPES[self.dtype]
-        rc = ", true" if self.rcond else ""
-        if self.op == "chol":
-            return f"gpuinv::inv_chol_thread<{cxx}, {self.n}, {self.block}{rc}>"
-        if self.op in ("tril", "triu"):
-            lower = "true" if self.op == "tril" else "false"
-            return f"gpuinv::inv_tri_thread<{cxx}, {self.n}, {self.block}, {lower}{rc}>"
-        if self.op == "diag":
-            return f"gpuinv::inv_diag_thread<{cxx}, {self.n}, {self.block}{rc}>"
-        if self.op == "solve":
-            return f"gpuinv::solve_thread<{cxx}, {self.n}, {self.block}>"
-        if self.shape == "thread":
-            return f"gpuinv::inv_thread<{cxx}, {self.n}, {self.block}{rc}>"
-        warps = self.block // 32
-        return f"gpuinv::inv_group<{cxx}, {self.n}, {self.group}, {warps}{rc}>"
+        template = _OP_TABLE[self.op].template if self.shape == "thread" else _GROUP_TEMPLATE
+        return template.format(T=_CXX_TYPES[self.dtype], n=self.n, block=self.block, group=self.group,
+                               warps=self.block // 32, rc=", true" if self.rcond else "")
 
     @property
     def direct(self) -> bool:
@@ -359,6 +338,21 @@ def _thread_spec(dt: np.dtype, n: int, op: str, rcond: bool = False) -> KernelSp
     raise AssertionError("unreachable: n <= 8 keeps the stage under the limit")
 
 
+def _check_spec(n: int, dt: np.dtype, op: str, rcond: bool) -> np.dtype:
+    """The one check of an (n, dtype, op, rcond) request against _OP_TABLE; returns the dtype."""
+    if op not in _OP_TABLE:
+        raise ValueError(f"op must be one of {', '.join(map(repr, _OPS))}, got {op!r}")
+    kernel = _OP_TABLE[op]
+    if rcond and not kernel.rcond:
+        raise ValueError(f"{kernel.what} has no rcond variant")
+    if rcond and not has_rcond_variant(n, dt, op):
+        raise ValueError(f"the {op} kernel for n={n} {dt} has no rcond variant (registers; see has_rcond_variant)")
+    word = "takes" if op != "inv" else "take"
+    if not 1 <= n <= kernel.max_n[dt]:
+        raise ValueError(f"{kernel.what} {word} 1 <= n <= {kernel.max_n[dt]} for {dt}, got n={n}")
+    return dt
+
+
 def kernel_spec(n: int, dtype: Any, op: str = "inv", rcond: bool = False) -> KernelSpec:
     """The instantiation that inverts (n, n) matrices of ``dtype``.
 
@@ -376,23 +370,10 @@ def kernel_spec(n: int, dtype: Any, op: str = "inv", rcond: bool = False) -> Ker
         If ``n`` is not in ``1..KERNEL_MAX_N[dtype]`` (the op's own bound for
         the others), or ``op`` is unknown, or ``rcond`` is asked of the solve kernel.
     """
-    dt = _check_dtype(dtype)
-    if op == "solve" and rcond:
-        raise ValueError("the solve kernel has no rcond variant")
-    if rcond and not has_rcond_variant(n, dt, op):
-        raise ValueError(f"the {op} kernel for n={n} {dt} has no rcond variant (registers; see has_rcond_variant)")
-    if op in _OP_MAX_N:
-        bounds, what = _OP_MAX_N[op]
-        if not 1 <= n <= bounds[dt]:
-            raise ValueError(f"{what} takes 1 <= n <= {bounds[dt]} for {dt}, got n={n}")
+    dt = _check_spec(n, _check_dtype(dtype), op, rcond)
+    if op != "inv" or n <= THREAD_MAX_N[dt]:
         return _thread_spec(dt, n, op, rcond)
-    if op != "inv":
-        raise ValueError(f"op must be one of {', '.join(map(repr, _OPS))}, got {op!r}")
-    if not 1 <= n <= KERNEL_MAX_N[dt]:
-        raise ValueError(f"the small-matrix kernels take 1 <= n <= {KERNEL_MAX_N[dt]} for {dt}, got n={n}")
     item = dt.itemsize
-    if n <= THREAD_MAX_N[dt]:
-        return _thread_spec(dt, n, "inv", rcond)
     group = 1 << (n - 1).bit_length()
     per_warp = 32 // group
     for warps in (4, 2, 1):
@@ -413,28 +394,20 @@ def instantiations(include_non_default: bool = False) -> list[KernelSpec]:
     their bounds (all up to 8), which dispatch does not select: the
     NVRTC check reports them to show where and why the threshold lies.
     """
-    specs = [kernel_spec(n, dt) for dt in _DTYPES for n in range(1, KERNEL_MAX_N[dt] + 1)]
-    specs += [kernel_spec(n, dt, "chol") for dt in _DTYPES for n in range(1, CHOL_MAX_N[dt] + 1)]
-    for op in ("tril", "triu", "diag"):
-        bounds = _OP_MAX_N[op][0]
-        specs += [kernel_spec(n, dt, op) for dt in _DTYPES for n in range(1, bounds[dt] + 1)]
+    with_rc = [op for op, kernel in _OP_TABLE.items() if kernel.rcond]
+    plain_only = [op for op, kernel in _OP_TABLE.items() if not kernel.rcond]
+
+    def dispatched(ops: list[str]) -> list[KernelSpec]:
+        return [kernel_spec(n, dt, op) for op in ops for dt in _DTYPES for n in range(1, _OP_TABLE[op].max_n[dt] + 1)]
+
+    specs = dispatched(with_rc)
     specs += [replace(s, rcond=True) for s in list(specs) if has_rcond_variant(s.n, s.dtype, s.op)]
-    specs += [kernel_spec(n, dt, "solve") for dt in _DTYPES for n in range(1, SOLVE_MAX_N[dt] + 1)]
+    specs += dispatched(plain_only)
     if include_non_default:
-        for dt in _DTYPES:
-            for n in range(SOLVE_MAX_N[dt] + 1, _SOLVE_CHECK_N + 1):
-                specs.append(_thread_spec(dt, n, "solve"))
-        for dt in _DTYPES:
-            for n in range(CHOL_MAX_N[dt] + 1, _CHOL_CHECK_N + 1):
-                specs.append(_thread_spec(dt, n, "chol"))
-        for op in ("tril", "triu", "diag"):
-            bounds = _OP_MAX_N[op][0]
-            for dt in _DTYPES:
-                for n in range(bounds[dt] + 1, _TRI_CHECK_N + 1):
-                    specs.append(_thread_spec(dt, n, op))
-        for dt in _DTYPES:
-            for n in range(THREAD_MAX_N[dt] + 1, 9):
-                specs.append(_thread_spec(dt, n, "inv"))
+        # The general inverse's one-thread shape above THREAD_MAX_N, the others above their bounds.
+        above = {op: (THREAD_MAX_N if op == "inv" else kernel.max_n) for op, kernel in _OP_TABLE.items()}
+        for op in plain_only + [op for op in with_rc if op != "inv"] + ["inv"]:
+            specs += [_thread_spec(dt, n, op) for dt in _DTYPES for n in range(above[op][dt] + 1, _OP_TABLE[op].check_n + 1)]
     return specs
 
 

@@ -55,10 +55,30 @@ template <class R> GPUINV_HD R abs_real(R x) { return x < R(0) ? -x : x; }
 // and it stays correct because no kernel is compiled with fast math.
 template <class R> GPUINV_HD bool finite_real(R x) { return (x - x) == R(0); }
 
-template <class R> GPUINV_HD R nan_real() {
-    R zero = R(0);
-    return zero / zero;
+// NaN built from its bits. `zero / zero` was a division: under
+// -prec-div=true the GPU compiler emits it as a call of the IEEE division
+// subroutine (unconditionally for double, behind an FCHK for float), on
+// every tile of every kernel that may write NaN. The bits are those that
+// division returns for 0 / 0 on the GPU (0x7fffffff; 0xfff8000000000000),
+// on the host too, so that every build writes the same NaN.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+GPUINV_HD float float_from_bits(int bits) { return __int_as_float(bits); }
+GPUINV_HD double double_from_bits(long long bits) { return __longlong_as_double(bits); }
+#else
+inline float float_from_bits(int bits) {
+    float x;
+    __builtin_memcpy(&x, &bits, sizeof x);
+    return x;
 }
+inline double double_from_bits(long long bits) {
+    double x;
+    __builtin_memcpy(&x, &bits, sizeof x);
+    return x;
+}
+#endif
+template <class R> GPUINV_HD R nan_real();
+template <> GPUINV_HD float nan_real<float>() { return float_from_bits(0x7fffffff); }
+template <> GPUINV_HD double nan_real<double>() { return double_from_bits((long long)0xfff8000000000000ull); }
 
 GPUINV_HD float cabs1(float x) { return abs_real(x); }
 GPUINV_HD double cabs1(double x) { return abs_real(x); }

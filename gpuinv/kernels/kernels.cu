@@ -18,31 +18,20 @@
 
 namespace gpuinv {
 
-// One thread per matrix, the matrix in registers.
-//
-// A block of B threads inverts B consecutive matrices per tile. The tile is
-// loaded from global memory with consecutive threads reading consecutive
-// elements (coalesced) into shared memory, stored there transposed
-// (element e of matrix t at e * (B + 1) + t, the +1 avoiding bank
-// conflicts), so that each thread then reads its own matrix without bank
-// conflicts. The result goes back the same way, the column permutation of
-// partial pivoting applied on the way into shared memory.
-//
-// The smallest matrices (THREAD_DIRECT_BYTES or less, gpuinv/kernels/__init__.py
-// keeps the same bound) skip the stage: each thread loads and stores its own
-// matrices straight from and to global memory. A warp's access then spans
-// 32 matrices, at most 1 KiB, whose cache lines the next element's access
-// finds in L1; the stage's loops, index arithmetic and barriers, which
-// cost several times the inversion of a 2x2, are gone. Each thread takes
-// K = THREAD_DIRECT_BYTES / (matrix bytes) matrices per tile (B apart, so
-// each load instruction stays coalesced) and issues all their loads before
-// any arithmetic: 32 bytes in flight per thread, which is what keeps HBM
-// busy at any occupancy (docs/kernels.md, the cost model's Little's law).
+// The largest matrix (in bytes) the one-thread kernels take without a stage
+// (inv_thread has why; gpuinv/kernels/__init__.py keeps the same bound).
 constexpr int THREAD_DIRECT_BYTES = 32;
 
-// The stage-less tile loop of the one-thread kernels: `load(i, row, col)`
-// gives element (row, col) of matrix i (only called for i < m), and
-// `finish(i, r)` inverts matrix i held in `r` and stores it.
+// --- the tile loops of the one-thread kernels ---------------------------------
+//
+// Every one-thread kernel (inv_thread, inv_chol_thread, inv_tri_thread,
+// inv_diag_thread, solve_thread) is one of the two loops below plus its own
+// math: direct_tiles for the sizes at or under THREAD_DIRECT_BYTES,
+// staged_tiles above them. thread_tiles puts the inverses' math in either.
+
+// The stage-less tile loop: `load(i, row, col)` gives element (row, col) of
+// matrix i (only called for i < m), and `finish(i, r)` inverts matrix i held
+// in `r` and stores it.
 template <class T, int N, int B, class Load, class Finish>
 __device__ __forceinline__ void direct_tiles(long long m, Load load, Finish finish) {
     constexpr int NN = N * N;
@@ -64,12 +53,12 @@ __device__ __forceinline__ void direct_tiles(long long m, Load load, Finish fini
     }
 }
 
-// The stage of the one-thread kernels: a tile of B matrices, element e of
-// matrix t at e * (B + 1) + t, filled from and emptied to the tile's `valid`
-// elements at `src`/`dst` with consecutive threads on consecutive elements
-// (coalesced). The trip count is a compile-time NN, so the loops unroll and
-// every load of a thread is in flight before its first store (what keeps
-// HBM busy when registers limit occupancy; docs/kernels.md).
+// The stage: a tile of B matrices, element e of matrix t at e * (B + 1) + t,
+// filled from and emptied to the tile's `valid` elements at `src`/`dst`
+// with consecutive threads on consecutive elements (coalesced). The trip
+// count is a compile-time NN, so the loops unroll and every load of a
+// thread is in flight before its first store (what keeps HBM busy when
+// registers limit occupancy; docs/kernels.md).
 template <class T, int NN, int B>
 __device__ __forceinline__ void stage_in(T* stage, const T* __restrict__ src, int t, int valid) {
     GPUINV_UNROLL
@@ -89,72 +78,145 @@ __device__ __forceinline__ void stage_out(const T* stage, T* __restrict__ dst, i
     }
 }
 
-template <class T, int N, int B, bool RC = false>
-__global__ void __launch_bounds__(B, 1)
-    inv_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info,
-               typename real_of<T>::type* __restrict__ rcond, long long m) {
+// Thread t's column of the stage: element e of its matrix at at[e * LD].
+template <class T, int LD> struct StageColumn {
+    T* at;
+    __device__ __forceinline__ T& operator()(int e) const { return at[e * LD]; }
+};
+
+// The staged tile loop: a block takes B consecutive matrices per tile into
+// a stage of SLOTS elements per matrix. `fill(stage, t, first, count)` loads
+// the tile's `count` matrices from `first` on (stage_in); thread t < count
+// then runs `work(first + t, slot)`, slot(e) being element e of its own
+// column of the stage (a StageColumn: only thread t touches column t, so no
+// barrier is needed between its reads and its writes); and, where `drains`,
+// `drain(stage, t, first, count)` stores the tile (stage_out).
+template <class T, int SLOTS, int B, class Fill, class Work, class Drain>
+__device__ __forceinline__ void staged_tiles(long long m, Fill fill, Work work, Drain drain, bool drains) {
+    constexpr int LD = B + 1;
+    // Every kernel's stage is named `stage`: the CPU emulation maps it to
+    // one buffer of the instantiation's size (tests/cuda_emu).
+    __shared__ T stage[SLOTS * LD];
+    const int t = threadIdx.x;
+    const long long tiles = (m + B - 1) / B;
+    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const long long first = tile * B;
+        const int count = (m - first) < B ? (int)(m - first) : B;
+        fill(stage, t, first, count);
+        __syncthreads();
+        // Threads past the stack's end only take part in the barriers.
+        if (t < count) work(first + t, StageColumn<T, LD>{stage + t});
+        if (drains) {
+            __syncthreads();
+            drain(stage, t, first, count);
+        }
+        __syncthreads();  // the next tile's loads overwrite the stage
+    }
+}
+
+// The inverses' tile loop: a C-contiguous (m, N, N) stack `a` in, `out` and
+// one info code per matrix out, through direct_tiles or staged_tiles by the
+// matrix's size. `Op` is the kernel's own math (the kernels below):
+// * `Op::load(at, row, col)`: element (row, col) of the registers `r`, from
+//   at(row, col), element (row, col) of the matrix in memory (only the
+//   triangle or the diagonal a structured kernel reads);
+// * `Op::norm_a(at)`: with RC, ||A||_1 of the matrix as loaded, at(row, col)
+//   giving what load gives. Where Op::stage_norm, the staged loop takes it
+//   from the stage, in a pass of its own before `r` is filled, then a
+//   compiler barrier, so that r is still read from the stage as the
+//   elimination needs it (GPUINV_RELOAD_BARRIER, inverse.cuh); otherwise,
+//   and always in the stage-less loop, from `r`;
+// * `op(i, r, a_norm, put)`: inverts matrix i held in `r`, writes rcond[i]
+//   with RC, writes element e of the inverse (NaN where the kernel's info
+//   says so) with put(e, value), and returns the info code.
+// (Function objects, not lambdas: NVRTC compiles no generic lambda.)
+template <class T, int N, int B, bool RC, class Op>
+__device__ __forceinline__ void thread_tiles(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info,
+                                             long long m, Op op) {
     typedef typename real_of<T>::type R;
     constexpr int NN = N * N;
     if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
         direct_tiles<T, N, B>(
-            m, [&](long long i, int row, int col) { return a[i * NN + row * N + col]; },
+            m,
+            [&](long long i, int row, int col) {
+                return Op::load([&](int p, int q) { return a[i * NN + p * N + q]; }, row, col);
+            },
             [&](long long i, T (&r)[N][N]) {
-                int col[N];
                 R a_norm = R(0);
-                if constexpr (RC) a_norm = one_norm<T, N>(r);
-                int code = invert_in_place<T, N>(r, col);
-                if constexpr (RC) rcond[i] = rcond_of(code, a_norm, one_norm<T, N>(r));
-                T* dst = out + i * NN;
-                GPUINV_UNROLL
-                for (int row = 0; row < N; ++row) {
-                    GPUINV_UNROLL
-                    for (int c = 0; c < N; ++c) dst[row * N + col[c]] = code == -1 ? make_nan<T>() : r[row][c];
-                }
-                info[i] = code;
+                if constexpr (RC) a_norm = Op::norm_a([&](int p, int q) { return r[p][q]; });
+                info[i] = op(i, r, a_norm, [&](int e, T v) { out[i * NN + e] = v; });
             });
     } else {
-        constexpr int LD = B + 1;
-        __shared__ T stage[NN * LD];
-        const int t = threadIdx.x;
-        const long long tiles = (m + B - 1) / B;
-        for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-            const long long first = tile * B;
-            const int count = (m - first) < B ? (int)(m - first) : B;
-            const long long base = first * NN;
-            stage_in<T, NN, B>(stage, a + base, t, count * NN);
-            __syncthreads();
-            if (t < count) {
-                // RC: ||A||_1 in a pass of its own over the stage, then the
-                // barrier, so that r is still read as the elimination needs it.
+        typedef StageColumn<T, B + 1> Slot;
+        staged_tiles<T, NN, B>(
+            m, [&](T* stage, int t, long long first, int count) { stage_in<T, NN, B>(stage, a + first * NN, t, count * NN); },
+            [&](long long i, Slot slot) {
+                auto held = [&](int row, int col) {
+                    return Op::load([&](int p, int q) { return slot(p * N + q); }, row, col);
+                };
                 R a_norm = R(0);
-                if constexpr (RC) {
-                    a_norm = one_norm_at<T, N>([&](int i, int j) { return stage[(i * N + j) * LD + t]; });
+                if constexpr (RC && Op::stage_norm) {
+                    a_norm = Op::norm_a(held);
                     GPUINV_RELOAD_BARRIER();
                 }
                 T r[N][N];
-                int col[N];
                 GPUINV_UNROLL
-                for (int i = 0; i < N; ++i) {
+                for (int row = 0; row < N; ++row) {
                     GPUINV_UNROLL
-                    for (int j = 0; j < N; ++j) r[i][j] = stage[(i * N + j) * LD + t];
+                    for (int col = 0; col < N; ++col) r[row][col] = held(row, col);
                 }
-                int code = invert_in_place<T, N>(r, col);
-                if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, one_norm<T, N>(r));
-                // Only thread t touches column t of the stage, so no barrier is
-                // needed between its reads above and its writes here.
-                GPUINV_UNROLL
-                for (int i = 0; i < N; ++i) {
-                    GPUINV_UNROLL
-                    for (int c = 0; c < N; ++c)
-                        stage[(i * N + col[c]) * LD + t] = code == -1 ? make_nan<T>() : r[i][c];
-                }
-                info[first + t] = code;
-            }
-            __syncthreads();
-            stage_out<T, NN, B>(stage, out + base, t, count * NN);
-            __syncthreads();  // the next tile's loads overwrite the stage
-        }
+                if constexpr (RC && !Op::stage_norm) a_norm = Op::norm_a([&](int p, int q) { return r[p][q]; });
+                info[i] = op(i, r, a_norm, [&](int e, T v) { slot(e) = v; });
+            },
+            [&](T* stage, int t, long long first, int count) { stage_out<T, NN, B>(stage, out + first * NN, t, count * NN); },
+            true);
     }
+}
+
+// The LU inverse's math for thread_tiles.
+template <class T, int N, bool RC> struct LuInverse {
+    typedef typename real_of<T>::type R;
+    static constexpr bool stage_norm = true;
+    R* rcond;
+    template <class At> __device__ __forceinline__ static T load(At at, int row, int col) { return at(row, col); }
+    template <class At> __device__ __forceinline__ static R norm_a(At at) { return one_norm_at<T, N>(at); }
+    template <class Put> __device__ __forceinline__ int operator()(long long i, T (&r)[N][N], R a_norm, Put put) const {
+        int col[N];
+        const int code = invert_in_place<T, N>(r, col);
+        if constexpr (RC) rcond[i] = rcond_of(code, a_norm, one_norm<T, N>(r));
+        GPUINV_UNROLL
+        for (int row = 0; row < N; ++row) {
+            GPUINV_UNROLL
+            for (int c = 0; c < N; ++c) put(row * N + col[c], code == -1 ? make_nan<T>() : r[row][c]);
+        }
+        return code;
+    }
+};
+
+// One thread per matrix, the matrix in registers: the LU inverse.
+//
+// The staged loop's tile is loaded from global memory with consecutive
+// threads reading consecutive elements (coalesced) into shared memory,
+// stored there transposed (element e of matrix t at e * (B + 1) + t, the +1
+// avoiding bank conflicts), so that each thread then reads its own matrix
+// without bank conflicts. The result goes back the same way, the column
+// permutation of partial pivoting applied on the way into shared memory.
+//
+// The smallest matrices (THREAD_DIRECT_BYTES or less, gpuinv/kernels/__init__.py
+// keeps the same bound) skip the stage: each thread loads and stores its own
+// matrices straight from and to global memory. A warp's access then spans
+// 32 matrices, at most 1 KiB, whose cache lines the next element's access
+// finds in L1; the stage's loops, index arithmetic and barriers, which
+// cost several times the inversion of a 2x2, are gone. Each thread takes
+// K = THREAD_DIRECT_BYTES / (matrix bytes) matrices per tile (B apart, so
+// each load instruction stays coalesced) and issues all their loads before
+// any arithmetic: 32 bytes in flight per thread, which is what keeps HBM
+// busy at any occupancy (docs/kernels.md, the cost model's Little's law).
+template <class T, int N, int B, bool RC = false>
+__global__ void __launch_bounds__(B, 1)
+    inv_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info,
+               typename real_of<T>::type* __restrict__ rcond, long long m) {
+    thread_tiles<T, N, B, RC>(a, out, info, m, LuInverse<T, N, RC>{rcond});
 }
 
 __device__ __forceinline__ float shfl(float v, int src, int width) {
@@ -224,11 +286,18 @@ template <> struct pivot_code_of<double> { typedef PivotCode64 type; };
 // applies the same update without a select: rows below the pivot get
 // exactly lu_row_step's arithmetic, and the other rows (the pivot row and
 // rows above it, already stored) get values nobody reads. That is exact for
-// every matrix with info == 0; after an exactly zero pivot (info > 0) the
-// rows below it are updated with l = a_ik (which is +-0 unless NaN) where
-// the one-thread kernel leaves them, and only the signs of zeros or the
-// propagation of an overflow can differ, in an inverse that is
-// meaningless anyway.
+// every matrix with info == 0 (and info -1 writes NaN from both shapes).
+// At an exactly zero pivot (info > 0) the shapes differ, in an inverse that
+// is meaningless anyway: this kernel stores 1 as the pivot's reciprocal
+// (recip(1), no select) and updates the rows below with l = a_ik (+-0
+// unless NaN), where the one-thread kernel keeps the zero pivot and leaves
+// the rows alone (lu_row_step's `active`). So X differs wholesale, not only
+// in the signs of zeros: the zero matrix gives X = I here and X = 0 from
+// inv_thread. Making the one-thread kernel do this kernel's arithmetic
+// costs it registers past the CI budget (docs/kernels.md, "The two shapes
+// at info > 0"), and making this kernel do the other's costs selects in its
+// rolled k loop; tests/test_kernels_shapes_emu.py pins what agrees and what
+// does not.
 // Phase 2 (X = U^-1 Y): each lane solves one column with
 // back_substitute_column_rotated, reading U and Y from the slice (all lanes
 // of a group read the same U element at once: a broadcast). Lanes past N
@@ -392,77 +461,36 @@ __global__ void __launch_bounds__(32 * W, 1)
 
 namespace gpuinv {
 
-// One thread per matrix, the matrix's lower triangle in registers; the
-// staging is inv_thread's (coalesced tile loads into a transposed shared
-// stage, B + 1 against bank conflicts). chol_invert_in_place (cholesky.cuh)
-// reads only the lower triangle and the real part of the diagonal, so
-// only those are taken from the stage; the whole inverse, exactly
-// Hermitian, goes back. info follows potrf (k > 0: the leading minor of
-// order k is not positive definite), -1 for NaN or Inf in the part read;
-// for info != 0 the output is all NaN.
+// The Cholesky inverse's math for thread_tiles: only the lower triangle is
+// loaded (chol_invert_in_place reads no more: the lower triangle and the
+// real part of the diagonal).
+template <class T, int N, bool RC> struct CholInverse {
+    typedef typename real_of<T>::type R;
+    static constexpr bool stage_norm = true;
+    R* rcond;
+    template <class At> __device__ __forceinline__ static T load(At at, int row, int col) {
+        return col <= row ? at(row, col) : make_zero<T>();
+    }
+    template <class At> __device__ __forceinline__ static R norm_a(At at) { return hermitian_one_norm_at<T, N>(at); }
+    template <class Put> __device__ __forceinline__ int operator()(long long i, T (&r)[N][N], R a_norm, Put put) const {
+        const int code = chol_invert_in_place<T, N>(r);
+        if constexpr (RC) rcond[i] = rcond_of(code, a_norm, one_norm<T, N>(r));
+        GPUINV_UNROLL
+        for (int e = 0; e < N * N; ++e) put(e, code != 0 ? make_nan<T>() : r[e / N][e % N]);
+        return code;
+    }
+};
+
+// One thread per matrix, the matrix's lower triangle in registers, in
+// inv_thread's tile loop (thread_tiles, CholInverse); the whole inverse,
+// exactly Hermitian, goes back. info follows potrf (k > 0: the leading
+// minor of order k is not positive definite), -1 for NaN or Inf in the part
+// read; for info != 0 the output is all NaN.
 template <class T, int N, int B, bool RC = false>
 __global__ void __launch_bounds__(B, 1)
     inv_chol_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info, typename real_of<T>::type* __restrict__ rcond,
                     long long m) {
-    typedef typename real_of<T>::type R;
-    constexpr int NN = N * N;
-    if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
-        // Without a stage, as inv_thread's smallest: only the lower triangle is loaded.
-        direct_tiles<T, N, B>(
-            m, [&](long long i, int row, int col) { return col <= row ? a[i * NN + row * N + col] : make_zero<T>(); },
-            [&](long long i, T (&r)[N][N]) {
-                R a_norm = R(0);
-                if constexpr (RC) a_norm = hermitian_one_norm<T, N>(r);
-                int code = chol_invert_in_place<T, N>(r);
-                if constexpr (RC) rcond[i] = rcond_of(code, a_norm, one_norm<T, N>(r));
-                T* dst = out + i * NN;
-                GPUINV_UNROLL
-                for (int e = 0; e < NN; ++e) dst[e] = code != 0 ? make_nan<T>() : r[e / N][e % N];
-                info[i] = code;
-            });
-    } else {
-        constexpr int LD = B + 1;
-        // Named as inv_thread's stage: the CPU emulation maps every kernel's
-        // `stage` to one buffer of the instantiation's size (tests/cuda_emu).
-        __shared__ T stage[NN * LD];
-        const int t = threadIdx.x;
-        const long long tiles = (m + B - 1) / B;
-        for (long long tl = blockIdx.x; tl < tiles; tl += gridDim.x) {
-            const long long first = tl * B;
-            const int count = (m - first) < B ? (int)(m - first) : B;
-            const long long off = first * NN;
-            stage_in<T, NN, B>(stage, a + off, t, count * NN);
-            __syncthreads();
-            // Threads past the stack's end only take part in the barriers.
-            if (t < count) {
-                R a_norm = R(0);  // RC: in a pass of its own, as inv_thread's
-                if constexpr (RC) {
-                    a_norm = hermitian_one_norm_at<T, N>([&](int i, int j) { return stage[(i * N + j) * LD + t]; });
-                    GPUINV_RELOAD_BARRIER();
-                }
-                T r[N][N];
-                GPUINV_UNROLL
-                for (int i = 0; i < N; ++i) {
-                    GPUINV_UNROLL
-                    for (int j = 0; j < N; ++j)
-                        r[i][j] = j <= i ? stage[(i * N + j) * LD + t] : make_zero<T>();
-                }
-                int code = chol_invert_in_place<T, N>(r);
-                if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, one_norm<T, N>(r));
-                // Only thread t touches column t of the stage.
-                GPUINV_UNROLL
-                for (int i = 0; i < N; ++i) {
-                    GPUINV_UNROLL
-                    for (int j = 0; j < N; ++j)
-                        stage[(i * N + j) * LD + t] = code != 0 ? make_nan<T>() : r[i][j];
-                }
-                info[first + t] = code;
-            }
-            __syncthreads();
-            stage_out<T, NN, B>(stage, out + off, t, count * NN);
-            __syncthreads();  // the next tile's loads overwrite the stage
-        }
-    }
+    thread_tiles<T, N, B, RC>(a, out, info, m, CholInverse<T, N, RC>{rcond});
 }
 
 }  // namespace gpuinv
@@ -473,149 +501,87 @@ __global__ void __launch_bounds__(B, 1)
 
 namespace gpuinv {
 
-// One thread per matrix, inv_chol_thread's staging (inv_thread's: coalesced
-// tile loads into a transposed shared stage, B + 1 against bank conflicts).
-// Only the triangle the structure names is taken from the stage, into the
-// lower triangle of `r`: as it is for LOWER, transposed for an upper
-// triangular matrix, whose inverse is the transpose of (U^T)^-1 (a plain
-// transpose: U^T is the transpose, not the conjugate transpose). The whole
-// inverse goes back, exact zeros in the other triangle. info follows trtri
-// (k > 0: the first exactly zero diagonal element), -1 for NaN or Inf in
-// the triangle read; for info != 0 the output is all NaN. With RC, rcond
-// as the other kernels': r holds the triangle transposed for an upper
-// matrix, so its 1-norm is r's infinity-norm (largest row sum), and X's too.
+// The triangular inverse's math for thread_tiles. Only the triangle the
+// structure names is loaded, into the lower triangle of `r`: as it is for
+// LOWER, transposed for an upper triangular matrix, whose inverse is the
+// transpose of (U^T)^-1 (a plain transpose: U^T is the transpose, not the
+// conjugate transpose). With RC, r holds the triangle transposed for an
+// upper matrix, so its 1-norm is r's infinity-norm (largest row sum), and
+// X's too.
+template <class T, int N, bool LOWER, bool RC> struct TriInverse {
+    typedef typename real_of<T>::type R;
+    static constexpr bool stage_norm = false;
+    R* rcond;
+    template <class At> __device__ __forceinline__ static T load(At at, int row, int col) {
+        return col <= row ? (LOWER ? at(row, col) : at(col, row)) : make_zero<T>();
+    }
+    // ||.||_1 of the matrix r holds (lower) or holds transposed (upper): the
+    // infinity-norm as the 1-norm of the transpose, inf_norm's sums in its order.
+    template <class At> __device__ __forceinline__ static R norm_a(At at) {
+        return LOWER ? one_norm_at<T, N>(at) : one_norm_at<T, N>([&](int p, int q) { return at(q, p); });
+    }
+    template <class Put> __device__ __forceinline__ int operator()(long long i, T (&r)[N][N], R a_norm, Put put) const {
+        const int code = tri_invert_in_place<T, N>(r);
+        if constexpr (RC) rcond[i] = rcond_of(code, a_norm, LOWER ? one_norm<T, N>(r) : inf_norm<T, N>(r));
+        GPUINV_UNROLL
+        for (int e = 0; e < N * N; ++e)
+            put(e, code != 0 ? make_nan<T>() : (LOWER ? r[e / N][e % N] : r[e % N][e / N]));
+        return code;
+    }
+};
+
+// One thread per matrix, in inv_thread's tile loop (thread_tiles,
+// TriInverse). The whole inverse goes back, exact zeros in the other
+// triangle. info follows trtri (k > 0: the first exactly zero diagonal
+// element), -1 for NaN or Inf in the triangle read; for info != 0 the
+// output is all NaN.
 template <class T, int N, int B, bool LOWER, bool RC = false>
 __global__ void __launch_bounds__(B, 1)
     inv_tri_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info,
                    typename real_of<T>::type* __restrict__ rcond, long long m) {
-    typedef typename real_of<T>::type R;
-    constexpr int NN = N * N;
-    // ||.||_1 of the matrix r holds (lower) or holds transposed (upper).
-    auto norm = [](const T (&r)[N][N]) { return LOWER ? one_norm<T, N>(r) : inf_norm<T, N>(r); };
-    if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
-        // Without a stage, as inv_thread's smallest: only the triangle read is loaded.
-        direct_tiles<T, N, B>(
-            m,
-            [&](long long i, int row, int col) {
-                return col <= row ? a[i * NN + (LOWER ? row * N + col : col * N + row)] : make_zero<T>();
-            },
-            [&](long long i, T (&r)[N][N]) {
-                R a_norm = R(0);
-                if constexpr (RC) a_norm = norm(r);
-                int code = tri_invert_in_place<T, N>(r);
-                if constexpr (RC) rcond[i] = rcond_of(code, a_norm, norm(r));
-                T* dst = out + i * NN;
-                GPUINV_UNROLL
-                for (int e = 0; e < NN; ++e)
-                    dst[e] = code != 0 ? make_nan<T>() : (LOWER ? r[e / N][e % N] : r[e % N][e / N]);
-                info[i] = code;
-            });
-    } else {
-        constexpr int LD = B + 1;
-        // Named as inv_thread's stage: the CPU emulation maps every kernel's
-        // `stage` to one buffer of the instantiation's size (tests/cuda_emu).
-        __shared__ T stage[NN * LD];
-        const int t = threadIdx.x;
-        const long long tiles = (m + B - 1) / B;
-        for (long long tri_t = blockIdx.x; tri_t < tiles; tri_t += gridDim.x) {
-            const long long first = tri_t * B;
-            const int count = (m - first) < B ? (int)(m - first) : B;
-            const long long tri_off = first * NN;
-            stage_in<T, NN, B>(stage, a + tri_off, t, count * NN);
-            __syncthreads();
-            // Threads without a matrix (past the stack's end) only wait at the barriers.
-            if (t < count) {
-                T r[N][N];
-                GPUINV_UNROLL
-                for (int i = 0; i < N; ++i) {
-                    GPUINV_UNROLL
-                    for (int j = 0; j < N; ++j)
-                        r[i][j] = j <= i ? stage[(LOWER ? i * N + j : j * N + i) * LD + t] : make_zero<T>();
-                }
-                R a_norm = R(0);
-                if constexpr (RC) a_norm = norm(r);
-                int code = tri_invert_in_place<T, N>(r);
-                if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, norm(r));
-                // Only thread t touches column t of the stage.
-                GPUINV_UNROLL
-                for (int i = 0; i < N; ++i) {
-                    GPUINV_UNROLL
-                    for (int j = 0; j < N; ++j)
-                        stage[(i * N + j) * LD + t] = code != 0 ? make_nan<T>() : (LOWER ? r[i][j] : r[j][i]);
-                }
-                info[first + t] = code;
-            }
-            __syncthreads();
-            stage_out<T, NN, B>(stage, out + tri_off, t, count * NN);
-            __syncthreads();  // the next tile's loads overwrite the stage
-        }
-    }
+    thread_tiles<T, N, B, RC>(a, out, info, m, TriInverse<T, N, LOWER, RC>{rcond});
 }
 
-// One thread per matrix, the same staging, only the diagonal taken from the
-// stage (n registers); diag(1 / d) goes back whole, exact zeros elsewhere.
-// The stage still moves every element in: the diagonal's elements lie in
-// as many 32-byte sectors as the whole small matrix, so reading them alone
-// would save no memory traffic, and the coalesced loads are the same code
-// as the other kernels'. info: the first exactly zero d_k, -1 for NaN or
-// Inf on the diagonal; for info != 0 the output is all NaN. With RC, rcond
-// from the norms of diag(d) and diag(1 / d): their largest |d_j| and |1 / d_j|.
+// The diagonal inverse's math for thread_tiles: only the diagonal is
+// loaded (n registers: the rest of `r` is zeros the compiler drops), and
+// diag(1 / d) goes back whole, exact zeros elsewhere. With RC, rcond from
+// the norms of diag(d) and diag(1 / d): their largest |d_j| and |1 / d_j|.
+template <class T, int N, bool RC> struct DiagInverse {
+    typedef typename real_of<T>::type R;
+    static constexpr bool stage_norm = false;
+    R* rcond;
+    template <class At> __device__ __forceinline__ static T load(At at, int row, int col) {
+        return row == col ? at(row, col) : make_zero<T>();
+    }
+    template <class At> __device__ __forceinline__ static R norm_a(At at) {
+        T d[N];
+        GPUINV_UNROLL
+        for (int j = 0; j < N; ++j) d[j] = at(j, j);
+        return max_modulus<T, N>(d);
+    }
+    template <class Put> __device__ __forceinline__ int operator()(long long i, T (&r)[N][N], R a_norm, Put put) const {
+        T d[N];
+        GPUINV_UNROLL
+        for (int j = 0; j < N; ++j) d[j] = r[j][j];
+        const int code = diag_invert_in_place<T, N>(d);
+        if constexpr (RC) rcond[i] = rcond_of(code, a_norm, max_modulus<T, N>(d));
+        GPUINV_UNROLL
+        for (int e = 0; e < N * N; ++e) put(e, code != 0 ? make_nan<T>() : (e / N == e % N ? d[e / N] : make_zero<T>()));
+        return code;
+    }
+};
+
+// One thread per matrix, in inv_thread's tile loop (thread_tiles,
+// DiagInverse). The stage still moves every element in: the diagonal's
+// elements lie in as many 32-byte sectors as the whole small matrix, so
+// reading them alone would save no memory traffic, and the coalesced loads
+// are the same code as the other kernels'. info: the first exactly zero
+// d_k, -1 for NaN or Inf on the diagonal; for info != 0 the output is all NaN.
 template <class T, int N, int B, bool RC = false>
 __global__ void __launch_bounds__(B, 1)
     inv_diag_thread(const T* __restrict__ a, T* __restrict__ out, int* __restrict__ info,
                     typename real_of<T>::type* __restrict__ rcond, long long m) {
-    typedef typename real_of<T>::type R;
-    constexpr int NN = N * N;
-    if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
-        direct_tiles<T, N, B>(
-            m, [&](long long i, int row, int col) { return row == col ? a[i * NN + row * N + col] : make_zero<T>(); },
-            [&](long long i, T (&r)[N][N]) {
-                T d[N];
-                GPUINV_UNROLL
-                for (int j = 0; j < N; ++j) d[j] = r[j][j];
-                R a_norm = R(0);
-                if constexpr (RC) a_norm = max_modulus<T, N>(d);
-                int code = diag_invert_in_place<T, N>(d);
-                if constexpr (RC) rcond[i] = rcond_of(code, a_norm, max_modulus<T, N>(d));
-                T* dst = out + i * NN;
-                GPUINV_UNROLL
-                for (int e = 0; e < NN; ++e)
-                    dst[e] = code != 0 ? make_nan<T>() : (e / N == e % N ? d[e / N] : make_zero<T>());
-                info[i] = code;
-            });
-    } else {
-        constexpr int LD = B + 1;
-        __shared__ T stage[NN * LD];
-        const int t = threadIdx.x;
-        const long long tiles = (m + B - 1) / B;
-        for (long long diag_t = blockIdx.x; diag_t < tiles; diag_t += gridDim.x) {
-            const long long first = diag_t * B;
-            const int count = (m - first) < B ? (int)(m - first) : B;
-            const long long diag_off = first * NN;
-            stage_in<T, NN, B>(stage, a + diag_off, t, count * NN);
-            __syncthreads();
-            // Threads without a matrix (past the stack's end) only wait at the barriers.
-            if (t < count) {
-                T d[N];
-                GPUINV_UNROLL
-                for (int j = 0; j < N; ++j) d[j] = stage[(j * N + j) * LD + t];
-                R a_norm = R(0);
-                if constexpr (RC) a_norm = max_modulus<T, N>(d);
-                int code = diag_invert_in_place<T, N>(d);
-                if constexpr (RC) rcond[first + t] = rcond_of(code, a_norm, max_modulus<T, N>(d));
-                GPUINV_UNROLL
-                for (int i = 0; i < N; ++i) {
-                    GPUINV_UNROLL
-                    for (int j = 0; j < N; ++j)
-                        stage[(i * N + j) * LD + t] = code != 0 ? make_nan<T>() : (i == j ? d[i] : make_zero<T>());
-                }
-                info[first + t] = code;
-            }
-            __syncthreads();
-            stage_out<T, NN, B>(stage, out + diag_off, t, count * NN);
-            __syncthreads();  // the next tile's loads overwrite the stage
-        }
-    }
+    thread_tiles<T, N, B, RC>(a, out, info, m, DiagInverse<T, N, RC>{rcond});
 }
 
 }  // namespace gpuinv
@@ -653,71 +619,58 @@ __global__ void __launch_bounds__(B, 1)
     solve_thread(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ x, int* __restrict__ info,
                  long long m, int k) {
     constexpr int NN = N * N;
+    // Column j of system i from global memory: x_j = A^-1 b_j for j < k.
+    auto solve_columns = [&](long long i, const T (&r)[N][N], const int (&col)[N], int code) {
+        const long long base = i * N * (long long)k;
+        GPUINV_ROLLED
+        for (int j = 0; j < k; ++j) {
+            T y[N];
+            solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);
+            GPUINV_UNROLL
+            for (int row = 0; row < N; ++row) x[base + (long long)row * k + j] = code != 0 ? make_nan<T>() : y[row];
+        }
+    };
     if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
         direct_tiles<T, N, B>(
             m, [&](long long i, int row, int col) { return a[i * NN + row * N + col]; },
             [&](long long i, T (&r)[N][N]) {
                 int col[N];
                 const int code = lu_factor<T, N>(r, col);
-                const long long base = i * N * (long long)k;
-                GPUINV_ROLLED
-                for (int j = 0; j < k; ++j) {
-                    T y[N];
-                    solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);
-                    GPUINV_UNROLL
-                    for (int row = 0; row < N; ++row) x[base + (long long)row * k + j] = code != 0 ? make_nan<T>() : y[row];
-                }
+                solve_columns(i, r, col, code);
                 info[i] = code;
             });
     } else {
-        constexpr int LD = B + 1;
-        // One array for A and (k = 1) b: the CPU emulation maps every
-        // kernel's `stage` to one buffer of the instantiation's size.
-        __shared__ T stage[(NN + N) * LD];
-        T* const stage_b = stage + NN * LD;
-        const int t = threadIdx.x;
-        const long long tiles = (m + B - 1) / B;
-        for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-            const long long first = tile * B;
-            const int count = (m - first) < B ? (int)(m - first) : B;
-            stage_in<T, NN, B>(stage, a + first * NN, t, count * NN);
-            if (k == 1) stage_in<T, N, B>(stage_b, b + first * N, t, count * N);
-            __syncthreads();
-            // Threads past the stack's end only take part in the barriers.
-            if (t < count) {
+        // The stage holds A and, for k = 1, b after it: element r of system
+        // t's b at slot NN + r of its column.
+        staged_tiles<T, NN + N, B>(
+            m,
+            [&](T* stage, int t, long long first, int count) {
+                stage_in<T, NN, B>(stage, a + first * NN, t, count * NN);
+                if (k == 1) stage_in<T, N, B>(stage + NN * (B + 1), b + first * N, t, count * N);
+            },
+            [&](long long i, StageColumn<T, B + 1> slot) {
                 T r[N][N];
                 int col[N];
                 GPUINV_UNROLL
-                for (int i = 0; i < N; ++i) {
+                for (int row = 0; row < N; ++row) {
                     GPUINV_UNROLL
-                    for (int j = 0; j < N; ++j) r[i][j] = stage[(i * N + j) * LD + t];
+                    for (int c = 0; c < N; ++c) r[row][c] = slot(row * N + c);
                 }
                 const int code = lu_factor<T, N>(r, col);
                 if (k == 1) {
                     T y[N];
-                    solve_column<T, N>(r, col, [&](int row) { return stage_b[row * LD + t]; }, y);
-                    // Only thread t touches column t of the stage.
+                    solve_column<T, N>(r, col, [&](int row) { return slot(NN + row); }, y);
                     GPUINV_UNROLL
-                    for (int row = 0; row < N; ++row) stage_b[row * LD + t] = code != 0 ? make_nan<T>() : y[row];
+                    for (int row = 0; row < N; ++row) slot(NN + row) = code != 0 ? make_nan<T>() : y[row];
                 } else {
-                    const long long base = (first + t) * N * (long long)k;
-                    GPUINV_ROLLED
-                    for (int j = 0; j < k; ++j) {
-                        T y[N];
-                        solve_column<T, N>(r, col, [&](int row) { return b[base + (long long)row * k + j]; }, y);
-                        GPUINV_UNROLL
-                        for (int row = 0; row < N; ++row)
-                            x[base + (long long)row * k + j] = code != 0 ? make_nan<T>() : y[row];
-                    }
+                    solve_columns(i, r, col, code);
                 }
-                info[first + t] = code;
-            }
-            if (k == 1) {
-                __syncthreads();
-                stage_out<T, N, B>(stage_b, x + first * N, t, count * N);
-            }
-            __syncthreads();  // the next tile's loads overwrite the stage
-        }
+                info[i] = code;
+            },
+            [&](T* stage, int t, long long first, int count) {
+                stage_out<T, N, B>(stage + NN * (B + 1), x + first * N, t, count * N);
+            },
+            k == 1);
     }
 }
 

@@ -2,7 +2,7 @@
 
 ``python -m gpuinv.kernels --model`` compiles every instantiation through
 NVRTC (the same compile as ``--check``), disassembles each kernel
-(``_sass.py``), counts the warp-instructions one matrix costs on the main
+(``sass.py``), counts the warp-instructions one matrix costs on the main
 path, and turns the counts into upper bounds on matrices per second for
 each chip that runs the architecture. docs/kernels.md ("Cost model") has
 the method, the numbers and the limits. No GPU is needed, and nothing here
@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import KernelSpec
-from ._check import KernelReport
-from ._sass import CLASSES, count_main_path, disassemble, parse_sass
+from .. import KernelSpec
+from .check import KernelReport
+from .sass import CLASSES, count_main_path, disassemble, parse_sass
 
 __all__ = [
     "CHIPS",

@@ -15,9 +15,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from . import NVRTC_OPTIONS, KernelSpec, instantiations, kernel_source
-from ._nvrtc import load_nvrtc as _load_nvrtc
-from ._sass import kernel_code
+from .. import NVRTC_OPTIONS, KernelSpec, instantiations, kernel_source
+from .._nvrtc import load_nvrtc as _load_nvrtc
+from .sass import kernel_code
 
 __all__ = [
     "ARCHS",

@@ -1,6 +1,6 @@
 """Read the machine code (SASS) of a compiled kernel and count what one trip costs.
 
-Used by ``python -m gpuinv.kernels --model`` (``_model.py``); nothing here
+Used by ``python -m gpuinv.kernels --model`` (``model.py``); nothing here
 runs when the library inverts matrices.
 
 * :func:`kernel_code` takes one kernel's instructions out of an NVRTC cubin
@@ -270,7 +270,7 @@ class Loop:
 class MainPath:
     """What one trip of the tile (chunk) loop executes, for one warp."""
 
-    instructions: list[Instr]
+    instructions: list[Instr]  # the main path's, then those of the subroutines it always calls
     end: int  # byte address just past the main path
     kernel_bytes: int
     loops: list[Loop]
@@ -346,13 +346,47 @@ def _main_end(instrs: list[Instr]) -> int:
     return end
 
 
+def _is_guard(ins: Instr) -> bool:
+    """A branch that may or may not be taken: predicated, or ``BRA.CONV`` (taken when converged)."""
+    return ins.base == "BRA" and not ins.opcode.startswith("BRA.DIV") and (
+        bool(ins.pred) or ins.opcode.startswith("BRA.CONV"))
+
+
 def _rare_sequences(main: list[Instr], end: int) -> set[int]:
     """Addresses of the basic blocks around each slow-path ``CALL`` (skipped in the common case).
 
     A reciprocal or division is inlined with a check that branches around
     ``[MOV ...] CALL.REL.NOINC slow ; [MOV ...] [BRA join]``: that block runs
-    only for denormal, huge or zero operands.
+    only for denormal, huge or zero operands (and a warp-synchronizing call
+    only when the warp has diverged: ``BRA.CONV`` skips it). A call is a
+    slow path only when such a guard skips its block: the instruction just
+    before the block is a guard branch (:func:`_is_guard`) whose target lies
+    at or past the block's end, and the block holds only the call and the
+    moves and integer arithmetic of its operands. An unconditional call in straight-line code
+    (a ``__noinline__`` function, or a division the compiler cannot inline)
+    runs on every trip: its block is counted, and so is the callee
+    (:func:`_callee_path`).
     """
+    leaders = _leaders(main, end)
+    by_addr = {i.addr: i for i in main}
+    rare: set[int] = set()
+    for call in (i for i in main if i.base == "CALL"):
+        start = max(a for a in leaders if a <= call.addr)
+        stop = min((a for a in leaders if a > call.addr), default=end)
+        guard = by_addr.get(start - 16)
+        if guard is None or not _is_guard(guard) or guard.target is None or guard.target < stop:
+            continue
+        block = [i for i in main if start <= i.addr < stop]
+        # Only the call and the moving of its operands and results: a guard
+        # that skips real work (an `if` of the source) is no slow-path check.
+        if any(classify(i) not in ("select_move", "integer", "control") for i in block):
+            continue
+        rare.update(i.addr for i in block)
+    return rare
+
+
+def _leaders(main: list[Instr], end: int) -> list[int]:
+    """The sorted start addresses of the main path's basic blocks."""
     leaders = {0}
     for i in main:
         t = i.target
@@ -360,13 +394,42 @@ def _rare_sequences(main: list[Instr], end: int) -> set[int]:
             leaders.add(t)
         if i.base in ("BRA", "EXIT", "RET", "BRX", "JMP") or i.opcode.startswith("BRA"):
             leaders.add(i.addr + 16)
-    ordered = sorted(leaders)
-    rare: set[int] = set()
-    for call in (i for i in main if i.base == "CALL"):
-        start = max(a for a in ordered if a <= call.addr)
-        stop = min((a for a in ordered if a > call.addr), default=end)
-        rare.update(i.addr for i in main if start <= i.addr < stop)
-    return rare
+    return sorted(leaders)
+
+
+def _callee_path(code: list[Instr], entry: int, depth: int = 0) -> list[Instr]:
+    """The instructions a subroutine runs from ``entry`` to its ``RET``, branches not taken.
+
+    The path falls through every guard branch and follows every
+    unconditional ``BRA``; an unconditional ``CALL`` on it adds its own
+    callee's path. Which branches a call really takes depends on its
+    operands: the fall-through path is the one the compiler lays out for
+    the common case.
+    """
+    if depth > 4:
+        raise SassError(f"calls nested deeper than 4 at {entry:#x}")
+    by_addr = {i.addr: i for i in code}
+    out: list[Instr] = []
+    seen: set[int] = set()
+    addr = entry
+    while True:
+        ins = by_addr.get(addr)
+        if ins is None:
+            raise SassError(f"the subroutine at {entry:#x} runs past the code at {addr:#x}")
+        if addr in seen:
+            raise SassError(f"the subroutine at {entry:#x} loops at {addr:#x}: its path is unknown")
+        seen.add(addr)
+        out.append(ins)
+        if ins.base == "RET" and not ins.pred:
+            return out
+        if ins.base == "EXIT" and not ins.pred:
+            raise SassError(f"the subroutine at {entry:#x} exits at {addr:#x} without returning")
+        if ins.base == "CALL" and not ins.pred and ins.target is not None:
+            out.extend(_callee_path(code, ins.target, depth + 1))
+        if ins.base == "BRA" and not _is_guard(ins) and not ins.opcode.startswith("BRA.DIV") and ins.target is not None:
+            addr = ins.target
+        else:
+            addr += 16
 
 
 def _peel(main: list[Instr], loop_start: int, kind: str) -> tuple[int, list[int], int] | None:
@@ -438,7 +501,10 @@ def count_main_path(
     largest remainder among its lanes, and skips it when no lane has one. A
     rolled loop without global accesses has no known trip count: it is
     counted once and reported in ``unknown_loops``. Slow-path call
-    sequences are not counted.
+    sequences (a call whose block a guard branch skips) are not counted;
+    every other call is counted through: its callee's path to ``RET``
+    (:func:`_callee_path`) weighs what the call site weighs, and those
+    instructions follow the main path's in ``instructions``.
     """
     if not instrs:
         raise SassError("no instructions")
@@ -510,4 +576,14 @@ def count_main_path(
                 for i in main:
                     if stop_at < i.addr < join:
                         weights[i.addr] = 0.0
-    return MainPath(main, end, kernel_bytes, loops, unknown, rare, weights)
+    # Count through every call that runs whenever its block does: the
+    # callee's path to RET, as often as the call site.
+    called: dict[int, Instr] = {}
+    for call in main:
+        if call.base != "CALL" or call.pred or call.target is None or call.addr in rare or not weights[call.addr]:
+            continue
+        for ins in _callee_path(code, call.target):
+            called[ins.addr] = ins
+            weights[ins.addr] = weights.get(ins.addr, 0.0) + weights[call.addr] if ins.addr >= end else weights[ins.addr]
+    instructions = main + [called[a] for a in sorted(called) if a >= end]
+    return MainPath(instructions, end, kernel_bytes, loops, unknown, rare, weights)
