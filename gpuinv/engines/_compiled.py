@@ -102,22 +102,27 @@ SPECIALIZE_MAX_N = {"invert": 0, "solve": 0}
 
 
 def kernel(name: str, n: int, dtype: Any) -> Any:
-    """The compiled ``name`` ("invert" or "solve") for order ``n`` and ``dtype``.
+    """The compiled ``name`` for order ``n`` and ``dtype``.
 
+    ``name`` is "invert" (``block(x, out, info, rc, lo, hi)``, rc unused),
+    "invert-rcond" (the same, rcond per matrix into ``rc``) or "solve".
     Compiled on first use (or loaded from Numba's disk cache); orders above
-    ``SPECIALIZE_MAX_N[name]`` share the run-time-n kernel.
+    ``SPECIALIZE_MAX_N`` share the run-time-n kernel.
     """
-    if name not in SPECIALIZE_MAX_N:
+    base = "invert" if name == "invert-rcond" else name
+    if base not in SPECIALIZE_MAX_N:
         raise ValueError(f"unknown compiled kernel {name!r}")
-    return _kernel(name, n if n <= SPECIALIZE_MAX_N[name] else 0, np.dtype(dtype))
+    return _kernel(name, n if n <= SPECIALIZE_MAX_N[base] else 0, np.dtype(dtype))
 
 
 @lru_cache(maxsize=None)
 def _kernel(name: str, n: int, dtype: np.dtype) -> Any:
     if name == "invert":
         return _make_invert(n, dtype)
+    if name == "invert-rcond":
+        return _make_invert(n, dtype, rcond=True)
     if name == "invert-prange":
-        return _make_invert(n, dtype, parallel=True)
+        return _make_invert(n, dtype, parallel=True, rcond=True)
     return _make_solve(n, dtype)
 
 
@@ -129,25 +134,31 @@ def _constants(n: int, dtype: np.dtype) -> tuple[Any, ...]:
             rt(np.ldexp(1.0, -(maxexp // 2))), rt(np.ldexp(1.0, maxexp // 2)), maxexp - 4)
 
 
-def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
+def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = False) -> Any:
     ONE, ZERO, NAN, RZERO, RONE, RNAN, LO, HI, LIMIT = _constants(n, dtype)
     NFIX = n  # 0: the order is read from the array at run time
     COMPLEX = dtype.kind == "c"
     RT = _real_type(dtype)
+    # rcond is frozen into the kernel, not a run-time flag: the kernel
+    # without it carries no branch in its loops (check_cond=False 1-3% faster
+    # at n = 5..16 than with the run-time flag; /tmp bench in the issue 19
+    # perf19 report, docs/cpu-compiled.md).
+    RC = rcond
 
     @_jit(nogil=True, error_model="numpy", boundscheck=False)
-    def block(x, out, info, rc, want_rc, lo, hi):  # pragma: no cover - compiled
+    def block(x, out, info, rc, lo, hi):  # pragma: no cover - compiled
         N = NFIX if NFIX > 0 else x.shape[1]
         a = np.empty((N, N), dtype=x.dtype)
         col = np.empty(N, dtype=np.int64)
         u = np.empty(N, dtype=x.dtype)
         colsum = np.empty(N, dtype=RT)
         for b in range(lo, hi):
-            # Load, check, largest entry and ||a||_1, in one pass.
+            # Load, check, largest entry and the column sums of |a|, in one pass.
             finite = True
             big = RZERO
-            for j in range(N):
-                colsum[j] = RZERO
+            if RC:
+                for j in range(N):
+                    colsum[j] = RZERO
             for i in range(N):
                 for j in range(N):
                     v = x[b, i, j]
@@ -158,22 +169,24 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
                         if not (re - re == RZERO and im - im == RZERO):
                             finite = False
                         big = max(big, re, im)
+                        if RC:
+                            colsum[j] += _modulus(v, LO, HI)
                     else:
                         if not (re - re == RZERO):
                             finite = False
                         big = max(big, re)
-                    if want_rc:
-                        colsum[j] += _modulus(v, LO, HI) if COMPLEX else abs(v)
+                        if RC:
+                            colsum[j] += re
             if not finite:
                 info[b] = -1
                 for i in range(N):
                     for j in range(N):
                         out[b, i, j] = NAN
-                if want_rc:
+                if RC:
                     rc[b] = RNAN
                 continue
             norm_a = RZERO
-            if want_rc:
+            if RC:
                 for j in range(N):
                     norm_a = max(norm_a, colsum[j])
             s = RONE
@@ -225,7 +238,7 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
                 for i in range(N):
                     for j in range(N):
                         out[b, i, j] = NAN
-                if want_rc:
+                if RC:
                     rc[b] = RZERO
                 continue
             # Back substitution, bottom row first: X = U^-1 (L^-1 P), row k
@@ -243,21 +256,24 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
                         a[k, c] = a[k, c] - uj * a[j, c]
                 for c in range(N):
                     a[k, c] = a[k, c] * inv_ukk
-            # Store with the column permutation (and the scale), ||X||_1 on the way.
-            if want_rc:
+            # Store with the column permutation and the scale, the column
+            # sums of |X| (unscaled; the permutation only reorders them) on
+            # the way.
+            if RC:
                 for c in range(N):
                     colsum[c] = RZERO
             for i in range(N):
                 for c in range(N):
-                    v = a[i, c] * s
-                    out[b, i, col[c]] = v
-                    if want_rc:
+                    v = a[i, c]
+                    out[b, i, col[c]] = v * s
+                    if RC:
                         colsum[c] += _modulus(v, LO, HI) if COMPLEX else abs(v)
-            if want_rc:
+            if RC:
                 norm_x = RZERO
                 for c in range(N):
                     norm_x = max(norm_x, colsum[c])
-                r = RONE / (norm_a * norm_x)
+                # ||X||_1 = s ||a||_1, s a power of two.
+                r = RONE / (norm_a * (norm_x * s))
                 # An overflowed inverse (Inf or NaN norm) gets 0, as rcond_from_inverse.
                 rc[b] = r if r - r == RZERO else RZERO
 
@@ -265,10 +281,10 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
         # Measurement only (benchmarks/bench_compiled.py threads): Numba's
         # prange over `parts` slices, against the engine's own thread pool.
         @numba.njit(nogil=True, parallel=True, error_model="numpy")
-        def prange_run(x, out, info, rc, want_rc, parts):  # pragma: no cover - compiled
+        def prange_run(x, out, info, rc, parts):  # pragma: no cover - compiled
             m = x.shape[0]
             for t in numba.prange(parts):
-                block(x, out, info, rc, want_rc, t * m // parts, (t + 1) * m // parts)
+                block(x, out, info, rc, t * m // parts, (t + 1) * m // parts)
 
         return prange_run
 
@@ -378,12 +394,12 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
 def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None) -> None:
     """Invert the C-contiguous block ``x`` (m, n, n) into ``out``; info (and rcond) per matrix."""
     n = x.shape[-1]
-    run = kernel("invert", n, x.dtype)
     x = _read_only(x)
     if rc is None:
-        run(x, out, info, np.empty(0, dtype=_real_type(x.dtype)), False, 0, len(x))
+        kernel("invert", n, x.dtype)(x, out, info, np.empty(0, dtype=_real_type(x.dtype)),
+                                     0, len(x))
     else:
-        run(x, out, info, rc, True, 0, len(x))
+        kernel("invert-rcond", n, x.dtype)(x, out, info, rc, 0, len(x))
 
 
 def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
