@@ -50,7 +50,7 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["kernel", "invert", "solve", "warm_up", "MAX_N"]
+__all__ = ["kernel", "invert", "solve", "one_norms", "warm_up", "MAX_N"]
 
 #: Orders the compiled kernels are built for (the CPU engine routes a subset).
 MAX_N = 64
@@ -405,6 +405,48 @@ def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | No
 def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
     """Solve ``a @ y = b`` for C-contiguous blocks a (m, n, n), b (m, n, k)."""
     kernel("solve", a.shape[-1], a.dtype)(_read_only(a), _read_only(b), y, info)
+
+
+@lru_cache(maxsize=None)
+def _one_norms_kernel(dtype: np.dtype) -> Any:
+    RZERO = dtype.type(0)
+
+    @_jit(nogil=True, error_model="numpy", boundscheck=False)
+    def run(x, res):  # pragma: no cover - compiled
+        N = x.shape[1]
+        colsum = np.empty(N, dtype=x.dtype)
+        for b in range(x.shape[0]):
+            for j in range(N):
+                colsum[j] = RZERO
+            # Rows in order, each added to the running column sums: the
+            # additions of NumPy's einsum("...ij->...j"), so the same bits.
+            for i in range(N):
+                for j in range(N):
+                    colsum[j] += abs(x[b, i, j])
+            best = colsum[0]
+            for j in range(1, N):
+                v = colsum[j]
+                # np.maximum: the first NaN wins, else the larger.
+                if best == best and (v > best or v != v):
+                    best = v
+            res[b] = best
+
+    return run
+
+
+def one_norms(x: np.ndarray) -> np.ndarray:
+    """``||x||_1`` of every matrix of a real C-contiguous block x (m, n, n), n >= 1.
+
+    The bits of :func:`gpuinv._numerics.one_norm` in one pass over x, with
+    no temporary the size of x: 2-4x faster than NumPy's ``abs`` + ``einsum``
+    for float64 and float32 at n = 16..256 (docs/cpu-compiled.md). Complex
+    blocks stay on NumPy: Numba's ``abs`` is ``hypot``, 7-13x slower than
+    NumPy's and not always the same bits.
+    """
+    res = np.empty(x.shape[0], dtype=x.dtype)
+    if x.shape[0]:
+        _one_norms_kernel(np.dtype(x.dtype))(_read_only(x), res)
+    return res
 
 
 def _read_only(x: np.ndarray) -> np.ndarray:
