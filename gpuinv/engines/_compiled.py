@@ -339,8 +339,9 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
         m = x.shape[0]
         N = NFIX if NFIX > 0 else x.shape[1]
         K = rhs.shape[2]
-        a = np.empty((N, N), dtype=x.dtype)
-        r = np.empty((N, K), dtype=x.dtype)
+        # The augmented matrix [A | B]: one contiguous row update of length
+        # N - k + K per eliminated entry instead of two loops.
+        a = np.empty((N, N + K), dtype=x.dtype)
         for b in range(m):
             finite = True
             big = RZERO
@@ -374,7 +375,7 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                         a[i, j] = a[i, j] * s
             for i in range(N):
                 for c in range(K):
-                    r[i, c] = rhs[b, i, c] * s
+                    a[i, N + c] = rhs[b, i, c] * s
             code = 0
             for k in range(N):
                 p = k
@@ -390,21 +391,15 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                     code = k + 1
                     break
                 if p != k:
-                    for j in range(k, N):
+                    for j in range(k, N + K):
                         t = a[k, j]
                         a[k, j] = a[p, j]
                         a[p, j] = t
-                    for c in range(K):
-                        t = r[k, c]
-                        r[k, c] = r[p, c]
-                        r[p, c] = t
                 inv = ONE / a[k, k]
                 for i in range(k + 1, N):
                     l = a[i, k] * inv
-                    for j in range(k + 1, N):
+                    for j in range(k + 1, N + K):
                         a[i, j] = a[i, j] - l * a[k, j]
-                    for c in range(K):
-                        r[i, c] = r[i, c] - l * r[k, c]
                 a[k, k] = inv
             info[b] = code
             if code != 0:
@@ -414,13 +409,13 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                 continue
             for k in range(N - 1, -1, -1):
                 inv_ukk = a[k, k]
-                for c in range(K):
-                    t = r[k, c]
+                for c in range(N, N + K):
+                    t = a[k, c]
                     for j in range(k + 1, N):
-                        t = t - a[k, j] * r[j, c]
+                        t = t - a[k, j] * a[j, c]
                     t = t * inv_ukk
-                    r[k, c] = t
-                    y[b, k, c] = t
+                    a[k, c] = t
+                    y[b, k, c - N] = t
 
     return run
 
