@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numba
@@ -436,7 +436,7 @@ def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None
     kernel("solve", a.shape[-1], a.dtype)(_read_only(a), _read_only(b), y, info)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _one_norms_kernel(dtype: np.dtype) -> Any:
     RZERO = dtype.type(0)
 
@@ -456,7 +456,7 @@ def _one_norms_kernel(dtype: np.dtype) -> Any:
             for j in range(1, N):
                 v = colsum[j]
                 # np.maximum: the first NaN wins, else the larger.
-                if best == best and (v > best or v != v):
+                if not math.isnan(best) and (v > best or math.isnan(v)):
                     best = v
             res[b] = best
 
