@@ -29,7 +29,12 @@ Algorithm, per matrix, the one of our CUDA kernels (gpuinv/kernels/inverse.cuh):
   as the elimination goes, then back substitution (``X = U^-1 L^-1 P``);
   the solve: the same elimination applied to b, then back substitution.
   ``||X||_1`` is summed as X is written. An inverse that overflows keeps
-  info 0, as LAPACK's does, and gets rcond 0.
+  info 0, as LAPACK's does, and gets rcond 0. rcond is a compile-time
+  constant: "invert" has no rcond code at all, "invert-rcond" takes the
+  norms and leaves the reciprocals to one loop at the end of the block.
+
+:func:`one_norms` serves the LAPACK route: the column sums of ``|x|`` per
+matrix of a real block in one pass, the bits of NumPy's.
 
 Kernels are built per (function, n, dtype) by :func:`kernel`, with n and the
 dtype's constants frozen into the closure so that LLVM unrolls the short
