@@ -188,10 +188,10 @@ def bench_specialize(args) -> list[dict]:
             info = np.zeros(len(a), np.int32)
             rc = np.empty(len(a), a.real.dtype)
             x = _compiled._read_only(a)
-            spec = _compiled._kernel("invert", n, a.dtype)
-            gen = _compiled._kernel("invert", 0, a.dtype)
-            best = race({"specialized": lambda: spec(x, out, info, rc, True, 0, len(x)),
-                         "run-time n": lambda: gen(x, out, info, rc, True, 0, len(x))},
+            spec = _compiled._kernel("invert-rcond", n, a.dtype)
+            gen = _compiled._kernel("invert-rcond", 0, a.dtype)
+            best = race({"specialized": lambda: spec(x, out, info, rc, 0, len(x)),
+                         "run-time n": lambda: gen(x, out, info, rc, 0, len(x))},
                         args.rounds)
             ratio = best["run-time n"][0] / best["specialized"][0]
             print(f"{dt} n={n}: specialized / run-time-n speed {ratio:.2f}", flush=True)
@@ -340,7 +340,7 @@ def bench_threads(args) -> list[dict]:
             par = _compiled._kernel("invert-prange", 0, a.dtype)
             x = _compiled._read_only(a)
             best = race({"pool": lambda: gpuinv.inv_ex(a, rcond=True, device="cpu"),
-                         "prange": lambda: par(x, out, info, rc, True, threads)}, args.rounds)
+                         "prange": lambda: par(x, out, info, rc, threads)}, args.rounds)
             ratio = best["prange"][1] / best["pool"][1]
             print(f"threads={threads} {dt} n={n}: pool / prange speed (wall) {ratio:.2f}", flush=True)
             rows.append({"op": "threads", "dtype": dt, "n": n, "threads": threads,

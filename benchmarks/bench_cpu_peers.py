@@ -213,6 +213,39 @@ def run_routes(args: argparse.Namespace) -> dict:
     return {"routes": rows}
 
 
+def blas_thread_setters() -> list[Any]:
+    """Setters of the thread count of every OpenBLAS loaded in this process.
+
+    NumPy and SciPy each bundle their own (``scipy_openblas_set_num_threads64_``
+    and ``scipy_openblas_set_num_threads``). threadpoolctl does this where it
+    is installed; without it, ctypes on the libraries mapped into the process
+    (Linux). Empty where neither finds one: the "pool, BLAS 1" column is left out.
+    """
+    try:
+        import threadpoolctl
+
+        ctl = threadpoolctl.ThreadpoolController()
+        return [lambda k: ctl.select(internal_api="openblas").limit(limits=k)]
+    except ImportError:
+        pass
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1]})
+    except OSError:
+        return []
+    setters = []
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                    "openblas_set_num_threads"):
+            if hasattr(lib, sym):
+                setters.append(getattr(lib, sym))
+                break
+    return setters
+
+
 def run_threads(args: argparse.Namespace) -> dict:
     """``inv`` with the engine's thread policy against a pool of ``config.cpu_threads``
     workers at every n (``threads_for`` lifted), interleaved: the measurement for
@@ -224,10 +257,20 @@ def run_threads(args: argparse.Namespace) -> dict:
     pool = gpuinv.config.cpu_threads
     rng = np.random.default_rng(0)
     rows = []
+    # The third contender: the pool with every OpenBLAS at one thread, so the
+    # workers do not oversubscribe the cores (what threadpoolctl would give the
+    # engine); restored to `pool` threads after each call.
+    try:
+        import scipy.linalg  # noqa: F401  (its OpenBLAS is mapped only once imported)
+    except ImportError:
+        pass
+    setters = blas_thread_setters()
     print(f"\nthreads: inv (defaults) with the engine's policy against a pool of {pool} workers "
           f"at every n, {args.clock} time, median of {args.repeats}; ratio = policy / pool, "
-          "above 1 the pool is faster")
-    print(f"{'dtype':>8} {'n':>4} {'batch':>6} {'policy':>8} {'pool':>8} {'ratio':>6}")
+          "above 1 the pool is faster; pool,blas1: the pool with OpenBLAS at 1 thread"
+          + ("" if setters else " (no OpenBLAS setter found: left out)"))
+    print(f"{'dtype':>8} {'n':>4} {'batch':>6} {'policy':>8} {'pool':>8} {'ratio':>6}"
+          + (f" {'pool,blas1':>10} {'ratio':>6}" if setters else ""))
     for dtype in args.dtype:
         for n in args.n:
             a = stack(n, dtype, args.mib, rng)
@@ -239,14 +282,30 @@ def run_threads(args: argparse.Namespace) -> dict:
                 finally:
                     engine.threads_for = policy
 
-            t = interleaved({"policy": lambda a=a: gpuinv.inv(a, device="cpu"),
-                             "pool": with_pool}, args.repeats)
+            def with_pool_blas1(a: np.ndarray = a) -> Any:
+                for f in setters:
+                    f(1)
+                try:
+                    return with_pool(a)
+                finally:
+                    for f in setters:
+                        f(pool)
+
+            contenders = {"policy": lambda a=a: gpuinv.inv(a, device="cpu"), "pool": with_pool}
+            if setters:
+                contenders["pool_blas1"] = with_pool_blas1
+            t = interleaved(contenders, args.repeats)
             key = f"{args.clock}_median"
             ratio = t["policy"][key] / t["pool"][key]
-            rows.append({"n": n, "dtype": dtype, "batch": len(a), "seconds": t,
-                         "policy_threads": policy(n), "pool_threads": pool, "ratio": ratio})
-            print(f"{dtype:>8} {n:4d} {len(a):6d} {t['policy'][key] * 1e3:8.2f} "
-                  f"{t['pool'][key] * 1e3:8.2f} {ratio:6.2f}", flush=True)
+            row = {"n": n, "dtype": dtype, "batch": len(a), "seconds": t,
+                   "policy_threads": policy(n), "pool_threads": pool, "ratio": ratio}
+            line = (f"{dtype:>8} {n:4d} {len(a):6d} {t['policy'][key] * 1e3:8.2f} "
+                    f"{t['pool'][key] * 1e3:8.2f} {ratio:6.2f}")
+            if setters:
+                row["ratio_pool_blas1"] = t["policy"][key] / t["pool_blas1"][key]
+                line += f" {t['pool_blas1'][key] * 1e3:10.2f} {row['ratio_pool_blas1']:6.2f}"
+            rows.append(row)
+            print(line, flush=True)
     return {"threads": rows}
 
 

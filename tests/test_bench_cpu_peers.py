@@ -55,3 +55,5 @@ def test_routes_and_threads_modes(bench, tmp_path):
                        "--repeats", "1", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["threads"]
     assert row["policy_threads"] == 1 and row["ratio"] > 0
+    # The pool with OpenBLAS at one thread, where a setter was found (Linux, NumPy's OpenBLAS).
+    assert row.get("ratio_pool_blas1", 1.0) > 0

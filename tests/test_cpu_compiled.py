@@ -163,6 +163,10 @@ def test_extreme_magnitudes(dtype, n, scale, route):
     tol = 100 * n * eps(dtype)
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
     assert np.isfinite(res.rcond).all() and (res.rcond > 0).all()
+    # rcond does not change under a power-of-two scale; the norms here lie
+    # outside the compiled kernel's fast complex-modulus range (its fallback).
+    plain = gpuinv.inv_ex(a, device="cpu", rcond=True)
+    np.testing.assert_allclose(res.rcond, plain.rcond, rtol=10 * n * eps(dtype))
     b = np.ones(a.shape[:-1] + (1,), dtype=dtype)
     x = gpuinv.solve(scaled, b, device="cpu", check_cond=False)
     np.testing.assert_allclose(x.astype(wide(dtype)) * s, ref.sum(axis=-1, keepdims=True),
@@ -226,3 +230,31 @@ def test_no_numba_means_the_lapack_route():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["None", "18.0"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_compiled_one_norms_are_the_bits_of_one_norm(dtype, n):
+    # The LAPACK route's per-chunk norms (cpu._one_norms) take the compiled
+    # sum for real blocks: the same bits as _numerics.one_norm, NaN and Inf
+    # propagating as there, for any scale.
+    from gpuinv._numerics import one_norm
+    from gpuinv.engines import _compiled
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((12, n, n)) * np.exp(rng.uniform(-30, 30, (12, 1, 1)))
+    x = x.astype(dtype)
+    x[3, 0, 0] = np.nan
+    x[4, -1, -1] = np.inf
+    x[5] = 0
+    x[6, 0, -1] = -np.inf
+    x[6, -1, 0] = np.nan
+    x[7, :, 0] = np.nan
+    got = _compiled.one_norms(x)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, one_norm(x))
+    scratch = np.empty(x.shape, dtype=dtype)
+    compiled, numpy_route = run_both(lambda: cpu._one_norms(x, scratch).copy())
+    np.testing.assert_array_equal(compiled, one_norm(x))
+    np.testing.assert_array_equal(numpy_route, one_norm(x))
+    assert _compiled.one_norms(x[:0]).shape == (0,)

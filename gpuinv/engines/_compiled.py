@@ -29,7 +29,12 @@ Algorithm, per matrix, the one of our CUDA kernels (gpuinv/kernels/inverse.cuh):
   as the elimination goes, then back substitution (``X = U^-1 L^-1 P``);
   the solve: the same elimination applied to b, then back substitution.
   ``||X||_1`` is summed as X is written. An inverse that overflows keeps
-  info 0, as LAPACK's does, and gets rcond 0.
+  info 0, as LAPACK's does, and gets rcond 0. rcond is a compile-time
+  constant: "invert" has no rcond code at all, "invert-rcond" takes the
+  norms and leaves the reciprocals to one loop at the end of the block.
+
+:func:`one_norms` serves the LAPACK route: the column sums of ``|x|`` per
+matrix of a real block in one pass, the bits of NumPy's.
 
 Kernels are built per (function, n, dtype) by :func:`kernel`, with n and the
 dtype's constants frozen into the closure so that LLVM unrolls the short
@@ -44,13 +49,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numba
 import numpy as np
 
-__all__ = ["kernel", "invert", "solve", "warm_up", "MAX_N"]
+__all__ = ["kernel", "invert", "solve", "one_norms", "warm_up", "MAX_N"]
 
 #: Orders the compiled kernels are built for (the CPU engine routes a subset).
 MAX_N = 64
@@ -102,22 +107,27 @@ SPECIALIZE_MAX_N = {"invert": 0, "solve": 0}
 
 
 def kernel(name: str, n: int, dtype: Any) -> Any:
-    """The compiled ``name`` ("invert" or "solve") for order ``n`` and ``dtype``.
+    """The compiled ``name`` for order ``n`` and ``dtype``.
 
+    ``name`` is "invert" (``block(x, out, info, rc, lo, hi)``, rc unused),
+    "invert-rcond" (the same, rcond per matrix into ``rc``) or "solve".
     Compiled on first use (or loaded from Numba's disk cache); orders above
-    ``SPECIALIZE_MAX_N[name]`` share the run-time-n kernel.
+    ``SPECIALIZE_MAX_N`` share the run-time-n kernel.
     """
-    if name not in SPECIALIZE_MAX_N:
+    base = "invert" if name == "invert-rcond" else name
+    if base not in SPECIALIZE_MAX_N:
         raise ValueError(f"unknown compiled kernel {name!r}")
-    return _kernel(name, n if n <= SPECIALIZE_MAX_N[name] else 0, np.dtype(dtype))
+    return _kernel(name, n if n <= SPECIALIZE_MAX_N[base] else 0, np.dtype(dtype))
 
 
 @lru_cache(maxsize=None)
 def _kernel(name: str, n: int, dtype: np.dtype) -> Any:
     if name == "invert":
         return _make_invert(n, dtype)
+    if name == "invert-rcond":
+        return _make_invert(n, dtype, rcond=True)
     if name == "invert-prange":
-        return _make_invert(n, dtype, parallel=True)
+        return _make_invert(n, dtype, parallel=True, rcond=True)
     return _make_solve(n, dtype)
 
 
@@ -129,25 +139,39 @@ def _constants(n: int, dtype: np.dtype) -> tuple[Any, ...]:
             rt(np.ldexp(1.0, -(maxexp // 2))), rt(np.ldexp(1.0, maxexp // 2)), maxexp - 4)
 
 
-def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
+def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = False) -> Any:
     ONE, ZERO, NAN, RZERO, RONE, RNAN, LO, HI, LIMIT = _constants(n, dtype)
     NFIX = n  # 0: the order is read from the array at run time
     COMPLEX = dtype.kind == "c"
     RT = _real_type(dtype)
+    # rcond is frozen into the kernel, not a run-time flag: the kernel
+    # without it carries no branch in its loops (check_cond=False 1-3% faster
+    # at n = 5..16 than with the run-time flag; /tmp bench in the issue 19
+    # perf19 report, docs/cpu-compiled.md).
+    RC = rcond
+    # A complex modulus is summed as sqrt(re^2 + im^2), branch-free (5-10%
+    # of the complex inverse cheaper than _modulus at n = 5..16); a norm in
+    # [SAFE_LO, SAFE_HI] proves that no square over- or underflowed enough
+    # to matter: every |re|, |im| <= the norm keeps re^2 + im^2 finite, and an
+    # underflowed square errs by at most sqrt(smallest subnormal), far below
+    # eps * SAFE_LO. Any other norm is summed again with _modulus.
+    SAFE_LO = RT(np.ldexp(1.0, -(np.finfo(RT).maxexp // 4)))
+    SAFE_HI = RT(np.ldexp(1.0, np.finfo(RT).maxexp // 2 - 1))
 
     @_jit(nogil=True, error_model="numpy", boundscheck=False)
-    def block(x, out, info, rc, want_rc, lo, hi):  # pragma: no cover - compiled
+    def block(x, out, info, rc, lo, hi):  # pragma: no cover - compiled
         N = NFIX if NFIX > 0 else x.shape[1]
         a = np.empty((N, N), dtype=x.dtype)
         col = np.empty(N, dtype=np.int64)
         u = np.empty(N, dtype=x.dtype)
         colsum = np.empty(N, dtype=RT)
         for b in range(lo, hi):
-            # Load, check, largest entry and ||a||_1, in one pass.
+            # Load, check, largest entry and the column sums of |a|, in one pass.
             finite = True
             big = RZERO
-            for j in range(N):
-                colsum[j] = RZERO
+            if RC:
+                for j in range(N):
+                    colsum[j] = RZERO
             for i in range(N):
                 for j in range(N):
                     v = x[b, i, j]
@@ -158,24 +182,35 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
                         if not (re - re == RZERO and im - im == RZERO):
                             finite = False
                         big = max(big, re, im)
+                        if RC:
+                            colsum[j] += np.sqrt(re * re + im * im)
                     else:
                         if not (re - re == RZERO):
                             finite = False
                         big = max(big, re)
-                    if want_rc:
-                        colsum[j] += _modulus(v, LO, HI) if COMPLEX else abs(v)
+                        if RC:
+                            colsum[j] += re
             if not finite:
                 info[b] = -1
                 for i in range(N):
                     for j in range(N):
                         out[b, i, j] = NAN
-                if want_rc:
+                if RC:
                     rc[b] = RNAN
                 continue
             norm_a = RZERO
-            if want_rc:
+            if RC:
                 for j in range(N):
                     norm_a = max(norm_a, colsum[j])
+                if COMPLEX and not (norm_a >= SAFE_LO and norm_a <= SAFE_HI):
+                    for j in range(N):
+                        colsum[j] = RZERO
+                    for i in range(N):
+                        for j in range(N):
+                            colsum[j] += _modulus(x[b, i, j], LO, HI)
+                    norm_a = RZERO
+                    for j in range(N):
+                        norm_a = max(norm_a, colsum[j])
             s = RONE
             if big > RZERO and (big < LO or big > HI):
                 e = math.frexp(big)[1]
@@ -225,7 +260,7 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
                 for i in range(N):
                     for j in range(N):
                         out[b, i, j] = NAN
-                if want_rc:
+                if RC:
                     rc[b] = RZERO
                 continue
             # Back substitution, bottom row first: X = U^-1 (L^-1 P), row k
@@ -243,32 +278,52 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False) -> Any:
                         a[k, c] = a[k, c] - uj * a[j, c]
                 for c in range(N):
                     a[k, c] = a[k, c] * inv_ukk
-            # Store with the column permutation (and the scale), ||X||_1 on the way.
-            if want_rc:
+            # Store with the column permutation and the scale, the column
+            # sums of |X| (unscaled; the permutation only reorders them) on
+            # the way.
+            if RC:
                 for c in range(N):
                     colsum[c] = RZERO
             for i in range(N):
                 for c in range(N):
-                    v = a[i, c] * s
-                    out[b, i, col[c]] = v
-                    if want_rc:
-                        colsum[c] += _modulus(v, LO, HI) if COMPLEX else abs(v)
-            if want_rc:
+                    v = a[i, c]
+                    out[b, i, col[c]] = v * s
+                    if RC:
+                        if COMPLEX:
+                            colsum[c] += np.sqrt(v.real * v.real + v.imag * v.imag)
+                        else:
+                            colsum[c] += abs(v)
+            if RC:
                 norm_x = RZERO
                 for c in range(N):
                     norm_x = max(norm_x, colsum[c])
-                r = RONE / (norm_a * norm_x)
-                # An overflowed inverse (Inf or NaN norm) gets 0, as rcond_from_inverse.
-                rc[b] = r if r - r == RZERO else RZERO
+                if COMPLEX and not (norm_x >= SAFE_LO and norm_x <= SAFE_HI):
+                    for c in range(N):
+                        colsum[c] = RZERO
+                    for i in range(N):
+                        for c in range(N):
+                            colsum[c] += _modulus(a[i, c], LO, HI)
+                    norm_x = RZERO
+                    for c in range(N):
+                        norm_x = max(norm_x, colsum[c])
+                # ||X||_1 = s ||a||_1, s a power of two. The product waits in
+                # rc for the reciprocal below (1-2% cheaper than dividing here).
+                rc[b] = norm_a * (norm_x * s)
+        if RC:
+            for b in range(lo, hi):
+                if info[b] == 0:
+                    r = RONE / rc[b]
+                    # An overflowed inverse (Inf or NaN norm) gets 0, as rcond_from_inverse.
+                    rc[b] = r if r - r == RZERO else RZERO
 
     if parallel:
         # Measurement only (benchmarks/bench_compiled.py threads): Numba's
         # prange over `parts` slices, against the engine's own thread pool.
         @numba.njit(nogil=True, parallel=True, error_model="numpy")
-        def prange_run(x, out, info, rc, want_rc, parts):  # pragma: no cover - compiled
+        def prange_run(x, out, info, rc, parts):  # pragma: no cover - compiled
             m = x.shape[0]
             for t in numba.prange(parts):
-                block(x, out, info, rc, want_rc, t * m // parts, (t + 1) * m // parts)
+                block(x, out, info, rc, t * m // parts, (t + 1) * m // parts)
 
         return prange_run
 
@@ -289,8 +344,9 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
         m = x.shape[0]
         N = NFIX if NFIX > 0 else x.shape[1]
         K = rhs.shape[2]
-        a = np.empty((N, N), dtype=x.dtype)
-        r = np.empty((N, K), dtype=x.dtype)
+        # The augmented matrix [A | B]: one contiguous row update of length
+        # N - k + K per eliminated entry instead of two loops.
+        a = np.empty((N, N + K), dtype=x.dtype)
         for b in range(m):
             finite = True
             big = RZERO
@@ -324,7 +380,7 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                         a[i, j] = a[i, j] * s
             for i in range(N):
                 for c in range(K):
-                    r[i, c] = rhs[b, i, c] * s
+                    a[i, N + c] = rhs[b, i, c] * s
             code = 0
             for k in range(N):
                 p = k
@@ -340,21 +396,15 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                     code = k + 1
                     break
                 if p != k:
-                    for j in range(k, N):
+                    for j in range(k, N + K):
                         t = a[k, j]
                         a[k, j] = a[p, j]
                         a[p, j] = t
-                    for c in range(K):
-                        t = r[k, c]
-                        r[k, c] = r[p, c]
-                        r[p, c] = t
                 inv = ONE / a[k, k]
                 for i in range(k + 1, N):
                     l = a[i, k] * inv
-                    for j in range(k + 1, N):
+                    for j in range(k + 1, N + K):
                         a[i, j] = a[i, j] - l * a[k, j]
-                    for c in range(K):
-                        r[i, c] = r[i, c] - l * r[k, c]
                 a[k, k] = inv
             info[b] = code
             if code != 0:
@@ -364,13 +414,13 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                 continue
             for k in range(N - 1, -1, -1):
                 inv_ukk = a[k, k]
-                for c in range(K):
-                    t = r[k, c]
+                for c in range(N, N + K):
+                    t = a[k, c]
                     for j in range(k + 1, N):
-                        t = t - a[k, j] * r[j, c]
+                        t = t - a[k, j] * a[j, c]
                     t = t * inv_ukk
-                    r[k, c] = t
-                    y[b, k, c] = t
+                    a[k, c] = t
+                    y[b, k, c - N] = t
 
     return run
 
@@ -378,17 +428,59 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
 def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None) -> None:
     """Invert the C-contiguous block ``x`` (m, n, n) into ``out``; info (and rcond) per matrix."""
     n = x.shape[-1]
-    run = kernel("invert", n, x.dtype)
     x = _read_only(x)
     if rc is None:
-        run(x, out, info, np.empty(0, dtype=_real_type(x.dtype)), False, 0, len(x))
+        kernel("invert", n, x.dtype)(x, out, info, np.empty(0, dtype=_real_type(x.dtype)),
+                                     0, len(x))
     else:
-        run(x, out, info, rc, True, 0, len(x))
+        kernel("invert-rcond", n, x.dtype)(x, out, info, rc, 0, len(x))
 
 
 def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
     """Solve ``a @ y = b`` for C-contiguous blocks a (m, n, n), b (m, n, k)."""
     kernel("solve", a.shape[-1], a.dtype)(_read_only(a), _read_only(b), y, info)
+
+
+@cache
+def _one_norms_kernel(dtype: np.dtype) -> Any:
+    RZERO = dtype.type(0)
+
+    @_jit(nogil=True, error_model="numpy", boundscheck=False)
+    def run(x, res):  # pragma: no cover - compiled
+        N = x.shape[1]
+        colsum = np.empty(N, dtype=x.dtype)
+        for b in range(x.shape[0]):
+            for j in range(N):
+                colsum[j] = RZERO
+            # Rows in order, each added to the running column sums: the
+            # additions of NumPy's einsum("...ij->...j"), so the same bits.
+            for i in range(N):
+                for j in range(N):
+                    colsum[j] += abs(x[b, i, j])
+            best = colsum[0]
+            for j in range(1, N):
+                v = colsum[j]
+                # np.maximum: the first NaN wins, else the larger.
+                if not math.isnan(best) and (v > best or math.isnan(v)):
+                    best = v
+            res[b] = best
+
+    return run
+
+
+def one_norms(x: np.ndarray) -> np.ndarray:
+    """``||x||_1`` of every matrix of a real C-contiguous block x (m, n, n), n >= 1.
+
+    The bits of :func:`gpuinv._numerics.one_norm` in one pass over x, with
+    no temporary the size of x: 2-4x faster than NumPy's ``abs`` + ``einsum``
+    for float64 and float32 at n = 16..256 (docs/cpu-compiled.md). Complex
+    blocks stay on NumPy: Numba's ``abs`` is ``hypot``, 7-13x slower than
+    NumPy's and not always the same bits.
+    """
+    res = np.empty(x.shape[0], dtype=x.dtype)
+    if x.shape[0]:
+        _one_norms_kernel(np.dtype(x.dtype))(_read_only(x), res)
+    return res
 
 
 def _read_only(x: np.ndarray) -> np.ndarray:

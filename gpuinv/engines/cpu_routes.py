@@ -46,7 +46,12 @@ def threads_for(n: int) -> int:
       compiled kernels take these orders (they share nothing between
       threads and release the GIL: every thread is free speed).
     * n >= 128: getrf is blocked and OpenBLAS threads it itself; our threads
-      on top oversubscribe the cores.
+      on top oversubscribe the cores. Not settled against the pool with
+      OpenBLAS held to one thread (which the engine could only do through
+      threadpoolctl, not installed here, or ctypes): on the loaded 2-core
+      machine ``bench_cpu_peers.py --threads`` gave policy / (pool, BLAS 1)
+      1.25, 1.18, 0.71 at n = 128, 256, 512 in one run and 0.98, 0.81, 0.70
+      (float64) in the next (docs/cpu-compiled.md, "Threads at n >= 128").
     """
     if 5 <= n <= 8 and n >= COMPILED_INV_MIN_N and compiled_kernels() is not None:
         return config.cpu_threads
