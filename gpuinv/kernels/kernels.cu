@@ -59,13 +59,20 @@ __device__ __forceinline__ void direct_tiles(long long m, Load load, Finish fini
 // count is a compile-time NN, so the loops unroll and every load of a
 // thread is in flight before its first store (what keeps HBM busy when
 // registers limit occupancy; docs/kernels.md).
+//
+// The two bounds tests are written differently on purpose (the same in
+// value: g < valid). Written alike, the compiler evaluates stage_out's N*N
+// tests once, with stage_in's, and holds them across the inversion, one
+// register each (P2R): 25 to 36 registers more in the complex64 n = 5 to 7
+// triangular and Cholesky kernels and the float32 n = 6 Cholesky kernel
+// (NVRTC 12.9, sm_80 and sm_90; docs/kernels.md, "Cost budget").
 template <class T, int NN, int B>
 __device__ __forceinline__ void stage_in(T* stage, const T* __restrict__ src, int t, int valid) {
     GPUINV_UNROLL
     for (int e = 0; e < NN; ++e) {
         const int g = e * B + t;
         const int mat = g / NN;
-        if (g < valid) stage[(g - mat * NN) * (B + 1) + mat] = src[g];
+        if (e * B < valid - t) stage[(g - mat * NN) * (B + 1) + mat] = src[g];
     }
 }
 template <class T, int NN, int B>
@@ -74,7 +81,7 @@ __device__ __forceinline__ void stage_out(const T* stage, T* __restrict__ dst, i
     for (int e = 0; e < NN; ++e) {
         const int g = e * B + t;
         const int mat = g / NN;
-        if (g < valid) dst[g] = stage[(g - mat * NN) * (B + 1) + mat];
+        if (t < valid - e * B) dst[g] = stage[(g - mat * NN) * (B + 1) + mat];
     }
 }
 
