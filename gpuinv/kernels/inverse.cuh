@@ -61,27 +61,9 @@ template <class R> GPUINV_HD bool finite_real(R x) { return (x - x) == R(0); }
 // every tile of every kernel that may write NaN. The bits are those that
 // division returns for 0 / 0 on the GPU (0x7fffffff; 0xfff8000000000000),
 // on the host too, so that every build writes the same NaN.
-//
-// On the GPU the bits go through a PTX mov (an asm without side effects,
-// which the compiler may still hoist and share) rather than
-// __int_as_float(constant): with the constant folded into every select,
-// ptxas allocated more registers, e.g. 124 instead of 118 in the complex64
-// n = 5 LU kernel on sm_90 (main's kernels with `0 / 0`: 113) and 216
-// instead of 190 in the complex128 n = 6 Cholesky kernel on sm_80 (NVRTC
-// 12.9; docs/kernels.md, "Cost budget"). The SASS still holds the bits as
-// an immediate.
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-template <class R> GPUINV_HD R nan_real();
-template <> GPUINV_HD float nan_real<float>() {
-    int bits;
-    asm("mov.b32 %0, 0x7fffffff;" : "=r"(bits));
-    return __int_as_float(bits);
-}
-template <> GPUINV_HD double nan_real<double>() {
-    long long bits;
-    asm("mov.b64 %0, 0xfff8000000000000;" : "=l"(bits));
-    return __longlong_as_double(bits);
-}
+GPUINV_HD float float_from_bits(int bits) { return __int_as_float(bits); }
+GPUINV_HD double double_from_bits(long long bits) { return __longlong_as_double(bits); }
 #else
 inline float float_from_bits(int bits) {
     float x;
@@ -93,10 +75,10 @@ inline double double_from_bits(long long bits) {
     __builtin_memcpy(&x, &bits, sizeof x);
     return x;
 }
-template <class R> R nan_real();
-template <> inline float nan_real<float>() { return float_from_bits(0x7fffffff); }
-template <> inline double nan_real<double>() { return double_from_bits((long long)0xfff8000000000000ull); }
 #endif
+template <class R> GPUINV_HD R nan_real();
+template <> GPUINV_HD float nan_real<float>() { return float_from_bits(0x7fffffff); }
+template <> GPUINV_HD double nan_real<double>() { return double_from_bits((long long)0xfff8000000000000ull); }
 
 GPUINV_HD float cabs1(float x) { return abs_real(x); }
 GPUINV_HD double cabs1(double x) { return abs_real(x); }
