@@ -238,6 +238,35 @@ def test_peeled_remainder(trips, trips_min, loads, weighted):
     assert path.weighted() == weighted
 
 
+# ptxas also leaves a loop through a predicated CALL.REL.NOINC to the code
+# after it (a call that never returns; the lane-group kernel's elimination
+# loop in main's kernels of 0db1be8, NVRTC 12.9, sm_80): that target lies
+# before the last EXIT, so it is part of the main path, not a slow path.
+CALL_AS_JUMP = """\
+        /*0000*/                   LDG.E R2, desc[UR8][R4.64] ;
+        /*0010*/                   FADD R2, R2, R3 ;
+        /*0020*/              @!P1 CALL.REL.NOINC 0x40 ;
+        /*0030*/                   BRA 0x10 ;
+        /*0040*/                   FMUL R3, R2, R2 ;
+        /*0050*/                   STG.E desc[UR8][R14.64], R3 ;
+        /*0060*/              @!P3 BRA 0x0 ;
+        /*0070*/                   EXIT ;
+        /*0080*/                   WARPSYNC.COLLECTIVE R9, 0x10 ;
+        /*0090*/                   BRA 0x90;
+"""
+
+
+def test_a_call_before_the_last_exit_is_no_slow_path():
+    path = sass.count_main_path(sass.parse_sass(CALL_AS_JUMP), staging_trips=1, compute_trips=4)
+    # The main path runs to the EXIT's end: the code after the loop is counted.
+    assert path.end == 0x80 and path.rare == set()
+    assert [(lp.start, lp.end, lp.trips) for lp in path.loops] == [(0x10, 0x30, 4)]
+    assert path.weighted() == 1 + 3 * 4 + 4
+    # Before the fix, the call's target was taken for the first slow path and
+    # the main path ended at 0x40, with the FMUL and the store uncounted.
+    assert path.mix()["global"] == 2
+
+
 def test_a_slow_path_that_does_not_follow_an_exit_is_an_error():
     text = """\
         /*0000*/                   BRA.DIV UR5, 0x20 ;

@@ -59,13 +59,25 @@ __device__ __forceinline__ void direct_tiles(long long m, Load load, Finish fini
 // count is a compile-time NN, so the loops unroll and every load of a
 // thread is in flight before its first store (what keeps HBM busy when
 // registers limit occupancy; docs/kernels.md).
+//
+// For 9 < NN < 64 the two bounds tests are written differently on purpose
+// (the same in value: g < valid). Written alike, the compiler evaluates
+// stage_out's NN tests once, with stage_in's, and holds them across the
+// inversion, one register each (P2R): 25 to 36 registers more in the
+// complex64 n = 5 to 7 triangular and Cholesky kernels and the float32
+// n = 6 Cholesky kernel. At NN <= 9 (the complex n = 2 and 3 kernels with
+// rcond) and NN = 64 (float32 n = 8 diagonal) the alike form allocated
+// fewer registers. Measured, not derived: NVRTC 12.9, sm_80 and sm_90
+// (docs/kernels.md, "Cost budget"); recheck with `--budget` when the
+// compiler changes.
+template <int NN> __device__ __forceinline__ constexpr bool split_bounds_tests() { return NN > 9 && NN < 64; }
 template <class T, int NN, int B>
 __device__ __forceinline__ void stage_in(T* stage, const T* __restrict__ src, int t, int valid) {
     GPUINV_UNROLL
     for (int e = 0; e < NN; ++e) {
         const int g = e * B + t;
         const int mat = g / NN;
-        if (g < valid) stage[(g - mat * NN) * (B + 1) + mat] = src[g];
+        if (split_bounds_tests<NN>() ? e * B < valid - t : g < valid) stage[(g - mat * NN) * (B + 1) + mat] = src[g];
     }
 }
 template <class T, int NN, int B>
@@ -74,7 +86,7 @@ __device__ __forceinline__ void stage_out(const T* stage, T* __restrict__ dst, i
     for (int e = 0; e < NN; ++e) {
         const int g = e * B + t;
         const int mat = g / NN;
-        if (g < valid) dst[g] = stage[(g - mat * NN) * (B + 1) + mat];
+        if (split_bounds_tests<NN>() ? t < valid - e * B : g < valid) dst[g] = stage[(g - mat * NN) * (B + 1) + mat];
     }
 }
 

@@ -330,13 +330,21 @@ def _main_end(instrs: list[Instr]) -> int:
     divergent-collective fallbacks that ``BRA.DIV`` jumps to and the
     subroutines (IEEE division and reciprocal) that ``CALL.REL`` calls. The
     main path ends where the first of them begins; without any, at the
-    instruction after the last ``EXIT``.
+    instruction after the last ``EXIT``. A ``CALL.REL`` to an address before
+    the last ``EXIT`` is a jump within the main path, not a slow path.
     """
-    slow = [i.target for i in instrs if (i.opcode.startswith("BRA.DIV") or i.base == "CALL")]
-    slow = [t for t in slow if t is not None]
     exits = [i.addr for i in instrs if i.base == "EXIT" and not i.pred]
     if not exits:
         raise SassError("no unconditional EXIT")
+    # A call into the code before the last EXIT is no slow path: ptxas also
+    # leaves a loop through `@P CALL.REL.NOINC` to the code after it (the
+    # lane-group kernel's elimination loop, seen with NVRTC 12.9 on sm_80
+    # in main's kernels of 0db1be8), a call that never returns. Taken for a
+    # slow path, it ended the main path inside the loop and left the rest
+    # of the kernel (back substitution, stores) uncounted.
+    slow = [i.target for i in instrs if i.opcode.startswith("BRA.DIV")
+            or (i.base == "CALL" and i.target is not None and i.target >= max(exits))]
+    slow = [t for t in slow if t is not None]
     if not slow:
         return max(exits) + 16
     end = min(slow)
