@@ -23,7 +23,8 @@ CuPy input to the host and back, :mod:`gpuinv._compute`), ``"device"`` for
 one that takes both. Each engine picks its own route inside, in one place:
 :mod:`.cpu_routes` and :mod:`.cuda.routes`.
 
-* :mod:`.cpu`: the CPU engine (NumPy/LAPACK, closed forms);
+* :mod:`.cpu`: the CPU engine (closed forms, compiled Numba kernels in
+  :mod:`._compiled`, NumPy/SciPy LAPACK);
 * :mod:`.cuda`: the CUDA engine, a package (engine, routes, chunk planning,
   pinned pipeline, one module per route).
 """
