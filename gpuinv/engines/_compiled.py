@@ -91,6 +91,22 @@ def _modulus(v, lo, hi):  # pragma: no cover - compiled
     return abs(v)
 
 
+@_jit(inline="always")
+def _pivot_row(a, k, n, complex_):  # pragma: no cover - compiled
+    """getf2's pivot for column k: the first row from k down with the largest
+    ``|re| + |im|`` (``|a|`` for real), and that key. Inlined into both kernels."""
+    p = k
+    piv = a[k, k]
+    best = abs(piv.real) + abs(piv.imag) if complex_ else abs(piv)
+    for i in range(k + 1, n):
+        w = a[i, k]
+        key = abs(w.real) + abs(w.imag) if complex_ else abs(w)
+        if key > best:
+            best = key
+            p = i
+    return p, best
+
+
 def _real_type(dtype: np.dtype) -> Any:
     return np.dtype(dtype).type(0).real.dtype.type
 
@@ -224,15 +240,7 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
             for i in range(N):
                 col[i] = i
             for k in range(N):
-                p = k
-                piv = a[k, k]
-                best = abs(piv.real) + abs(piv.imag) if COMPLEX else abs(piv)
-                for i in range(k + 1, N):
-                    w = a[i, k]
-                    key = abs(w.real) + abs(w.imag) if COMPLEX else abs(w)
-                    if key > best:
-                        best = key
-                        p = i
+                p, best = _pivot_row(a, k, N, COMPLEX)
                 if best == RZERO:
                     code = k + 1
                     break
@@ -383,15 +391,7 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                     a[i, N + c] = rhs[b, i, c] * s
             code = 0
             for k in range(N):
-                p = k
-                piv = a[k, k]
-                best = abs(piv.real) + abs(piv.imag) if COMPLEX else abs(piv)
-                for i in range(k + 1, N):
-                    w = a[i, k]
-                    key = abs(w.real) + abs(w.imag) if COMPLEX else abs(w)
-                    if key > best:
-                        best = key
-                        p = i
+                p, best = _pivot_row(a, k, N, COMPLEX)
                 if best == RZERO:
                     code = k + 1
                     break
