@@ -205,7 +205,7 @@ def _spec(dtype, n):
 MUTATIONS = [
     # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement, how caught).
     Mutation("chol-load-index-off-by-one", _spec(np.float64, 4),
-     "{ stage_in<T, NN, B>(stage, a + first * NN,", "{ stage_in<T, NN, B>(stage, a + first * NN + 1,",
+     "{ stage_in<T, NN, B, apart>(stage, a + first * NN,", "{ stage_in<T, NN, B, apart>(stage, a + first * NN + 1,",
      "asan"),
     Mutation("chol-missing-syncthreads", _spec(np.float32, 3),
      "        fill(stage, t, first, count);\n        __syncthreads();\n", "        fill(stage, t, first, count);\n",

@@ -221,7 +221,7 @@ MUTATIONS = [
     # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement,
     # how it is caught: _emu_base.Mutation). "wrong": runs, but not the host build's bits.
     Mutation("thread-load-index-off-by-one", _spec(np.float64, 4),
-     "{ stage_in<T, NN, B>(stage, a + first * NN,", "{ stage_in<T, NN, B>(stage, a + first * NN + 1,",
+     "{ stage_in<T, NN, B, apart>(stage, a + first * NN,", "{ stage_in<T, NN, B, apart>(stage, a + first * NN + 1,",
      "asan"),
     Mutation("thread-stage-slot-off-by-one", _spec(np.float32, 3),
      "return Op::load([&](int p, int q) { return slot(p * N + q); }, row, col);",

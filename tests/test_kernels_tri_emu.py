@@ -197,7 +197,7 @@ def _spec(op, dtype, n):
 MUTATIONS = [
     # Mutation(id, kernel, text to find (exactly once in kernels.cu), replacement, how caught).
     Mutation("tri-load-index-off-by-one", _spec("tril", np.float64, 4),
-     "{ stage_in<T, NN, B>(stage, a + first * NN,", "{ stage_in<T, NN, B>(stage, a + first * NN + 1,", "asan"),
+     "{ stage_in<T, NN, B, apart>(stage, a + first * NN,", "{ stage_in<T, NN, B, apart>(stage, a + first * NN + 1,", "asan"),
     Mutation("tri-upper-read-untransposed", _spec("triu", np.complex64, 3),
      "(LOWER ? at(row, col) : at(col, row))", "at(row, col)", "wrong"),
     Mutation("tri-upper-result-untransposed", _spec("triu", np.float32, 4),

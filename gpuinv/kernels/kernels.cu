@@ -60,33 +60,37 @@ __device__ __forceinline__ void direct_tiles(long long m, Load load, Finish fini
 // thread is in flight before its first store (what keeps HBM busy when
 // registers limit occupancy; docs/kernels.md).
 //
-// For 9 < NN < 64 the two bounds tests are written differently on purpose
-// (the same in value: g < valid). Written alike, the compiler evaluates
-// stage_out's NN tests once, with stage_in's, and holds them across the
-// inversion, one register each (P2R): 25 to 36 registers more in the
-// complex64 n = 5 to 7 triangular and Cholesky kernels and the float32
-// n = 6 Cholesky kernel. At NN <= 9 (the complex n = 2 and 3 kernels with
-// rcond) and NN = 64 (float32 n = 8 diagonal) the alike form allocated
-// fewer registers. Measured, not derived: NVRTC 12.9, sm_80 and sm_90
-// (docs/kernels.md, "Cost budget"); recheck with `--budget` when the
-// compiler changes.
-template <int NN> __device__ __forceinline__ constexpr bool split_bounds_tests() { return NN > 9 && NN < 64; }
-template <class T, int NN, int B>
+// APART writes the two bounds tests differently (the same in value:
+// g < valid). Written alike, the compiler evaluates stage_out's NN tests
+// once, with stage_in's, and holds them across the inversion, one register
+// each (P2R): up to 60 registers more in the triangular, Cholesky and
+// diagonal kernels at n = 3 to 7 (complex64 n = 5 triangular: 76 apart, 148
+// alike). The default, apart for 8 < NN < 64, is what the one-thread
+// kernels take but for two kinds, where alike allocated fewer: the complex
+// kernels with rcond (complex64 n = 7 upper triangular on sm_90: 128 alike,
+// 136 apart) and the complex LU kernels (complex64 n = 5 on sm_90: 113 with
+// LuInverse's NaN branch, 120 apart); thread_tiles chooses, from
+// Op::complex_alike. At NN <= 8 and NN = 64 (float32 n = 8 diagonal) alike
+// allocated fewer everywhere. Measured, not derived: NVRTC 12.9, sm_80 and
+// sm_90, every one-thread instantiation both ways (docs/kernels.md, "Cost
+// budget"); recheck with `--budget` when the compiler changes.
+template <int NN> __device__ __forceinline__ constexpr bool split_bounds_tests() { return NN > 8 && NN < 64; }
+template <class T, int NN, int B, bool APART = split_bounds_tests<NN>()>
 __device__ __forceinline__ void stage_in(T* stage, const T* __restrict__ src, int t, int valid) {
     GPUINV_UNROLL
     for (int e = 0; e < NN; ++e) {
         const int g = e * B + t;
         const int mat = g / NN;
-        if (split_bounds_tests<NN>() ? e * B < valid - t : g < valid) stage[(g - mat * NN) * (B + 1) + mat] = src[g];
+        if (APART ? e * B < valid - t : g < valid) stage[(g - mat * NN) * (B + 1) + mat] = src[g];
     }
 }
-template <class T, int NN, int B>
+template <class T, int NN, int B, bool APART = split_bounds_tests<NN>()>
 __device__ __forceinline__ void stage_out(const T* stage, T* __restrict__ dst, int t, int valid) {
     GPUINV_UNROLL
     for (int e = 0; e < NN; ++e) {
         const int g = e * B + t;
         const int mat = g / NN;
-        if (split_bounds_tests<NN>() ? t < valid - e * B : g < valid) dst[g] = stage[(g - mat * NN) * (B + 1) + mat];
+        if (APART ? t < valid - e * B : g < valid) dst[g] = stage[(g - mat * NN) * (B + 1) + mat];
     }
 }
 
@@ -138,6 +142,8 @@ __device__ __forceinline__ void staged_tiles(long long m, Fill fill, Work work, 
 //   compiler barrier, so that r is still read from the stage as the
 //   elimination needs it (GPUINV_RELOAD_BARRIER, inverse.cuh); otherwise,
 //   and always in the stage-less loop, from `r`;
+// * `Op::complex_alike`: the complex kernels without rcond stage with the
+//   bounds tests alike too (with rcond they always do; stage_in has why);
 // * `op(i, r, a_norm, put)`: inverts matrix i held in `r`, writes rcond[i]
 //   with RC, writes element e of the inverse (NaN where the kernel's info
 //   says so) with put(e, value), and returns the info code.
@@ -147,6 +153,8 @@ __device__ __forceinline__ void thread_tiles(const T* __restrict__ a, T* __restr
                                              long long m, Op op) {
     typedef typename real_of<T>::type R;
     constexpr int NN = N * N;
+    constexpr bool is_cplx = sizeof(T) == 2 * sizeof(R);
+    constexpr bool apart = split_bounds_tests<NN>() && !(is_cplx && (RC || Op::complex_alike));
     if constexpr (NN * (int)sizeof(T) <= THREAD_DIRECT_BYTES) {
         direct_tiles<T, N, B>(
             m,
@@ -161,7 +169,7 @@ __device__ __forceinline__ void thread_tiles(const T* __restrict__ a, T* __restr
     } else {
         typedef StageColumn<T, B + 1> Slot;
         staged_tiles<T, NN, B>(
-            m, [&](T* stage, int t, long long first, int count) { stage_in<T, NN, B>(stage, a + first * NN, t, count * NN); },
+            m, [&](T* stage, int t, long long first, int count) { stage_in<T, NN, B, apart>(stage, a + first * NN, t, count * NN); },
             [&](long long i, Slot slot) {
                 auto held = [&](int row, int col) {
                     return Op::load([&](int p, int q) { return slot(p * N + q); }, row, col);
@@ -180,15 +188,21 @@ __device__ __forceinline__ void thread_tiles(const T* __restrict__ a, T* __restr
                 if constexpr (RC && !Op::stage_norm) a_norm = Op::norm_a([&](int p, int q) { return r[p][q]; });
                 info[i] = op(i, r, a_norm, [&](int e, T v) { slot(e) = v; });
             },
-            [&](T* stage, int t, long long first, int count) { stage_out<T, NN, B>(stage, out + first * NN, t, count * NN); },
+            [&](T* stage, int t, long long first, int count) { stage_out<T, NN, B, apart>(stage, out + first * NN, t, count * NN); },
             true);
     }
 }
 
-// The LU inverse's math for thread_tiles.
+// The LU inverse's math for thread_tiles. info -1's NaN: a select per
+// element for real T; for complex T a branch that overwrites the stored
+// inverse (complex64 n = 5 on sm_90: 122 registers with the select, 113
+// with the branch; float32 n = 2 on sm_80: 29 with the select, 32 with the
+// branch).
 template <class T, int N, bool RC> struct LuInverse {
     typedef typename real_of<T>::type R;
     static constexpr bool stage_norm = true;
+    static constexpr bool complex_alike = true;
+    static constexpr bool is_cplx = sizeof(T) == 2 * sizeof(R);
     R* rcond;
     template <class At> __device__ __forceinline__ static T load(At at, int row, int col) { return at(row, col); }
     template <class At> __device__ __forceinline__ static R norm_a(At at) { return one_norm_at<T, N>(at); }
@@ -199,7 +213,11 @@ template <class T, int N, bool RC> struct LuInverse {
         GPUINV_UNROLL
         for (int row = 0; row < N; ++row) {
             GPUINV_UNROLL
-            for (int c = 0; c < N; ++c) put(row * N + col[c], code == -1 ? make_nan<T>() : r[row][c]);
+            for (int c = 0; c < N; ++c) put(row * N + col[c], is_cplx || code != -1 ? r[row][c] : make_nan<T>());
+        }
+        if (is_cplx && code == -1) {
+            GPUINV_UNROLL
+            for (int e = 0; e < N * N; ++e) put(e, make_nan<T>());
         }
         return code;
     }
@@ -479,6 +497,7 @@ namespace gpuinv {
 template <class T, int N, bool RC> struct CholInverse {
     typedef typename real_of<T>::type R;
     static constexpr bool stage_norm = true;
+    static constexpr bool complex_alike = false;
     R* rcond;
     template <class At> __device__ __forceinline__ static T load(At at, int row, int col) {
         return col <= row ? at(row, col) : make_zero<T>();
@@ -523,6 +542,7 @@ namespace gpuinv {
 template <class T, int N, bool LOWER, bool RC> struct TriInverse {
     typedef typename real_of<T>::type R;
     static constexpr bool stage_norm = false;
+    static constexpr bool complex_alike = false;
     R* rcond;
     template <class At> __device__ __forceinline__ static T load(At at, int row, int col) {
         return col <= row ? (LOWER ? at(row, col) : at(col, row)) : make_zero<T>();
@@ -561,6 +581,7 @@ __global__ void __launch_bounds__(B, 1)
 template <class T, int N, bool RC> struct DiagInverse {
     typedef typename real_of<T>::type R;
     static constexpr bool stage_norm = false;
+    static constexpr bool complex_alike = false;
     R* rcond;
     template <class At> __device__ __forceinline__ static T load(At at, int row, int col) {
         return row == col ? at(row, col) : make_zero<T>();
