@@ -14,6 +14,7 @@ carry over, not the absolute rates.
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py specialize --ns 5,8,16
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py first-call   # in a fresh NUMBA_CACHE_DIR
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py block --ns 16,24,32,48,64   # one chunk, one thread
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py unrolled --ns 2,3,4,5,6,7,8  # written out vs loop
 """
 
 from __future__ import annotations
@@ -97,14 +98,14 @@ def bench_inv(args) -> list[dict]:
                 # The compiled kernel forced at n <= 4 against the closed forms.
                 saved = cpu_routes.COMPILED_INV_MIN_N
                 def forced(a=a):
-                    cpu_routes.COMPILED_INV_MIN_N = 1
+                    cpu_routes.COMPILED_INV_MIN_N = dict.fromkeys("dfDF", 1)
                     try:
                         return gpuinv.inv(a, device="cpu")
                     finally:
                         cpu_routes.COMPILED_INV_MIN_N = saved
                 c["compiled"] = forced
                 def closed(a=a):
-                    cpu_routes.COMPILED_INV_MIN_N = 5
+                    cpu_routes.COMPILED_INV_MIN_N = dict.fromkeys("dfDF", 5)
                     try:
                         return gpuinv.inv(a, device="cpu")
                     finally:
@@ -229,10 +230,49 @@ def bench_first_call(args) -> list[dict]:
     return rows
 
 
+def bench_unrolled(args) -> list[dict]:
+    """The kernel written out for one n (engines/_unrolled.py) against the loop
+    kernel, one 1 MiB block on one thread, rcond off and on, process time; both
+    give the same bits (tests/test_cpu_unrolled.py), so only the speed is timed."""
+    from gpuinv.engines import _compiled, _unrolled
+
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            if not 2 <= n <= _unrolled.MAX_N:
+                continue
+            a = stack(n, np.dtype(dt), 1 << 20)
+            x = _compiled._read_only(a)
+            out = np.empty_like(a)
+            info = np.zeros(len(a), np.int32)
+            rc = np.empty(len(a), a.real.dtype)
+            loop = _compiled._kernel("invert", 0, a.dtype)
+            loop_rc = _compiled._kernel("invert-rcond", 0, a.dtype)
+            t0 = time.perf_counter()
+            unrolled = _unrolled.kernel(n, a.dtype)
+            unrolled(x, out, info, None, 0, 1)
+            compile_s = time.perf_counter() - t0
+            best = race({"loop": lambda: loop(x, out, info, rc, 0, len(x)),
+                         "unrolled": lambda: unrolled(x, out, info, None, 0, len(x)),
+                         "loop rcond": lambda: loop_rc(x, out, info, rc, 0, len(x)),
+                         "unrolled rcond": lambda: unrolled(x, out, info, rc, 0, len(x))},
+                        args.rounds)
+            plain = best["loop"][0] / best["unrolled"][0]
+            with_rc = best["loop rcond"][0] / best["unrolled rcond"][0]
+            ns_per = best["unrolled rcond"][0] / len(a) * 1e9
+            print(f"{dt} n={n}: unrolled / loop speed {plain:.2f} (rcond off), {with_rc:.2f} "
+                  f"(rcond on, {ns_per:.0f} ns per matrix); first call {compile_s:.2f} s",
+                  flush=True)
+            rows.append({"op": "unrolled", "dtype": dt, "n": n, "speedup": plain,
+                         "speedup_rcond": with_rc, "ns_per_matrix_rcond": ns_per,
+                         "first_call_s": compile_s})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["inv", "solve", "specialize", "first-call", "block",
-                                          "solve-block", "threads"])
+                                          "solve-block", "threads", "unrolled"])
     p.add_argument("--dtypes", default="float64,float32,complex128,complex64")
     p.add_argument("--ns", default="2,3,4,5,6,8,12,16,24,32,48,64")
     p.add_argument("--peers", default="torch")
@@ -247,7 +287,8 @@ def main() -> None:
     args.peers = args.peers.split(",") if args.peers else []
     rows = {"inv": bench_inv, "solve": bench_solve, "specialize": bench_specialize,
             "first-call": bench_first_call, "block": bench_block,
-            "solve-block": bench_solve_block, "threads": bench_threads}[args.what](args)
+            "solve-block": bench_solve_block, "threads": bench_threads,
+            "unrolled": bench_unrolled}[args.what](args)
     if args.json:
         old = json.load(open(args.json)) if os.path.exists(args.json) else []
         json.dump(old + rows, open(args.json, "w"), indent=1)
@@ -273,7 +314,7 @@ def bench_block(args) -> list[dict]:
                 def run():
                     gpuinv.config.cpu_compiled = on
                     saved = cpu_routes.COMPILED_INV_MIN_N
-                    cpu_routes.COMPILED_INV_MIN_N = 1
+                    cpu_routes.COMPILED_INV_MIN_N = dict.fromkeys("dfDF", 1)
                     try:
                         cpu.invert_block_ex(a, out, info, rc, "general", False)
                     finally:

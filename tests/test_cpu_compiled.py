@@ -206,8 +206,10 @@ def test_warm_up_reports_each_kernel(monkeypatch):
     took = cpu.warm_up([np.float64], [5, 13], kinds=["invert"])
     assert set(took) == {("invert", 5, "float64"), ("invert", 13, "float64")}
     assert all(t >= 0 for t in took.values())
-    # Orders the compiled route does not take are skipped.
-    assert cpu.warm_up([np.float64], [2], kinds=["invert"]) == {}
+    # Orders the compiled route does not take are skipped (n = 1: the
+    # reciprocal; complex64 n = 2: the closed form, cpu_routes.COMPILED_INV_MIN_N).
+    assert cpu.warm_up([np.float64], [1], kinds=["invert"]) == {}
+    assert cpu.warm_up([np.complex64], [2], kinds=["invert"]) == {}
     with pytest.raises(ValueError, match="kinds"):
         cpu.warm_up([np.float64], [5], kinds=["lu"])
     gpuinv.config.cpu_compiled = False

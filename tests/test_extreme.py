@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import gpuinv
-from gpuinv.engines import _closed_form
+from gpuinv.engines import _closed_form, cpu_routes
 from gpuinv.engines.cpu import _lapack_inverse
 
 lapack = pytest.importorskip("scipy.linalg.lapack")
@@ -117,14 +117,25 @@ def test_graded_extremes(dtype, n):
     q = np.linalg.qr(rng.standard_normal((n, n)))[0]
     a = (np.diag(d) + np.triu(rng.standard_normal((n, n)), 1) * d[None, :] * 0.1).astype(dtype)
     a = np.stack([a, a.T, q @ q.T])
-    res = gpuinv.inv_ex(a, device="cpu")
-    assert (res.info == 0).all()
     ref = np.linalg.inv(a)
-    if n <= 4:
-        np.testing.assert_allclose(res.inverse, ref, rtol=1e-10, atol=0)
-        return
-    # n = 6 (the compiled LU, or LAPACK): a.T's inverse has entries from 1e-300
-    # to 1e150, and its tiny ones carry rounding errors far above themselves
+    for compiled in (False, True):
+        old = gpuinv.config.cpu_compiled
+        gpuinv.config.cpu_compiled = compiled
+        try:
+            res = gpuinv.inv_ex(a, device="cpu")
+        finally:
+            gpuinv.config.cpu_compiled = old
+        assert (res.info == 0).all()
+        if n <= 4 and (not compiled or cpu_routes.compiled_for("invert", n, dtype) is None):
+            # The closed forms (with the guard's handover to LAPACK).
+            np.testing.assert_allclose(res.inverse, ref, rtol=1e-10, atol=0)
+            continue
+        _check_graded_lu(a, res, ref, dtype)
+
+
+def _check_graded_lu(a, res, ref, dtype):
+    # n = 6, and n <= 4 on the compiled route (the compiled LU, or LAPACK):
+    # a.T's inverse has entries from 1e-300 to 1e150, and its tiny ones carry rounding errors far above themselves
     # for every LU (LAPACK's elementwise error there measured 1e74, the
     # compiled kernel's 5e13): entrywise agreement with LAPACK held only while
     # LAPACK was compared with itself. a and q q^T keep the entrywise check;
@@ -370,7 +381,7 @@ def rank_deficient(n, dtype, scale, count=300):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [2, 3, 4])
 @pytest.mark.parametrize("scale", [0.1, 1 / 3, 1.7])
-def test_closed_forms_take_lapacks_verdict_on_rank_deficient(dtype, n, scale):
+def test_closed_forms_take_lapacks_verdict_on_rank_deficient(dtype, n, scale, monkeypatch):
     # Regression: the closed forms used to trust a rounded, tiny but non-zero
     # determinant, returning info 0 where LAPACK meets an exact zero pivot
     # (up to 8% of these matrices). Numerically singular matrices now go to
@@ -380,18 +391,25 @@ def test_closed_forms_take_lapacks_verdict_on_rank_deficient(dtype, n, scale):
     # elementwise NumPy, the same on every CPU).
     redo = _closed_form.closed_form_inverse(mats, np.empty_like(mats))
     assert redo is not None and redo.all()
-    # Through the API they get exactly what the LAPACK route gives them in
-    # this process (the same calls on the same matrices: determined, whatever
-    # the OpenBLAS kernel).
+    # Through the API's closed-form route (the route without Numba: with it,
+    # the compiled LU takes n = 2..4 since issue 19, and its verdict is its
+    # own, bit for bit the loop kernel's: tests/test_cpu_unrolled.py) they get
+    # exactly what the LAPACK route gives them in this process (the same calls
+    # on the same matrices: determined, whatever the OpenBLAS kernel).
+    monkeypatch.setattr(gpuinv.config, "cpu_compiled", False)
     res = gpuinv.inv_ex(mats, device="cpu")
     lapack_out = np.empty_like(mats)
     lapack_info = np.zeros(len(mats), dtype=np.int32)
     _lapack_inverse(mats, lapack_out, lapack_info)
     np.testing.assert_array_equal(res.info, lapack_info)
     np.testing.assert_array_equal(res.inverse, lapack_out)
-    # Which verdict that is depends on the kernel; each is a correct answer.
-    for m, x, k in zip(mats, res.inverse, res.info):
-        assert_a_correct_answer(m, x, k)
+    # Which verdict that is depends on the kernel; each is a correct answer,
+    # the compiled route's too.
+    monkeypatch.setattr(gpuinv.config, "cpu_compiled", True)
+    compiled = gpuinv.inv_ex(mats, device="cpu")
+    for res in (res, compiled):
+        for m, x, k in zip(mats, res.inverse, res.info):
+            assert_a_correct_answer(m, x, k)
 
 
 # --------------------------------------------------------------------------

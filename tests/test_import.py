@@ -1,23 +1,39 @@
 """import gpuinv stays cheap: NumPy only, no GPU libraries, no device."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_import_loads_no_optional_framework():
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_import_loads_no_optional_framework(compiled):
+    # Without the compiled route (GPUINV_CPU_COMPILED=0, or Numba absent) a
+    # small call loads none of them. With it, the inverse at n = 2..4 runs
+    # the compiled kernels since issue 19 (engines/cpu_routes.py,
+    # COMPILED_INV_MIN_N), so Numba (which imports SciPy itself) loads on
+    # the first such call, as it did at n >= 5 before; nothing else does,
+    # and n = 1 loads nothing.
     code = (
         "import sys, gpuinv, numpy as np\n"
+        "gpuinv.inv(np.full((4, 1, 1), 2.0))\n"
+        "early = [m for m in ('scipy', 'numba') if m in sys.modules]\n"
         "gpuinv.inv(np.eye(3)[None].repeat(4, 0))\n"
         "gpuinv.inv_ex(np.eye(2))\n"
-        "bad = [m for m in ('cupy', 'cupyx', 'torch', 'jax', 'dask', 'scipy', 'numba') if m in sys.modules]\n"
+        "frameworks = ('cupy', 'cupyx', 'torch', 'jax', 'dask')\n"
+        "if gpuinv.config.cpu_compiled: bad = [m for m in frameworks if m in sys.modules] + early\n"
+        "else: bad = [m for m in frameworks + ('scipy', 'numba') if m in sys.modules]\n"
         "print(bad)\n"
         "assert not bad, bad\n"
     )
+    env = dict(os.environ, GPUINV_CPU_COMPILED=compiled)
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

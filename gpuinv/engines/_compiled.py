@@ -261,7 +261,7 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
                         a[i, j] = a[i, j] - l * a[k, j]
                     for j in range(k + 1, N):
                         a[i, j] = a[i, j] - l * a[k, j]
-                    a[i, k] = -l
+                    a[i, k] = ZERO - l  # +0, not -0, where l is 0 (as LAPACK prints)
                 a[k, k] = inv
             info[b] = code
             if code != 0:
@@ -425,10 +425,20 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
     return run
 
 
-def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None) -> None:
-    """Invert the C-contiguous block ``x`` (m, n, n) into ``out``; info (and rcond) per matrix."""
+def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
+           unrolled: bool = False) -> None:
+    """Invert the C-contiguous block ``x`` (m, n, n) into ``out``; info (and rcond) per matrix.
+
+    ``unrolled``: run the kernel written out for this n (engines/_unrolled.py:
+    the same arithmetic and bits, faster at small n; the caller decides,
+    from ``cpu_routes.unrolled_for``).
+    """
     n = x.shape[-1]
     x = _read_only(x)
+    if unrolled:
+        from . import _unrolled
+        _unrolled.kernel(n, x.dtype)(x, out, info, rc, 0, len(x))
+        return
     if rc is None:
         kernel("invert", n, x.dtype)(x, out, info, np.empty(0, dtype=_real_type(x.dtype)),
                                      0, len(x))
@@ -495,10 +505,13 @@ def _read_only(x: np.ndarray) -> np.ndarray:
 
 
 def warm_up(dtypes: Iterable[Any], ns: Iterable[int],
-            kinds: Iterable[str] = ("invert", "solve")) -> dict[tuple[str, int, str], float]:
+            kinds: Iterable[str] = ("invert", "solve"),
+            unrolled: Any = None) -> dict[tuple[str, int, str], float]:
     """Compile (or load from the disk cache) the kernels for every dtype and n.
 
-    Returns the seconds each ``(kind, n, dtype name)`` took.
+    ``unrolled(n, dtype)``, when given, says where the inverse runs the
+    unrolled kernel (``cpu_routes.unrolled_for``). Returns the seconds each
+    ``(kind, n, dtype name)`` took.
     """
     took: dict[tuple[str, int, str], float] = {}
     for dt in dtypes:
@@ -508,9 +521,10 @@ def warm_up(dtypes: Iterable[Any], ns: Iterable[int],
             for kind in kinds:
                 start = time.perf_counter()
                 if kind == "invert":
-                    invert(x, np.empty_like(x), np.zeros(1, np.int32), None)
+                    flat = bool(unrolled and unrolled(n, dt))
+                    invert(x, np.empty_like(x), np.zeros(1, np.int32), None, flat)
                     invert(x, np.empty_like(x), np.zeros(1, np.int32),
-                           np.empty(1, dtype=_real_type(dt)))
+                           np.empty(1, dtype=_real_type(dt)), flat)
                 elif kind == "solve":
                     solve(x, x, np.empty_like(x), np.zeros(1, np.int32))
                 else:

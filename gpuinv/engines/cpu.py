@@ -63,6 +63,7 @@ from .cpu_routes import (
     compiled_kernels,
     cpu_route,
     threads_for,
+    unrolled_for,
 )
 
 try:  # NumPy's batched inverse gufunc without the raise-on-first-failure wrapper
@@ -247,7 +248,7 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
     """
     compiled = compiled_for("invert", x.shape[-1], x.dtype)
     if compiled is not None:
-        compiled.invert(x, out, info, None)
+        compiled.invert(x, out, info, None, unrolled_for(x.shape[-1], x.dtype))
         return
     with np.errstate(all="ignore"):
         all_finite = np.isfinite(x.sum())  # cheap; an overflow just takes the exact check
@@ -273,7 +274,7 @@ def invert_block(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
 def _invert_finite(x: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
     compiled = compiled_for("invert", x.shape[-1], x.dtype)
     if compiled is not None:
-        compiled.invert(np.ascontiguousarray(x), out, info, None)
+        compiled.invert(np.ascontiguousarray(x), out, info, None, unrolled_for(x.shape[-1], x.dtype))
         return
     if cpu_route(x.shape[-1]) == "closed_form":
         redo = closed_form_inverse(x, out)
@@ -544,7 +545,7 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
     if structure == "general":
         compiled = compiled_for("invert", x.shape[-1], x.dtype)
         if compiled is not None:  # rcond inside the kernel, while the matrix is in registers
-            compiled.invert(x, out, info, rc)
+            compiled.invert(x, out, info, rc, unrolled_for(x.shape[-1], x.dtype))
             return
     if structure == "general" and rc is not None and cpu_route(x.shape[-1]) == "closed_form":
         _invert_closed_form_rcond(x, out, info, rc)
@@ -913,5 +914,5 @@ def warm_up(dtypes: Iterable[Any] = (np.float32, np.float64, np.complex64, np.co
             raise ValueError(f"kinds must hold 'invert' or 'solve', got {kind!r}")
         for dt in dtypes:
             wanted = [n for n in orders if compiled_for(kind, n, dt) is not None]
-            took.update(compiled.warm_up([dt], wanted, kinds=(kind,)))
+            took.update(compiled.warm_up([dt], wanted, kinds=(kind,), unrolled=unrolled_for))
     return took

@@ -14,7 +14,8 @@ import numpy as np
 from .._config import config
 
 __all__ = ["CPU_CLOSED_FORM_MAX_N", "COMPILED_INV_MIN_N", "COMPILED_INV_MAX_N",
-           "COMPILED_SOLVE_MAX_N", "GETRI_MIN_N", "compiled_for", "compiled_kernels", "cpu_route", "threads_for"]
+           "COMPILED_SOLVE_MAX_N", "GETRI_MIN_N", "UNROLLED_MAX_N", "compiled_for",
+           "compiled_kernels", "cpu_route", "threads_for", "unrolled_for"]
 
 # Closed forms beat LAPACK's per-matrix calls by 5-30x for n <= 4 and keep its
 # accuracy (with the guard in engines/_closed_form.py); at n = 5 the 5x5
@@ -53,7 +54,7 @@ def threads_for(n: int) -> int:
       1.25, 1.18, 0.71 at n = 128, 256, 512 in one run and 0.98, 0.81, 0.70
       (float64) in the next (docs/cpu-compiled.md, "Threads at n >= 128").
     """
-    if 5 <= n <= 8 and n >= COMPILED_INV_MIN_N and compiled_kernels() is not None:
+    if 5 <= n <= 8 and compiled_kernels() is not None:
         return config.cpu_threads
     if 5 <= n <= 8 or n >= 128:
         return 1
@@ -76,9 +77,23 @@ def threads_for(n: int) -> int:
 #   complex128 2.67 1.94  1.61  1.41  1.06  0.89  0.76  0.64
 #   complex64 2.75  1.98  1.62  1.35  1.00  0.81  0.62  0.52
 #
-# * COMPILED_INV_MIN_N: at n <= 4 the closed forms stay: forced there, the
-#   compiled kernel ran at 0.51-2.14x of them, slower at float32 n = 3 (0.51)
-#   and complex128 n = 2, 3 (0.82, 0.91): not faster at every dtype.
+# * COMPILED_INV_MIN_N: from n = 2 the compiled route (the unrolled kernels
+#   below, UNROLLED_MAX_N) runs faster than the closed forms, but for
+#   complex64 at n = 2, 3: inv's defaults, 16 MiB stacks, two threads,
+#   closed forms -> compiled, matrices/s (/tmp bench, interleaved, loaded
+#   2-core AMD EPYC; `bench_compiled.py inv --ns 2,3,4` reruns it):
+#
+#   n            2      3      4
+#   float64    1.77   2.25   2.80
+#   float32    1.13   1.40   1.79
+#   complex128 1.12   1.28   1.81
+#   complex64  0.76   0.83   1.11
+#
+#   LU with partial pivoting is at least as accurate as the closed forms
+#   with their guard (issue 19 item 2: "keep whichever is faster at equal
+#   or better accuracy"). The loop kernel alone, before the unrolled ones,
+#   ran at 0.51-2.14x of the closed forms, so the closed forms had stayed.
+#   n = 1 stays on the closed form (a reciprocal per element, memory-bound).
 # * COMPILED_INV_MAX_N: the last n where the compiled kernel is faster
 #   (64 for float64, 48 for float32, 24 for complex: 1.06 and 1.00 there).
 # * COMPILED_SOLVE_MAX_N: the compiled LU solve from n = 1 (backward stable,
@@ -91,7 +106,21 @@ def threads_for(n: int) -> int:
 #   float32   3.61  2.71  1.90  1.58  1.27  0.91  0.73
 #   complex128 3.29 2.31  1.75  1.47  1.19  0.89  0.68
 #   complex64 3.30  2.42  1.74  1.75  1.41  1.01  0.80
-COMPILED_INV_MIN_N = 5
+COMPILED_INV_MIN_N = {"d": 2, "f": 2, "D": 2, "F": 4}
+# Up to these orders the compiled route runs the kernel written out for one n
+# (engines/_unrolled.py: the loop kernel's arithmetic, the same bits, every
+# entry a local variable) instead of the loop kernel. Its speed over the
+# loop kernel's, one thread, 1 MiB blocks, rcond off
+# (`benchmarks/bench_compiled.py unrolled`; docs/cpu-compiled.md):
+#
+#   n           2     3     4     5     6     7     8
+#   float64   3.09  2.32  2.33  2.13  1.84  1.40  1.20
+#   float32   2.98  2.18  2.04  1.87    -     -   1.19
+#   complex128   -     -  1.66  1.47    -     -     -
+#
+# Complex stops at 4: its compile grows as n^3 (complex128, the first call
+# on a machine: 4.3 s at n = 4, 8.7 s at 5, 43 s at 8; float64 1.1, 1.9, 6.9).
+UNROLLED_MAX_N = {"d": 8, "f": 8, "D": 4, "F": 4}
 COMPILED_INV_MAX_N = {"d": 64, "f": 48, "D": 24, "F": 24}
 COMPILED_SOLVE_MAX_N = {"d": 24, "f": 16, "D": 16, "F": 16}
 
@@ -117,10 +146,15 @@ def compiled_kernels() -> Any:
     return _compiled_module
 
 
+def unrolled_for(n: int, dtype: Any) -> bool:
+    """Whether the compiled inverse at order n runs the unrolled kernel (UNROLLED_MAX_N)."""
+    return 2 <= n <= UNROLLED_MAX_N[np.dtype(dtype).char]
+
+
 def compiled_for(kind: str, n: int, dtype: Any) -> Any:
     """The compiled-kernel module if it takes ``kind`` ("invert", "solve") at order n."""
     top = (COMPILED_INV_MAX_N if kind == "invert" else COMPILED_SOLVE_MAX_N)[np.dtype(dtype).char]
-    low = COMPILED_INV_MIN_N if kind == "invert" else 1
+    low = COMPILED_INV_MIN_N[np.dtype(dtype).char] if kind == "invert" else 1
     if not low <= n <= top:
         return None
     return compiled_kernels()

@@ -1,0 +1,293 @@
+"""Straight-line (fully unrolled) LU inverses for small n on the CPU (Numba, optional).
+
+The loop kernel of :mod:`._compiled` keeps the matrix in a scratch array and
+runs loops whose trip count is n. At n <= 8 the loops' control and the
+scratch array's loads and stores cost more than the arithmetic: the same
+algorithm written out for one n, with every entry a local variable (so in a
+register or a stack slot that nothing else aliases), ran 2.0-3.1x faster at
+n = 2..6 and 1.2-1.4x at n = 7, 8 (float64; `benchmarks/bench_compiled.py
+unrolled`, docs/cpu-compiled.md).
+
+The arithmetic is the loop kernel's, operation for operation and in the
+same order: getf2's pivot (the first entry of largest ``|re| + |im|``),
+multipliers ``a_ik * (1 / pivot)``, ``L^-1 P`` built in place, back
+substitution by whole rows, ||A||_1 and ||X||_1 summed in the same order,
+the same power-of-two scaling. So the two give the same bits, info and
+rcond (tests/test_cpu_unrolled.py checks it on hostile input), and the loop
+kernel's documentation and tests of its numerics hold for these. Two
+differences that change no result: a row interchange is a branch per
+candidate row instead of a loop, and after a zero pivot the elimination
+runs on (with Inf and NaN, never read) instead of stopping, since every
+element of that matrix's output is overwritten with NaN.
+
+The source is generated per n (:func:`source`) and written once to a cache
+directory, then imported from there, so that Numba's disk cache
+(``cache=True``) keeps the machine code across processes as it does for the
+loop kernel; where no directory is writable the module is compiled in
+memory, per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import types
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_N", "source", "kernel"]
+
+#: The largest order written out (code size grows as n^3: n = 8 is 1,300
+#: lines and compiles in about 5 s, once per machine and dtype).
+MAX_N = 8
+
+_VERSION = "2"  # bump when the generator's output changes meaning
+
+
+def _a(i: int, j: int) -> str:
+    return f"a{i}_{j}"
+
+
+def _function(n: int, complex_: bool) -> list[str]:
+    """The source lines of ``inv{n}{r|c}``: one kernel, real or complex arithmetic."""
+    lines: list[str] = []
+    w = lines.append
+    N = n
+    suffix = "c" if complex_ else "r"
+
+    def key(v: str) -> str:
+        return f"abs({v}.real) + abs({v}.imag)" if complex_ else f"abs({v})"
+
+    def modulus(v: str) -> str:
+        # The loop kernel's branch-free complex modulus (checked by the norm's range).
+        return f"np.sqrt({v}.real * {v}.real + {v}.imag * {v}.imag)" if complex_ else f"abs({v})"
+
+    all_entries = [(i, j) for i in range(N) for j in range(N)]
+    w(f"@_jit(nogil=True, error_model='numpy', boundscheck=False)")
+    w(f"def inv{N}{suffix}(x, out, info, rc, lo, hi, RC, ONE, ZERO, NAN, RZ, RONE, RNAN, LO, HI, LIMIT, SAFE_LO, SAFE_HI):")
+    w(f"    for b in range(lo, hi):")
+    for i, j in all_entries:
+        w(f"        {_a(i, j)} = x[b, {i}, {j}]")
+    # Every entry finite: a - a is 0 for a finite a, NaN otherwise.
+    w("        z = " + " + ".join(f"({_a(i, j)} - {_a(i, j)})" for i, j in all_entries))
+    w("        if not (z == ZERO):")
+    w("            info[b] = -1")
+    for i, j in all_entries:
+        w(f"            out[b, {i}, {j}] = NAN")
+    w("            if RC:")
+    w("                rc[b] = RNAN")
+    w("            continue")
+    # The largest |re|, |im|: whether to scale.
+    w("        big = RZ")
+    for i, j in all_entries:
+        w(f"        big = max(big, abs({_a(i, j)}.real))")
+        if complex_:
+            w(f"        big = max(big, abs({_a(i, j)}.imag))")
+    w("        norm_a = RZ")
+    w("        if RC:")
+    for j in range(N):
+        w(f"            cs = " + " + ".join(modulus(_a(i, j)) for i in range(N)))
+        w("            norm_a = max(norm_a, cs)")
+    if complex_:
+        # Outside the range where no square can over- or underflow enough
+        # to matter: summed again with the careful modulus, as the loop kernel.
+        w("            if not (norm_a >= SAFE_LO and norm_a <= SAFE_HI):")
+        w("                norm_a = RZ")
+        for j in range(N):
+            w(f"                cs = " + " + ".join(f"_modulus({_a(i, j)}, LO, HI)" for i in range(N)))
+            w("                norm_a = max(norm_a, cs)")
+    w("        s = RONE")
+    w("        if big > RZ and (big < LO or big > HI):")
+    w("            s = _power_of_two(big, LIMIT, RONE)")
+    for i, j in all_entries:
+        w(f"            {_a(i, j)} = {_a(i, j)} * s")
+    for c in range(N):
+        w(f"        c{c} = {c}")
+    w("        code = 0")
+    for k in range(N):
+        w(f"        p = {k}")
+        w(f"        best = {key(_a(k, k))}")
+        for i in range(k + 1, N):
+            w(f"        kv = {key(_a(i, k))}")
+            w("        if kv > best:")
+            w("            best = kv")
+            w(f"            p = {i}")
+        w(f"        if best == RZ and code == 0:")
+        w(f"            code = {k + 1}")
+        for i in range(k + 1, N):
+            w(f"        {'if' if i == k + 1 else 'elif'} p == {i}:")
+            for j in range(N):
+                w(f"            {_a(k, j)}, {_a(i, j)} = {_a(i, j)}, {_a(k, j)}")
+            w(f"            c{k}, c{i} = c{i}, c{k}")
+        if complex_:
+            # Numba raises on a complex division by zero (error_model or
+            # not): past a zero pivot, whose output is all NaN, divide by 1.
+            w(f"        inv = ONE / ({_a(k, k)} if code == 0 else ONE)")
+        else:
+            w(f"        inv = ONE / {_a(k, k)}")
+        for i in range(k + 1, N):
+            w(f"        l = {_a(i, k)} * inv")
+            for j in range(N):
+                if j != k:
+                    w(f"        {_a(i, j)} = {_a(i, j)} - l * {_a(k, j)}")
+            w(f"        {_a(i, k)} = ZERO - l")
+        w(f"        {_a(k, k)} = inv")
+    w("        info[b] = code")
+    w("        if code != 0:")
+    for i, j in all_entries:
+        w(f"            out[b, {i}, {j}] = NAN")
+    w("            if RC:")
+    w("                rc[b] = RZ")
+    w("            continue")
+    # X = U^-1 (L^-1 P), bottom row first, each row as the loop kernel's
+    # whole-row update: (e_k part - sum_{j>k} u_kj x_j, increasing j) / u_kk.
+    for k in range(N - 1, -1, -1):
+        for j in range(k + 1, N):
+            w(f"        u{j} = {_a(k, j)}")
+        w(f"        ik = {_a(k, k)}")
+        for c in range(N):
+            expr = "ONE" if c == k else ("ZERO" if c > k else _a(k, c))
+            for j in range(k + 1, N):
+                expr = f"({expr} - u{j} * {_a(j, c)})"
+            w(f"        {_a(k, c)} = {expr} * ik")
+    for i, c in all_entries:
+        w(f"        out[b, {i}, c{c}] = {_a(i, c)} * s")
+    w("        if RC:")
+    w("            norm_x = RZ")
+    for c in range(N):
+        w(f"            cs = " + " + ".join(modulus(_a(i, c)) for i in range(N)))
+        w("            norm_x = max(norm_x, cs)")
+    if complex_:
+        w("            if not (norm_x >= SAFE_LO and norm_x <= SAFE_HI):")
+        w("                norm_x = RZ")
+        for c in range(N):
+            w(f"                cs = " + " + ".join(f"_modulus({_a(i, c)}, LO, HI)" for i in range(N)))
+            w("                norm_x = max(norm_x, cs)")
+    w("            rc[b] = norm_a * (norm_x * s)")
+    w("    if RC:")
+    w("        for b in range(lo, hi):")
+    w("            if info[b] == 0:")
+    w("                r = RONE / rc[b]")
+    w("                rc[b] = r if r - r == RZ else RZ")
+    w("")
+    return lines
+
+
+_HEADER = '''"""Generated by gpuinv.engines._unrolled.source(); do not edit."""
+import math
+import numba
+import numpy as np
+
+
+def _jit(**options):
+    try:
+        return numba.njit(cache=True, **options)
+    except RuntimeError:
+        return numba.njit(cache=False, **options)
+
+
+@_jit(inline="always")
+def _modulus(v, lo, hi):
+    re = abs(v.real)
+    im = abs(v.imag)
+    big = max(re, im)
+    if big > lo and big < hi:
+        return np.sqrt(re * re + im * im)
+    return abs(v)
+
+
+@_jit(inline="always")
+def _power_of_two(big, limit, one):
+    """2**-e for big = f 2**e (0.5 <= f < 1), e clipped to +-limit, exactly, in big's type."""
+    e = min(max(math.frexp(big)[1], -limit), limit)
+    base = one / (one + one) if e > 0 else one + one
+    k = abs(e)
+    s = one
+    while k:
+        if k & 1:
+            s = s * base
+        k >>= 1
+        if k:
+            base = base * base
+    return s
+
+
+'''
+
+
+def source() -> str:
+    """The generated module: ``inv{n}r`` and ``inv{n}c`` for n = 2..MAX_N."""
+    body = [_HEADER]
+    for n in range(2, MAX_N + 1):
+        for complex_ in (False, True):
+            body.append("\n".join(_function(n, complex_)) + "\n\n")
+    return "".join(body)
+
+
+def _cache_dirs() -> list[str]:
+    env = os.environ.get("GPUINV_CACHE_DIR")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return [d for d in (env, os.path.join(base, "gpuinv"), os.path.join(tempfile.gettempdir(), f"gpuinv-{uid}")) if d]
+
+
+@lru_cache(maxsize=None)
+def _module() -> Any:
+    text = source()
+    digest = hashlib.sha1((_VERSION + text).encode()).hexdigest()[:16]
+    name = f"gpuinv_unrolled_{digest}"
+    for directory in _cache_dirs():
+        path = os.path.join(directory, name + ".py")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            if not os.path.exists(path):
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.replace(tmp, path)  # atomic: a concurrent process sees all or nothing
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            return module
+        except OSError:
+            sys.modules.pop(name, None)
+            continue
+    # Nowhere to write: compiled in memory (Numba cannot cache it), per process.
+    namespace: dict[str, Any] = {"__name__": name}
+    exec(compile(text.replace("cache=True", "cache=False"), f"<{name}>", "exec"), namespace)
+    return types.SimpleNamespace(**namespace)
+
+
+@lru_cache(maxsize=None)
+def _constants(dtype: np.dtype) -> tuple[Any, ...]:
+    t = dtype.type
+    rt = np.dtype(t(0).real.dtype).type
+    maxexp = np.finfo(rt).maxexp
+    return (t(1), t(0), t(np.nan), rt(0), rt(1), rt(np.nan),
+            rt(np.ldexp(1.0, -(maxexp // 2))), rt(np.ldexp(1.0, maxexp // 2)), maxexp - 4,
+            rt(np.ldexp(1.0, -(maxexp // 4))), rt(np.ldexp(1.0, maxexp // 2 - 1)))
+
+
+def kernel(n: int, dtype: Any) -> Any:
+    """``run(x, out, info, rc_or_None, lo, hi)``: the unrolled inverse for order n (2 <= n <= MAX_N)."""
+    if not 2 <= n <= MAX_N:
+        raise ValueError(f"no unrolled kernel for n = {n}; they cover 2..{MAX_N}")
+    dtype = np.dtype(dtype)
+    fn = getattr(_module(), f"inv{n}{'c' if dtype.kind == 'c' else 'r'}")
+    consts = _constants(dtype)
+    empty = np.empty(1, dtype=consts[3].dtype)
+
+    def run(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
+            lo: int, hi: int) -> None:
+        if rc is None:
+            fn(x, out, info, empty, lo, hi, False, *consts)
+        else:
+            fn(x, out, info, rc, lo, hi, True, *consts)
+
+    return run
