@@ -15,6 +15,7 @@ carry over, not the absolute rates.
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py first-call   # in a fresh NUMBA_CACHE_DIR
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py block --ns 16,24,32,48,64   # one chunk, one thread
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py unrolled --ns 2,3,4,5,6,7,8  # written out vs loop
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py inv-accuracy --ns 2,3,4,5,8,16,32 --dtypes float64,float32
 """
 
 from __future__ import annotations
@@ -136,6 +137,48 @@ def conditioned(n, cond, count, rng):
     a = (u * s[None, None, :]) @ v.swapaxes(1, 2)
     b = a @ rng.standard_normal((count, n, 1))
     return a, b
+
+
+def bench_inv_accuracy(args) -> list[dict]:
+    """Issue 19 item 2's accuracy target: p99 of the inverse's backward error
+    ||a x - I||_inf / (||a||_inf ||x||_inf), in eps, gpuinv.inv with its
+    defaults (each route: compiled, and without Numba) against
+    numpy.linalg.inv, on a = U diag(s) V^T at cond 1e2, 1e8, 1e12."""
+    rows = []
+    rng = np.random.default_rng(2)
+    for dt in args.dtypes:
+        dtype = np.dtype(dt)
+        if dtype.kind == "c":
+            continue
+        eps = np.finfo(dtype).eps
+        for n in args.ns:
+            for cond in (1e2, 1e8, 1e12):
+                if dtype == np.float32 and cond > 1e6:
+                    continue  # beyond 1 / eps: no correct digit for anyone
+                a, _ = conditioned(n, cond, 20000, rng)
+                a = a.astype(dtype)
+                eye = np.broadcast_to(np.eye(n, dtype=dtype), a.shape)
+                wide = a.astype(np.float64 if dtype == np.float32 else np.longdouble)
+
+                def err(x):
+                    r = np.abs(wide @ x.astype(wide.dtype) - eye).max(axis=(1, 2))
+                    na = np.abs(wide).sum(axis=2).max(axis=1)
+                    return (r / (na * np.abs(x).max(axis=(1, 2)))).astype(np.float64)
+
+                import warnings
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    xs = {"gpuinv": gpuinv.inv(a, device="cpu"),
+                          "gpuinv-nonumba": with_compiled(False, lambda: gpuinv.inv(a, device="cpu"))(),
+                          "numpy": np.linalg.inv(a)}
+                p99 = {k: float(np.percentile(err(v), 99) / eps) for k, v in xs.items()}
+                ratio = p99["gpuinv"] / p99["numpy"]
+                print(f"inv {dt} n={n} cond={cond:.0e} p99 backward error / eps: "
+                      + "  ".join(f"{k}={v:.3g}" for k, v in p99.items())
+                      + f"  gpuinv/numpy {ratio:.2f}", flush=True)
+                rows.append({"op": "inv-accuracy", "dtype": dt, "n": n, "cond": cond,
+                             "p99_eps": p99, "ratio_to_numpy": ratio})
+    return rows
 
 
 def bench_solve(args) -> list[dict]:
@@ -272,7 +315,7 @@ def bench_unrolled(args) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["inv", "solve", "specialize", "first-call", "block",
-                                          "solve-block", "threads", "unrolled"])
+                                          "solve-block", "threads", "unrolled", "inv-accuracy"])
     p.add_argument("--dtypes", default="float64,float32,complex128,complex64")
     p.add_argument("--ns", default="2,3,4,5,6,8,12,16,24,32,48,64")
     p.add_argument("--peers", default="torch")
@@ -288,7 +331,7 @@ def main() -> None:
     rows = {"inv": bench_inv, "solve": bench_solve, "specialize": bench_specialize,
             "first-call": bench_first_call, "block": bench_block,
             "solve-block": bench_solve_block, "threads": bench_threads,
-            "unrolled": bench_unrolled}[args.what](args)
+            "unrolled": bench_unrolled, "inv-accuracy": bench_inv_accuracy}[args.what](args)
     if args.json:
         old = json.load(open(args.json)) if os.path.exists(args.json) else []
         json.dump(old + rows, open(args.json, "w"), indent=1)
@@ -309,17 +352,19 @@ def bench_block(args) -> list[dict]:
             rc = np.empty(len(a), a.real.dtype)
 
             def block(on):
-                # At n < COMPILED_INV_MIN_N the compiled kernel is forced,
-                # against the closed forms.
+                # The compiled kernel forced at every n (below COMPILED_INV_MIN_N
+                # against the closed forms, above COMPILED_INV_MAX_N against
+                # LAPACK: where the crossovers are).
                 def run():
                     gpuinv.config.cpu_compiled = on
-                    saved = cpu_routes.COMPILED_INV_MIN_N
+                    saved = cpu_routes.COMPILED_INV_MIN_N, cpu_routes.COMPILED_INV_MAX_N
                     cpu_routes.COMPILED_INV_MIN_N = dict.fromkeys("dfDF", 1)
+                    cpu_routes.COMPILED_INV_MAX_N = dict.fromkeys("dfDF", 1 << 20)
                     try:
                         cpu.invert_block_ex(a, out, info, rc, "general", False)
                     finally:
                         gpuinv.config.cpu_compiled = True
-                        cpu_routes.COMPILED_INV_MIN_N = saved
+                        cpu_routes.COMPILED_INV_MIN_N, cpu_routes.COMPILED_INV_MAX_N = saved
                 return run
 
             best = race({"compiled": block(True), "lapack": block(False),

@@ -276,7 +276,7 @@ def run_threads(args: argparse.Namespace) -> dict:
             a = stack(n, dtype, args.mib, rng)
 
             def with_pool(a: np.ndarray = a) -> Any:
-                engine.threads_for = lambda n: pool
+                engine.threads_for = lambda n, dtype=None: pool
                 try:
                     return gpuinv.inv(a, device="cpu")
                 finally:

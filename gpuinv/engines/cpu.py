@@ -156,7 +156,8 @@ class CpuEngine:
                                 info1[chunk.start : chunk.stop], part, structure, lower)
 
         per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
-        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=threads_for(n))
+        threads = threads_for(n, dtype if structure == "general" else None)
+        self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=threads)
         return out, info, rc
 
     def solve(self, request: Request, op: Operand, b: np.ndarray

@@ -39,14 +39,16 @@ def cpu_route(n: int) -> str:
     return "closed_form" if n <= CPU_CLOSED_FORM_MAX_N else "lapack"
 
 
-def threads_for(n: int) -> int:
+def threads_for(n: int, dtype: Any = None) -> int:
     """Worker threads for order n (benchmarks/bench_cpu.py, threads sweep).
 
     * 5 <= n <= 8: LAPACK's tiny-matrix calls contend inside OpenBLAS; two
       threads ran at 0.74x of one, so these stay on one thread, unless the
       compiled kernels take these orders (they share nothing between
       threads and release the GIL: every thread is free speed).
-    * n >= 128: getrf is blocked and OpenBLAS threads it itself; our threads
+    * n >= 128 where the compiled kernels take the order (float64 up to 128,
+      float32 up to 384; ``dtype`` given): the engine's pool, as below 128.
+    * n >= 128 otherwise: getrf is blocked and OpenBLAS threads it itself; our threads
       on top oversubscribe the cores. Not settled against the pool with
       OpenBLAS held to one thread (which the engine could only do through
       threadpoolctl, not installed here, or ctypes): on the loaded 2-core
@@ -54,6 +56,8 @@ def threads_for(n: int) -> int:
       1.25, 1.18, 0.71 at n = 128, 256, 512 in one run and 0.98, 0.81, 0.70
       (float64) in the next (docs/cpu-compiled.md, "Threads at n >= 128").
     """
+    if dtype is not None and compiled_for("invert", n, dtype) is not None:
+        return config.cpu_threads
     if 5 <= n <= 8 and compiled_kernels() is not None:
         return config.cpu_threads
     if 5 <= n <= 8 or n >= 128:
@@ -69,13 +73,24 @@ def threads_for(n: int) -> int:
 # `benchmarks/bench_compiled.py block` (one 1 MiB chunk on one thread, rcond
 # on as inv's defaults, the compiled kernel against this module's LAPACK
 # route, by process time, interleaved; 2-core AMD EPYC under load; table in
-# docs/cpu-compiled.md). Compiled / LAPACK route speed:
+# docs/cpu-compiled.md). Compiled / LAPACK route speed, since the loop
+# kernel's row updates became one loop over the whole row (1.5-2.7x at
+# n = 16..64 for real types; the 2026-12-07 session's table, before it, is
+# in docs/cpu-compiled.md):
 #
-#   n           5     8    12    16    24    32    48    64
-#   float64   3.65  2.57  3.03  2.22  2.16  1.82  1.43  1.25
-#   float32   3.76  2.34  2.36  1.87  1.80  1.40  1.10  0.99
-#   complex128 2.67 1.94  1.61  1.41  1.06  0.89  0.76  0.64
-#   complex64 2.75  1.98  1.62  1.35  1.00  0.81  0.62  0.52
+#   n           12    24    32    48    64    96   128
+#   float64   3.55  3.58  2.86  2.36  1.89  1.62  2.51
+#   float32   2.59  2.83  2.65  2.06  2.08  2.01  3.21
+#   complex128 1.58 1.13  0.82  0.63  0.56  0.46  0.39
+#   complex64 1.77  1.09  0.75  0.57  0.46  0.58  0.47
+#
+# Above n = 96 one thread against one is not the question: the LAPACK
+# route runs there one call at a time with OpenBLAS's own threads, the
+# compiled one on the engine's pool. inv's defaults, 16 MiB stacks, both
+# threads, the compiled route against the peers (`bench_cpu_peers.py --n
+# 128 192 256 384`), matrices/s: float64 3.95e3 at n = 128 (the LAPACK
+# route's table: 2.8e3), 1.27e3 at 192 (1.36e3), 611 at 256 (740);
+# float32 8.7e3 at 128 (3.7e3), 1.41e3 at 256 (743), 441 at 384 (295).
 #
 # * COMPILED_INV_MIN_N: from n = 2 the compiled route (the unrolled kernels
 #   below, UNROLLED_MAX_N) runs faster than the closed forms, but for
@@ -94,8 +109,8 @@ def threads_for(n: int) -> int:
 #   or better accuracy"). The loop kernel alone, before the unrolled ones,
 #   ran at 0.51-2.14x of the closed forms, so the closed forms had stayed.
 #   n = 1 stays on the closed form (a reciprocal per element, memory-bound).
-# * COMPILED_INV_MAX_N: the last n where the compiled kernel is faster
-#   (64 for float64, 48 for float32, 24 for complex: 1.06 and 1.00 there).
+# * COMPILED_INV_MAX_N: the last n where the compiled route is faster:
+#   128 for float64, 384 for float32 (the largest measured), 24 for complex.
 # * COMPILED_SOLVE_MAX_N: the compiled LU solve from n = 1 (backward stable,
 #   where the closed-form solve was not, issue 19 item 3) up to its
 #   crossover with gesv (`bench_compiled.py solve-block`, k = 1, compiled /
@@ -121,7 +136,7 @@ COMPILED_INV_MIN_N = {"d": 2, "f": 2, "D": 2, "F": 4}
 # Complex stops at 4: its compile grows as n^3 (complex128, the first call
 # on a machine: 4.3 s at n = 4, 8.7 s at 5, 43 s at 8; float64 1.1, 1.9, 6.9).
 UNROLLED_MAX_N = {"d": 8, "f": 8, "D": 4, "F": 4}
-COMPILED_INV_MAX_N = {"d": 64, "f": 48, "D": 24, "F": 24}
+COMPILED_INV_MAX_N = {"d": 128, "f": 384, "D": 24, "F": 24}
 COMPILED_SOLVE_MAX_N = {"d": 24, "f": 16, "D": 16, "F": 16}
 
 _compiled_module: Any = None
