@@ -1,7 +1,7 @@
 """The CPU engine's unrolled kernels (engines/_unrolled.py) against the loop kernel.
 
-The unrolled kernel for order n is the loop kernel's arithmetic written
-out, so the two must give the same bits: every inverse element (its sign
+The unrolled kernel for order n (inverse and solve) is the loop kernel's
+arithmetic written out, so the two must give the same bits: every inverse element (its sign
 of zero included; a NaN as a NaN, whatever its payload), every info code
 and every rcond, on hostile input. That is checked here for every order
 and dtype the routes send to them; tests/test_cpu_compiled.py checks the
@@ -91,6 +91,29 @@ def test_unrolled_kernel_gives_the_loop_kernels_bits(dtype, n, rcond):
     _unrolled.kernel(n, dtype)(x, part, part_info, None, 10, 20)
     assert (part[:10] == 7).all() and (part[20:] == 7).all() and (part_info[20:] == 9).all()
     assert same(part[10:20], out_loop[10:20])
+
+
+@pytest.mark.parametrize("dtype, n", CASES, ids=[f"{d.name}-n{n}" for d, n in CASES])
+@pytest.mark.parametrize("k", [1, 3])
+def test_unrolled_solve_gives_the_loop_solves_bits(dtype, n, k):
+    # The solve replays A's elimination on each column of b: the same
+    # operations on every entry as the loop kernel's [A | B] elimination.
+    a = hostile(n, dtype)
+    m = len(a)
+    b = np.random.default_rng(n).standard_normal((m, n, k)).astype(dtype)
+    b[30] = np.inf  # a non-finite b is solved through (only A is checked, as LAPACK)
+    x, rhs = _compiled._read_only(a), _compiled._read_only(b)
+    y_loop, y_unrolled = np.empty_like(b), np.empty_like(b)
+    info_loop, info_unrolled = np.empty(m, np.int32), np.empty(m, np.int32)
+    _compiled.kernel("solve", n, dtype)(x, rhs, y_loop, info_loop)
+    _unrolled.solve_kernel(n, dtype)(x, rhs, y_unrolled, info_unrolled)
+    np.testing.assert_array_equal(info_unrolled, info_loop)
+    assert (info_loop[[1, 2]] > 0).all() and (info_loop[[4, 5]] == -1).all()
+    assert same(y_unrolled, y_loop)
+    # Through the API (compiled route, unrolled where cpu_routes says so).
+    assert cpu_routes.unrolled_for(n, dtype)
+    res = gpuinv.solve_ex(a[40:], b[40:], device="cpu")
+    assert same(res.solution, y_loop[40:])
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])

@@ -460,8 +460,17 @@ def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | No
         kernel("invert-rcond", n, x.dtype)(x, out, info, rc, 0, len(x))
 
 
-def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
-    """Solve ``a @ y = b`` for C-contiguous blocks a (m, n, n), b (m, n, k)."""
+def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
+          unrolled: bool = False) -> None:
+    """Solve ``a @ y = b`` for C-contiguous blocks a (m, n, n), b (m, n, k).
+
+    ``unrolled``: the solve written out for this n (engines/_unrolled.py, the
+    same bits; the caller decides, from ``cpu_routes.unrolled_for``).
+    """
+    if unrolled:
+        from . import _unrolled
+        _unrolled.solve_kernel(a.shape[-1], a.dtype)(_read_only(a), _read_only(b), y, info)
+        return
     kernel("solve", a.shape[-1], a.dtype)(_read_only(a), _read_only(b), y, info)
 
 
@@ -540,7 +549,8 @@ def warm_up(dtypes: Iterable[Any], ns: Iterable[int],
                     invert(x, np.empty_like(x), np.zeros(1, np.int32),
                            np.empty(1, dtype=_real_type(dt)), flat)
                 elif kind == "solve":
-                    solve(x, x, np.empty_like(x), np.zeros(1, np.int32))
+                    solve(x, x, np.empty_like(x), np.zeros(1, np.int32),
+                          bool(unrolled and unrolled(n, dt)))
                 else:
                     raise ValueError(f"unknown compiled kernel {kind!r}")
                 took[(kind, n, dt.name)] = time.perf_counter() - start

@@ -742,7 +742,8 @@ def _general_solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray
     """
     compiled = compiled_for("solve", a.shape[-1], a.dtype)
     if compiled is not None:
-        compiled.solve(np.ascontiguousarray(a), np.ascontiguousarray(b), y, info)
+        compiled.solve(np.ascontiguousarray(a), np.ascontiguousarray(b), y, info,
+                       unrolled_for(a.shape[-1], a.dtype))
         return
     if CLOSED_FORM_SOLVE and a.shape[-1] <= SOLVE_MAX_N:
         redo = closed_form_solve(a, b, y)
@@ -821,7 +822,7 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
                 if structure in ("general", "symmetric", "hermitian") else None)
     if compiled is not None:
         # Non-finite matrices get info -1 and NaN inside the kernel: no split.
-        compiled.solve(np.ascontiguousarray(a), b, y, info)
+        compiled.solve(np.ascontiguousarray(a), b, y, info, unrolled_for(a.shape[-1], a.dtype))
         if rc is not None:
             _solve_rcond(original, a, info, rc, structure, lower)
         return
