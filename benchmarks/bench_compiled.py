@@ -390,12 +390,16 @@ def bench_solve_block(args) -> list[dict]:
             info = np.zeros(len(a), np.int32)
 
             def block(on):
+                # The compiled solve forced past COMPILED_SOLVE_MAX_N (to find it).
                 def run():
                     gpuinv.config.cpu_compiled = on
+                    saved = cpu_routes.COMPILED_SOLVE_MAX_N
+                    cpu_routes.COMPILED_SOLVE_MAX_N = dict.fromkeys("dfDF", 1 << 20)
                     try:
                         cpu.solve_block(a, b, y, info, None, "general", False)
                     finally:
                         gpuinv.config.cpu_compiled = True
+                        cpu_routes.COMPILED_SOLVE_MAX_N = saved
                 return run
 
             best = race({"compiled": block(True), "lapack": block(False)}, args.rounds)

@@ -121,6 +121,15 @@ def threads_for(n: int, dtype: Any = None) -> int:
 #   float32   3.61  2.71  1.90  1.58  1.27  0.91  0.73
 #   complex128 3.29 2.31  1.75  1.47  1.19  0.89  0.68
 #   complex64 3.30  2.42  1.74  1.75  1.41  1.01  0.80
+#
+#   and since the solve kernel's row update runs over the whole row (and
+#   the unrolled solve at n <= 8), forced past the bound to find it:
+#
+#   n            8    16    24    32    48    64
+#   float64    2.73  1.78  1.64  1.37  0.81  0.77
+#   float32    2.62  1.98  1.70  1.49  1.06  0.92
+#   complex128 1.67  1.12  0.76  0.61  0.48  0.42
+#   complex64  1.53  1.06  0.78  0.60  0.44  0.35
 COMPILED_INV_MIN_N = {"d": 2, "f": 2, "D": 2, "F": 4}
 # Up to these orders the compiled route runs the kernel written out for one n
 # (engines/_unrolled.py: the loop kernel's arithmetic, the same bits, every
@@ -137,7 +146,7 @@ COMPILED_INV_MIN_N = {"d": 2, "f": 2, "D": 2, "F": 4}
 # on a machine: 4.3 s at n = 4, 8.7 s at 5, 43 s at 8; float64 1.1, 1.9, 6.9).
 UNROLLED_MAX_N = {"d": 8, "f": 8, "D": 4, "F": 4}
 COMPILED_INV_MAX_N = {"d": 128, "f": 384, "D": 24, "F": 24}
-COMPILED_SOLVE_MAX_N = {"d": 24, "f": 16, "D": 16, "F": 16}
+COMPILED_SOLVE_MAX_N = {"d": 32, "f": 48, "D": 16, "F": 16}
 
 _compiled_module: Any = None
 _compiled_failed = False
