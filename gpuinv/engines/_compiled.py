@@ -281,8 +281,8 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
                 a[k, k] = ONE
                 # Four rows j per pass over row k: each a[k, c] gets the same
                 # subtractions in the same order (the same bits) with a
-                # quarter of the loads and stores of row k, which bound the
-                # one-row loop (1.2-1.3x the inverse at n = 32..64, float64).
+                # quarter of the loads and stores of row k (the inverse 5-8%
+                # faster at n = 12..64, float64, one thread).
                 j = k + 1
                 while j + 3 < N:
                     u0 = u[j]
@@ -418,7 +418,7 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                 # The whole row in one loop (columns <= k get values nobody
                 # reads again): twice the multiply-adds on A's part, but one
                 # long loop that LLVM vectorizes, against a short unaligned
-                # one: 1.6-2x the solve at n = 12..32 (float64).
+                # one: 1.3-1.6x the solve at n = 12..32 (float64, one thread).
                 # Two rows per pass share the loads of row k and the loop's
                 # set-up (each element: the same operation, the same bits).
                 i = k + 1

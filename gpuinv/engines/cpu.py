@@ -156,7 +156,7 @@ class CpuEngine:
                                 info1[chunk.start : chunk.stop], part, structure, lower)
 
         per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
-        threads = threads_for(n, dtype if structure == "general" else None)
+        threads = threads_for(n, dtype if structure in ("general", "symmetric", "hermitian") else None)
         self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=threads)
         return out, info, rc
 
