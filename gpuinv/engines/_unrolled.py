@@ -1,12 +1,13 @@
-"""Straight-line (fully unrolled) LU inverses for small n on the CPU (Numba, optional).
+"""Straight-line (fully unrolled) LU inverses and solves for small n on the CPU (Numba, optional).
 
 The loop kernel of :mod:`._compiled` keeps the matrix in a scratch array and
 runs loops whose trip count is n. At n <= 8 the loops' control and the
 scratch array's loads and stores cost more than the arithmetic: the same
 algorithm written out for one n, with every entry a local variable (so in a
-register or a stack slot that nothing else aliases), ran 2.0-3.1x faster at
-n = 2..6 and 1.2-1.4x at n = 7, 8 (float64; `benchmarks/bench_compiled.py
-unrolled`, docs/cpu-compiled.md).
+register or a stack slot that nothing else aliases), ran 2.3-3.7x faster at
+n = 2..6 and 1.6-1.9x at n = 7, 8 (float64 inverse with rcond;
+`benchmarks/bench_compiled.py unrolled`, docs/cpu-compiled.md), and the solve
+1.6-3.6x.
 
 The arithmetic is the loop kernel's, operation for operation and in the
 same order: getf2's pivot (the first entry of largest ``|re| + |im|``),
@@ -278,10 +279,14 @@ import numpy as np
 
 
 def _jit(**options):
-    try:
-        return numba.njit(cache=True, **options)
-    except RuntimeError:
-        return numba.njit(cache=False, **options)
+    # Numba refuses cache=True (RuntimeError, when the decorator is applied)
+    # where it cannot write its cache: compile per process there.
+    def decorate(fn):
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return numba.njit(cache=False, **options)(fn)
+    return decorate
 
 
 @_jit(inline="always")
@@ -349,12 +354,12 @@ def _module() -> Any:
             sys.modules[name] = module
             spec.loader.exec_module(module)
             return module
-        except OSError:
+        except (OSError, RuntimeError):
             sys.modules.pop(name, None)
             continue
     # Nowhere to write: compiled in memory (Numba cannot cache it), per process.
     namespace: dict[str, Any] = {"__name__": name}
-    exec(compile(text.replace("cache=True", "cache=False"), f"<{name}>", "exec"), namespace)
+    exec(compile(text.replace("cache=True,", "cache=False,"), f"<{name}>", "exec"), namespace)
     return types.SimpleNamespace(**namespace)
 
 
