@@ -28,37 +28,31 @@ def cuda_usable() -> bool:
         return False
 
 
-# What the fixture below runs alongside the tests, one process each, niced
-# so that the test process keeps its core. Errors are theirs alone: a test
-# that finds nothing in a cache compiles or builds what it needs itself.
-_ALONGSIDE = {
-    "numba": """
+# What the fixture below runs in its second process. Errors are its own: a
+# test that finds nothing in a cache builds or compiles what it needs itself.
+_ALONGSIDE = """
+import sys
 import numpy as np
 from gpuinv.engines.cpu import warm_up
 # The dtypes in the order the suite first meets them.
 warm_up(dtypes=(np.float64, np.float32, np.complex128, np.complex64), ns=range(1, 65))
-""",
-    "emulation": """
-import sys
 sys.path.insert(0, "tests")
 import _cuda_emu
 if _cuda_emu.available() is None:
     from gpuinv import kernels
-    _cuda_emu.build_all(_cuda_emu.sample(), jobs=1)  # the default run's groups first
     _cuda_emu.build_all(kernels.instantiations(), jobs=1)
-""",
-}
+"""
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _build_alongside():
-    """Compile the CPU engine's Numba kernels and build the kernels' emulation in
-    background processes while the tests run.
+    """Compile the CPU engine's Numba kernels and build the kernels' emulation in a
+    second process while the tests run.
 
     On a fresh machine the suite's first run spends minutes compiling: the
     Numba kernels (about 100 s; the written-out ones grow as n^3,
-    engines/_unrolled.py) and the emulation executables, one at a time in
-    the test process while the second core idles. These processes fill the
+    engines/_unrolled.py) and the emulation executables, mostly one at a time
+    in the test process while the second core idles. This process fills the
     same disk caches (Numba's, ``GPUINV_CACHE_DIR``, ``build/cuda_emu``) on
     that core; a test that needs something before it is there compiles or
     builds it itself, exactly as without this fixture (both caches are written
@@ -66,7 +60,6 @@ def _build_alongside():
     runs or asserts. Off where the compiled route is (``GPUINV_CPU_COMPILED=0``:
     CI's second pass, whose caches the first filled); stopped at the end.
     """
-    import signal
     import subprocess
     import sys
 
@@ -74,19 +67,18 @@ def _build_alongside():
         yield
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # Sessions of their own, so that the end of the test run stops their g++ too.
-    procs = [subprocess.Popen([sys.executable, "-c", "import os; os.nice(10)\n" + code], cwd=root,
-                              start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-             for code in _ALONGSIDE.values()]
+    # A session of its own, so that the end of the test run stops its g++ too.
+    proc = subprocess.Popen([sys.executable, "-c", _ALONGSIDE], cwd=root, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     yield
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        proc.wait()
+    if proc.poll() is None:
+        import signal
+
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
 
 
 def pytest_addoption(parser):
