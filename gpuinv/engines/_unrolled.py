@@ -68,6 +68,21 @@ def _function(n: int, complex_: bool) -> list[str]:
         # The loop kernel's branch-free complex modulus (checked by the norm's range).
         return f"np.sqrt({v}.real * {v}.real + {v}.imag * {v}.imag)" if complex_ else f"abs({v})"
 
+    def one_norm(name: str) -> None:
+        # ||.||_1 of the matrix in the locals into `name`, inside `if RC:`:
+        # the column sums in the loop kernel's order; for complex, outside the
+        # range where no square can over- or underflow enough to matter,
+        # summed again with the careful modulus, as the loop kernel.
+        for j in range(N):
+            w(f"            cs = " + " + ".join(modulus(_a(i, j)) for i in range(N)))
+            w(f"            {name} = max({name}, cs)")
+        if complex_:
+            w(f"            if not ({name} >= SAFE_LO and {name} <= SAFE_HI):")
+            w(f"                {name} = RZ")
+            for j in range(N):
+                w(f"                cs = " + " + ".join(f"_modulus({_a(i, j)}, LO, HI)" for i in range(N)))
+                w(f"                {name} = max({name}, cs)")
+
     all_entries = [(i, j) for i in range(N) for j in range(N)]
     w(f"@_jit(nogil=True, error_model='numpy', boundscheck=False)")
     w(f"def inv{N}{suffix}(x, out, info, rc, lo, hi, RC, ONE, ZERO, NAN, RZ, RONE, RNAN, LO, HI, LIMIT, SAFE_LO, SAFE_HI):")
@@ -91,17 +106,7 @@ def _function(n: int, complex_: bool) -> list[str]:
             w(f"        big = max(big, abs({_a(i, j)}.imag))")
     w("        norm_a = RZ")
     w("        if RC:")
-    for j in range(N):
-        w(f"            cs = " + " + ".join(modulus(_a(i, j)) for i in range(N)))
-        w("            norm_a = max(norm_a, cs)")
-    if complex_:
-        # Outside the range where no square can over- or underflow enough
-        # to matter: summed again with the careful modulus, as the loop kernel.
-        w("            if not (norm_a >= SAFE_LO and norm_a <= SAFE_HI):")
-        w("                norm_a = RZ")
-        for j in range(N):
-            w(f"                cs = " + " + ".join(f"_modulus({_a(i, j)}, LO, HI)" for i in range(N)))
-            w("                norm_a = max(norm_a, cs)")
+    one_norm("norm_a")
     w("        s = RONE")
     w("        if big > RZ and (big < LO or big > HI):")
     w("            s = _power_of_two(big, LIMIT, RONE)")
@@ -160,15 +165,7 @@ def _function(n: int, complex_: bool) -> list[str]:
         w(f"        out[b, {i}, c{c}] = {_a(i, c)} * s")
     w("        if RC:")
     w("            norm_x = RZ")
-    for c in range(N):
-        w(f"            cs = " + " + ".join(modulus(_a(i, c)) for i in range(N)))
-        w("            norm_x = max(norm_x, cs)")
-    if complex_:
-        w("            if not (norm_x >= SAFE_LO and norm_x <= SAFE_HI):")
-        w("                norm_x = RZ")
-        for c in range(N):
-            w(f"                cs = " + " + ".join(f"_modulus({_a(i, c)}, LO, HI)" for i in range(N)))
-            w("                norm_x = max(norm_x, cs)")
+    one_norm("norm_x")
     w("            rc[b] = norm_a * (norm_x * s)")
     w("    if RC:")
     w("        for b in range(lo, hi):")
