@@ -16,6 +16,7 @@ carry over, not the absolute rates.
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py block --ns 16,24,32,48,64   # one chunk, one thread
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py unrolled --ns 2,3,4,5,6,7,8  # written out vs loop
     PYTHONPATH=$PWD python benchmarks/bench_compiled.py inv-accuracy --ns 2,3,4,5,8,16,32 --dtypes float64,float32
+    PYTHONPATH=$PWD python benchmarks/bench_compiled.py posdef --ns 1,2,4,8,16,32,64,128  # positive definite
 """
 
 from __future__ import annotations
@@ -315,7 +316,7 @@ def bench_unrolled(args) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["inv", "solve", "specialize", "first-call", "block",
-                                          "solve-block", "threads", "unrolled", "inv-accuracy"])
+                                          "solve-block", "threads", "unrolled", "inv-accuracy", "posdef"])
     p.add_argument("--dtypes", default="float64,float32,complex128,complex64")
     p.add_argument("--ns", default="2,3,4,5,6,8,12,16,24,32,48,64")
     p.add_argument("--peers", default="torch")
@@ -331,7 +332,8 @@ def main() -> None:
     rows = {"inv": bench_inv, "solve": bench_solve, "specialize": bench_specialize,
             "first-call": bench_first_call, "block": bench_block,
             "solve-block": bench_solve_block, "threads": bench_threads,
-            "unrolled": bench_unrolled, "inv-accuracy": bench_inv_accuracy}[args.what](args)
+            "unrolled": bench_unrolled, "inv-accuracy": bench_inv_accuracy,
+            "posdef": bench_posdef}[args.what](args)
     if args.json:
         old = json.load(open(args.json)) if os.path.exists(args.json) else []
         json.dump(old + rows, open(args.json, "w"), indent=1)
@@ -408,6 +410,86 @@ def bench_solve_block(args) -> list[dict]:
             rows.append({"op": "solve-block", "dtype": dt, "n": n, "compiled_over_lapack": ratio})
     return rows
 
+
+
+def spd_stack(n: int, dtype: np.dtype, nbytes: int, seed: int = 0) -> np.ndarray:
+    """Hermitian positive definite matrices, condition numbers of a few units to a few hundred."""
+    rng = np.random.default_rng(seed)
+    m = max(64, nbytes // (n * n * dtype.itemsize))
+    g = rng.standard_normal((m, n, n))
+    if dtype.kind == "c":
+        g = g + 1j * rng.standard_normal((m, n, n))
+    return (g @ np.conj(np.swapaxes(g, -1, -2)) / n + 0.1 * np.eye(n)).astype(dtype)
+
+
+def bench_posdef(args) -> list[dict]:
+    """One chunk (1 MiB) on one thread, positive definite: the compiled kernels
+    (cpu_routes.posdef_method's, forced at every n: the crossovers) against the
+    LAPACK route's (closed forms up to n = 4, NumPy's Cholesky gufunc above)
+    and against the general compiled LU on the same matrices; inverse with
+    rcond (inv's defaults) and solve (k = 1), process time. Then the two
+    loop methods against each other (elimination / Cholesky speed)."""
+    from gpuinv.engines import _compiled
+
+    rows = []
+    for dt in args.dtypes:
+        for n in args.ns:
+            a = spd_stack(n, np.dtype(dt), 1 << 20)
+            out = np.empty_like(a)
+            info = np.zeros(len(a), np.int32)
+            rc = np.empty(len(a), a.real.dtype)
+            b = np.ones(a.shape[:-1] + (1,), dtype=a.dtype)
+            y = np.empty_like(b)
+
+            def run(structure, compiled, solve=False):
+                def go():
+                    names = ("COMPILED_POSDEF_MAX_N", "COMPILED_POSDEF_SOLVE_MAX_N",
+                             "COMPILED_INV_MAX_N", "COMPILED_SOLVE_MAX_N", "COMPILED_POSDEF_MIN_N")
+                    saved = [getattr(cpu_routes, k) for k in names]
+                    big = dict.fromkeys("dfDF", 1 << 20)
+                    off = dict.fromkeys("dfDF", 0)
+                    for k in names[:4]:
+                        setattr(cpu_routes, k, big if compiled or "POSDEF" not in k else off)
+                    cpu_routes.COMPILED_POSDEF_MIN_N = dict.fromkeys("dfDF", 1)
+                    try:
+                        if solve:
+                            cpu.solve_block(a, b, y, info, None, structure, False)
+                        else:
+                            cpu.invert_block_ex(a, out, info, rc, structure, False)
+                    finally:
+                        for k, v in zip(names, saved):
+                            setattr(cpu_routes, k, v)
+                return go
+
+            def method(name, solve=False):
+                if solve:
+                    return lambda: _compiled.solve_posdef(a, b, y, info, name)
+                return lambda: _compiled.invert_posdef(a, out, info, rc, name)
+
+            best = race({"compiled": run("positive definite", True),
+                         "lapack": run("positive definite", False),
+                         "lu": run("general", True),
+                         "compiled solve": run("positive definite", True, True),
+                         "lapack solve": run("positive definite", False, True),
+                         "lu solve": run("general", True, True),
+                         "elimination": method("elimination"), "cholesky": method("cholesky"),
+                         "elimination solve": method("elimination", True),
+                         "cholesky solve": method("cholesky", True)}, args.rounds)
+            r = {"method": cpu_routes.posdef_method(n, dt),
+                 "inv_vs_lapack": best["lapack"][0] / best["compiled"][0],
+                 "inv_vs_lu": best["lu"][0] / best["compiled"][0],
+                 "solve_vs_lapack": best["lapack solve"][0] / best["compiled solve"][0],
+                 "solve_vs_lu": best["lu solve"][0] / best["compiled solve"][0],
+                 "elimination_over_cholesky": best["cholesky"][0] / best["elimination"][0],
+                 "elimination_over_cholesky_solve": best["cholesky solve"][0] / best["elimination solve"][0],
+                 "ns_per_inverse": best["compiled"][0] / len(a) * 1e9}
+            print(f"posdef {dt:10s} n={n:3d} ({r['method']:11s}) compiled / LAPACK route: inverse "
+                  f"{r['inv_vs_lapack']:5.2f}, solve {r['solve_vs_lapack']:5.2f}; / general LU: inverse "
+                  f"{r['inv_vs_lu']:5.2f}, solve {r['solve_vs_lu']:5.2f}; elimination / Cholesky: "
+                  f"{r['elimination_over_cholesky']:5.2f}, solve {r['elimination_over_cholesky_solve']:5.2f}; "
+                  f"{r['ns_per_inverse']:.0f} ns per inverse", flush=True)
+            rows.append({"op": "posdef", "dtype": dt, "n": n, "m": len(a), **r})
+    return rows
 
 
 def bench_threads(args) -> list[dict]:

@@ -22,6 +22,7 @@ are in the JSON, with the median and the minimum over the rounds.
 
     PYTHONPATH=. python benchmarks/bench_cpu_peers.py --json cpu_peers.json --plot cpu_peers.png
     PYTHONPATH=. python benchmarks/bench_cpu_peers.py --quick          # a few n, small stacks
+    PYTHONPATH=. python benchmarks/bench_cpu_peers.py --pos --n 2 3 4 6 8 16 32 64   # positive definite
 
 ``--routes`` times instead the CPU engine's two LAPACK routes for one
 matrix at a time (NumPy's gufunc, getrf + getrs against the identity, and
@@ -81,11 +82,22 @@ def stack(n: int, dtype: str, mib: float, rng: np.random.Generator) -> np.ndarra
     return a.astype(dtype)
 
 
-def make_peers(names: list[str]) -> tuple[dict[str, Callable[[np.ndarray], Callable[[], Any]]],
-                                          dict[str, str]]:
+def spd_stack(n: int, dtype: str, mib: float, rng: np.random.Generator) -> np.ndarray:
+    """About ``mib`` MiB of Hermitian positive definite matrices, ``g g^H / n + I``."""
+    count = max(1, int(mib * 2**20 // (np.dtype(dtype).itemsize * n * n)))
+    g = rng.standard_normal((count, n, n))
+    if np.dtype(dtype).kind == "c":
+        g = g + 1j * rng.standard_normal((count, n, n))
+    return (g @ np.conj(np.swapaxes(g, 1, 2)) / n + np.eye(n)).astype(dtype)
+
+
+def make_peers(names: list[str], pos: bool = False
+               ) -> tuple[dict[str, Callable[[np.ndarray], Callable[[], Any]]], dict[str, str]]:
     """``{name: prepare}`` for the importable peers, and ``{name: why}`` for the others.
 
-    ``prepare(a)`` converts ``a`` once and returns the timed call.
+    ``prepare(a)`` converts ``a`` once and returns the timed call. ``pos``:
+    torch's positive definite inverse (``cholesky_inverse(cholesky(a))``);
+    NumPy, SciPy and JAX have no batched one, so their general inverse.
     """
     ready: dict[str, Callable[[np.ndarray], Callable[[], Any]]] = {}
     skipped: dict[str, str] = {}
@@ -102,6 +114,8 @@ def make_peers(names: list[str]) -> tuple[dict[str, Callable[[np.ndarray], Calla
 
                 def prep_torch(a: np.ndarray, torch: Any = torch) -> Callable[[], Any]:
                     t = torch.from_numpy(a)
+                    if pos:
+                        return lambda: torch.cholesky_inverse(torch.linalg.cholesky(t))
                     return lambda: torch.linalg.inv(t)
 
                 ready[name] = prep_torch
@@ -151,20 +165,22 @@ def check(name: str, got: Any, want: np.ndarray) -> None:
 
 
 def run_table(args: argparse.Namespace) -> dict:
-    ready, skipped = make_peers(args.peers)
+    ready, skipped = make_peers(args.peers, pos=args.pos)
     key = f"{args.clock}_median"
     rng = np.random.default_rng(0)
     rows = []
+    options = {"assume_a": "positive definite"} if args.pos else {}
     for dtype in args.dtype:
-        print(f"\n{dtype}: gpuinv.inv (defaults, device='cpu') against each peer, "
+        print(f"\n{dtype}: gpuinv.inv (defaults, device='cpu'"
+              f"{', assume_a=positive definite' if args.pos else ''}) against each peer, "
               f"ratio = gpuinv's matrices/s over the peer's ({args.clock} time, median of "
               f"{args.repeats}); above 1 gpuinv is faster")
         head = f"{'n':>4} {'batch':>9} {'gpuinv mat/s':>12}" + "".join(f" {p:>8}" for p in args.peers)
         print(head)
         for n in args.n:
-            a = stack(n, dtype, args.mib, rng)
+            a = (spd_stack if args.pos else stack)(n, dtype, args.mib, rng)
             want = np.linalg.inv(a[:4])
-            fns: dict[str, Callable[[], Any]] = {"gpuinv": lambda a=a: gpuinv.inv(a, device="cpu")}
+            fns: dict[str, Callable[[], Any]] = {"gpuinv": lambda a=a: gpuinv.inv(a, device="cpu", **options)}
             check("gpuinv", fns["gpuinv"]()[:4], want)
             for p, prepare in ready.items():
                 fns[p] = prepare(a)
@@ -363,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="time the engine's LAPACK routes (gufunc, getri) instead of the peers")
     p.add_argument("--threads", action="store_true",
                    help="time the engine's thread policy against a full pool at every n")
+    p.add_argument("--pos", action="store_true",
+                   help="positive definite stacks, gpuinv with assume_a='positive definite', "
+                        "torch with cholesky_inverse(cholesky(a)) (the others: their general inverse)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--plot", type=Path, help="write a plot here (needs matplotlib)")
     args = p.parse_args(argv)
@@ -395,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "repeats": args.repeats, "peers": args.peers,
                                   "clock": args.clock, "quick": args.quick,
                                   "routes": args.routes, "threads": args.threads,
-                                  "device": "cpu"}}
+                                  "pos": args.pos, "device": "cpu"}}
     results.update(run_routes(args) if args.routes else
                    run_threads(args) if args.threads else run_table(args))
     if args.json:

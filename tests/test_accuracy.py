@@ -116,6 +116,35 @@ def test_backward_error_within_10x_of_lapack(n, kind, dtype):
     assert per_matrix.mean() >= 0.99
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["random", "illcond"])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 12, 16, 33, 64])
+def test_positive_definite_backward_error_within_10x_of_lapack(n, kind, dtype):
+    # assume_a="positive definite" (compiled: elimination without pivoting,
+    # written out, or Cholesky, by n and dtype; else NumPy's Cholesky) on
+    # positive definite matrices with condition numbers up to ILL_COND:
+    # within 10x of LAPACK's general inverse, as the general route.
+    g = make(kind, COUNT // 2 if n <= 16 else COUNT // 8, n, dtype, seed=n * 11 + len(kind))
+    if kind == "illcond" and n > 1:
+        # q diag(s) q^H with s from 1 down to 1 / ILL_COND: positive definite.
+        rng = np.random.default_rng(n)
+        q = _orthogonal(rng, len(g), n, np.dtype(dtype).kind == "c")
+        s = np.logspace(0, -np.log10(ILL_COND[np.dtype(dtype).char.lower()]), n)
+        a = (q * s[None, None, :]) @ np.conj(np.swapaxes(q, 1, 2))
+    else:
+        a = g @ np.conj(np.swapaxes(g, 1, 2)) + np.eye(n)
+    a = np.ascontiguousarray(a.astype(dtype))
+    res = gpuinv.inv_ex(a, device="cpu", assume_a="positive definite")
+    assert (res.info == 0).all()
+    full = np.triu(a) + np.conj(np.swapaxes(np.triu(a, 1), 1, 2))  # the matrix read
+    ours = backward_error(full, res.inverse)
+    ref = backward_error(full, lapack_inverse(full))
+    floor = eps(dtype)
+    assert ours.max() <= FACTOR * max(ref.max(), floor), (ours.max() / eps(dtype), ref.max() / eps(dtype))
+    per_matrix = ours <= FACTOR * np.maximum(ref, n * floor)
+    assert per_matrix.mean() >= 0.99
+
+
 # --------------------------------------------------------------------------
 # The closed forms' guard (n = 3, 4)
 # --------------------------------------------------------------------------

@@ -57,3 +57,17 @@ def test_routes_and_threads_modes(bench, tmp_path):
     assert row["policy_threads"] == 1 and row["ratio"] > 0
     # The pool with OpenBLAS at one thread, where a setter was found (Linux, NumPy's OpenBLAS).
     assert row.get("ratio_pool_blas1", 1.0) > 0
+
+
+def test_positive_definite_table(bench, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "pos.json"
+    assert bench.main(["--pos", "--n", "3", "--dtype", "complex64", "--mib", "0.05", "--repeats", "1",
+                       "--peers", "numpy", "torch", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["pos"] is True
+    (row,) = results["rows"]
+    assert row["n"] == 3 and set(row["ratio"]) == {"numpy", "torch"}
+    # The stacks are positive definite: torch's Cholesky succeeded on them.
+    a = bench.spd_stack(3, "complex64", 0.05, __import__("numpy").random.default_rng(0))
+    assert (__import__("numpy").linalg.eigvalsh(a) > 0).all()

@@ -178,3 +178,68 @@ def test_without_a_writable_dir_the_kernels_compile_in_memory(tmp_path, monkeypa
         assert info[0] == 0
     finally:
         _unrolled._module.cache_clear()
+
+
+def hostile_posdef(n: int, dtype: np.dtype, seed: int = 7) -> np.ndarray:
+    """Hermitian positive definite matrices (the upper triangle is what is read) with,
+    planted: a zero matrix, a negative pivot at the first and at the last step, a
+    semidefinite matrix, NaN and Inf in the triangle read, NaN in the one not read
+    and (complex) in the diagonal's imaginary part, tiny and huge scales, the identity."""
+    rng = np.random.default_rng(seed + n)
+    m = 48
+    g = rng.standard_normal((m, n, n))
+    if dtype.kind == "c":
+        g = g + 1j * rng.standard_normal((m, n, n))
+    a = (g @ np.conj(np.swapaxes(g, -1, -2)) / n + 0.1 * np.eye(n)).astype(dtype)
+    tiny, huge = (1e-300, 1e300) if a.real.dtype == np.float64 else (1e-40, 1e37)
+    a[1] = 0
+    a[2, 0, 0] = -1
+    a[3, -1, -1] = -4 * np.abs(a[3]).sum()
+    a[4] = np.outer(g[4, 0], np.conj(g[4, 0]))  # rank one
+    a[5, 0, -1] = np.nan
+    a[6, -1, -1] = np.inf
+    a[7, -1, 0] = np.nan  # not read (n > 1)
+    a[8] *= tiny
+    a[9] *= huge
+    a[10] = np.eye(n)
+    if dtype.kind == "c":
+        a[11].imag[np.diag_indices(n)] = np.nan  # not read
+    return a
+
+
+@pytest.mark.parametrize("dtype, n", CASES, ids=[f"{d.name}-n{n}" for d, n in CASES])
+@pytest.mark.parametrize("rcond", [False, True], ids=["plain", "rcond"])
+def test_unrolled_posdef_kernels_give_the_loop_kernels_bits(dtype, n, rcond):
+    # Positive definite: the loop kernels' variant without pivoting and its
+    # written-out form, inverse and solve: the same bits, potrf's info.
+    a = hostile_posdef(n, dtype)
+    m = len(a)
+    rt = a.real.dtype
+    x = _compiled._read_only(a)
+    out_loop, out_unrolled = np.empty_like(a), np.empty_like(a)
+    info_loop, info_unrolled = np.empty(m, np.int32), np.empty(m, np.int32)
+    rc_loop, rc_unrolled = np.empty(m, rt), np.empty(m, rt)
+    _compiled.invert_posdef(x, out_loop, info_loop, rc_loop if rcond else None, "elimination")
+    _compiled.invert_posdef(x, out_unrolled, info_unrolled, rc_unrolled if rcond else None, "unrolled")
+    np.testing.assert_array_equal(info_unrolled, info_loop)
+    expected = {1: 1, 2: 1, 3: n, 5: -1, 6: -1, 7: 0, 8: 0, 9: 0, 10: 0}
+    assert {i: int(info_loop[i]) for i in expected} == expected
+    assert same(out_unrolled, out_loop)
+    # Exactly Hermitian, a real diagonal.
+    np.testing.assert_array_equal(np.isnan(out_loop), np.isnan(np.conj(np.swapaxes(out_loop, 1, 2))))
+    good = info_loop == 0
+    np.testing.assert_array_equal(out_loop[good], np.conj(np.swapaxes(out_loop[good], 1, 2)))
+    assert (out_loop[good].imag[:, np.arange(n), np.arange(n)] == 0).all()
+    if rcond:
+        assert same(rc_unrolled, rc_loop)
+    b = np.random.default_rng(n).standard_normal((m, n, 2)).astype(dtype)
+    b[20] = np.inf  # solved through: only A is checked
+    rhs = _compiled._read_only(b)
+    y_loop, y_unrolled = np.empty_like(b), np.empty_like(b)
+    _compiled.solve_posdef(x, rhs, y_loop, info_loop, "elimination")
+    _compiled.solve_posdef(x, rhs, y_unrolled, info_unrolled, "unrolled")
+    np.testing.assert_array_equal(info_unrolled, info_loop)
+    assert {i: int(info_loop[i]) for i in expected} == expected
+    assert same(y_unrolled, y_loop)
+    # The input is only read.
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(hostile_posdef(n, dtype)))

@@ -33,6 +33,13 @@ Algorithm, per matrix, the one of our CUDA kernels (gpuinv/kernels/inverse.cuh):
   constant: "invert" has no rcond code at all, "invert-rcond" takes the
   norms and leaves the reciprocals to one loop at the end of the block.
 
+For Hermitian positive definite matrices (``assume_a="positive
+definite"``) the same kernels run without pivoting (``posdef=True``: on
+such a matrix the pivot of step k is potrf's squared, so its sign gives
+potrf's info), and :func:`_make_chol` is a Cholesky inverse and solve, the
+faster for complex types from n = 12 (:func:`invert_posdef`,
+:func:`solve_posdef`; docs/cpu-compiled.md, "Positive definite").
+
 :func:`one_norms` serves the LAPACK route: the column sums of ``|x|`` per
 matrix of a real block in one pass, the bits of NumPy's.
 
@@ -55,7 +62,7 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["kernel", "invert", "solve", "one_norms", "warm_up", "MAX_N"]
+__all__ = ["kernel", "invert", "invert_posdef", "solve", "solve_posdef", "one_norms", "warm_up", "MAX_N"]
 
 #: The largest order the routes send to the loop kernel (any n works; cpu_routes decides).
 MAX_N = 384
@@ -107,6 +114,98 @@ def _pivot_row(a, k, n, complex_):  # pragma: no cover - compiled
     return p, best
 
 
+@_jit(inline="always")
+def _posdef_step(a, k, first, last, one, rzero, rone):  # pragma: no cover - compiled
+    """Step k without pivoting on a Hermitian matrix: whether its pivot d is
+    positive (it is potrf's squared: leading minors k over k - 1; potrf stops
+    where it is not positive or is NaN), and 1 / sqrt(d), by which row k
+    (columns first..last - 1) is scaled. The scaling makes the step Cholesky's:
+    R (potrf's factor) in the upper part, R^-H built in the lower one, both as
+    well scaled as A. Unit-diagonal elimination has multipliers up to
+    sqrt(cond): its inverse lost up to cond * eps (1e5 eps at cond 1e8)."""
+    d = a[k, k].real
+    if not (d > rzero):
+        return False, one
+    inv = one * (rone / np.sqrt(d))
+    for j in range(first, last):
+        a[k, j] = a[k, j] * inv
+    return True, inv
+
+
+@_jit(inline="always")
+def _load_hermitian(x, b, a, n, complex_, rzero):  # pragma: no cover - compiled
+    """The upper triangle of x[b] into the full Hermitian ``a`` (n, n), mirrored
+    (conjugated); a complex diagonal's imaginary part is not read (potrf).
+    Returns whether every entry read is finite, and the largest |re|, |im|."""
+    finite = True
+    big = rzero
+    for i in range(n):
+        re = abs(x[b, i, i].real)
+        a[i, i] = x[b, i, i].real
+        if not (re - re == rzero):
+            finite = False
+        big = max(big, re)
+        for j in range(i + 1, n):
+            v = x[b, i, j]
+            a[i, j] = v
+            a[j, i] = v.conjugate() if complex_ else v
+            re = abs(v.real)
+            im = abs(v.imag) if complex_ else rzero
+            if not (re - re == rzero and im - im == rzero):
+                finite = False
+            big = max(big, re, im)
+    return finite, big
+
+
+@_jit(inline="always")
+def _one_norm(m, colsum, complex_, rzero, lo, hi, safe_lo, safe_hi):  # pragma: no cover - compiled
+    """||m||_1 of a square array m (n, n), its rows added in order (the
+    kernels' rule: a complex modulus as sqrt(re^2 + im^2), summed again with
+    _modulus where the norm lies outside [safe_lo, safe_hi])."""
+    n = m.shape[0]
+    for j in range(n):
+        colsum[j] = rzero
+    for i in range(n):
+        for j in range(n):
+            v = m[i, j]
+            if complex_:
+                colsum[j] += np.sqrt(v.real * v.real + v.imag * v.imag)
+            else:
+                colsum[j] += abs(v)
+    norm = rzero
+    for j in range(n):
+        norm = max(norm, colsum[j])
+    if complex_ and not (norm >= safe_lo and norm <= safe_hi):
+        norm = _careful_norm(m, colsum, rzero, lo, hi)
+    return norm
+
+
+@_jit(inline="always")
+def _careful_norm(m, colsum, rzero, lo, hi):  # pragma: no cover - compiled
+    """||m||_1 of a complex square array with _modulus: the kernels' fallback
+    where the branch-free sqrt(re^2 + im^2) could over- or underflow."""
+    n = m.shape[0]
+    for j in range(n):
+        colsum[j] = rzero
+    for i in range(n):
+        for j in range(n):
+            colsum[j] += _modulus(m[i, j], lo, hi)
+    norm = rzero
+    for j in range(n):
+        norm = max(norm, colsum[j])
+    return norm
+
+
+@_jit(inline="always")
+def _rcond_reciprocals(rc, info, lo, hi, rzero, rone):  # pragma: no cover - compiled
+    """rc[b] held ||A||_1 ||X||_1: its reciprocal where info is 0; an overflowed
+    inverse (Inf or NaN norm) gets 0, as rcond_from_inverse."""
+    for b in range(lo, hi):
+        if info[b] == 0:
+            r = rone / rc[b]
+            rc[b] = r if r - r == rzero else rzero
+
+
 def _real_type(dtype: np.dtype) -> Any:
     return np.dtype(dtype).type(0).real.dtype.type
 
@@ -119,18 +218,23 @@ def _real_type(dtype: np.dtype) -> Any:
 #: (float64), 1.02-0.79 (float32), 1.10-1.16 (complex128)
 #: (benchmarks/bench_compiled.py specialize), so none is specialized: one
 #: compile per (kind, dtype).
-SPECIALIZE_MAX_N = {"invert": 0, "solve": 0}
+SPECIALIZE_MAX_N = {"invert": 0, "solve": 0, "chol": 0, "chol-solve": 0}
 
 
 def kernel(name: str, n: int, dtype: Any) -> Any:
     """The compiled ``name`` for order ``n`` and ``dtype``.
 
     ``name`` is "invert" (``block(x, out, info, rc, lo, hi)``, rc unused),
-    "invert-rcond" (the same, rcond per matrix into ``rc``) or "solve".
-    Compiled on first use (or loaded from Numba's disk cache); orders above
+    "invert-rcond" (the same, rcond per matrix into ``rc``), "solve"
+    (``run(x, rhs, y, info)``), their variants for Hermitian positive
+    definite matrices without pivoting, "posdef", "posdef-rcond" and
+    "posdef-solve", or the Cholesky kernels "chol", "chol-rcond" and
+    "chol-solve" (``block(x, rhs, out, info, rc, lo, hi)``). Compiled on
+    first use (or loaded from Numba's disk cache); orders above
     ``SPECIALIZE_MAX_N`` share the run-time-n kernel.
     """
-    base = "invert" if name == "invert-rcond" else name
+    base = {"invert-rcond": "invert", "chol-rcond": "chol", "posdef": "invert",
+            "posdef-rcond": "invert", "posdef-solve": "solve"}.get(name, name)
     if base not in SPECIALIZE_MAX_N:
         raise ValueError(f"unknown compiled kernel {name!r}")
     return _kernel(name, n if n <= SPECIALIZE_MAX_N[base] else 0, np.dtype(dtype))
@@ -144,6 +248,18 @@ def _kernel(name: str, n: int, dtype: np.dtype) -> Any:
         return _make_invert(n, dtype, rcond=True)
     if name == "invert-prange":
         return _make_invert(n, dtype, parallel=True, rcond=True)
+    if name == "posdef-solve":
+        return _make_solve(n, dtype, posdef=True)
+    if name == "posdef":
+        return _make_invert(n, dtype, posdef=True)
+    if name == "posdef-rcond":
+        return _make_invert(n, dtype, rcond=True, posdef=True)
+    if name == "chol":
+        return _make_chol(n, dtype, "inverse")
+    if name == "chol-rcond":
+        return _make_chol(n, dtype, "inverse-rcond")
+    if name == "chol-solve":
+        return _make_chol(n, dtype, "solve")
     return _make_solve(n, dtype)
 
 
@@ -155,7 +271,8 @@ def _constants(n: int, dtype: np.dtype) -> tuple[Any, ...]:
             rt(np.ldexp(1.0, -(maxexp // 2))), rt(np.ldexp(1.0, maxexp // 2)), maxexp - 4)
 
 
-def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = False) -> Any:
+def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = False,
+                 posdef: bool = False) -> Any:
     ONE, ZERO, NAN, RZERO, RONE, RNAN, LO, HI, LIMIT = _constants(n, dtype)
     NFIX = n  # 0: the order is read from the array at run time
     COMPLEX = dtype.kind == "c"
@@ -165,6 +282,7 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
     # at n = 5..16 than with the run-time flag; /tmp bench in the issue 19
     # perf19 report, docs/cpu-compiled.md).
     RC = rcond
+    PD = posdef
     # A complex modulus is summed as sqrt(re^2 + im^2), branch-free (5-10%
     # of the complex inverse cheaper than _modulus at n = 5..16); a norm in
     # [SAFE_LO, SAFE_HI] proves that no square over- or underflowed enough
@@ -188,24 +306,27 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
             if RC:
                 for j in range(N):
                     colsum[j] = RZERO
-            for i in range(N):
-                for j in range(N):
-                    v = x[b, i, j]
-                    a[i, j] = v
-                    re = abs(v.real)
-                    if COMPLEX:
-                        im = abs(v.imag)
-                        if not (re - re == RZERO and im - im == RZERO):
-                            finite = False
-                        big = max(big, re, im)
-                        if RC:
-                            colsum[j] += np.sqrt(re * re + im * im)
-                    else:
-                        if not (re - re == RZERO):
-                            finite = False
-                        big = max(big, re)
-                        if RC:
-                            colsum[j] += re
+            if PD:
+                finite, big = _load_hermitian(x, b, a, N, COMPLEX, RZERO)
+            else:
+                for i in range(N):
+                    for j in range(N):
+                        v = x[b, i, j]
+                        a[i, j] = v
+                        re = abs(v.real)
+                        if COMPLEX:
+                            im = abs(v.imag)
+                            if not (re - re == RZERO and im - im == RZERO):
+                                finite = False
+                            big = max(big, re, im)
+                            if RC:
+                                colsum[j] += np.sqrt(re * re + im * im)
+                        else:
+                            if not (re - re == RZERO):
+                                finite = False
+                            big = max(big, re)
+                            if RC:
+                                colsum[j] += re
             if not finite:
                 info[b] = -1
                 for i in range(N):
@@ -215,18 +336,13 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
                     rc[b] = RNAN
                 continue
             norm_a = RZERO
-            if RC:
+            if RC and PD:
+                norm_a = _one_norm(a, colsum, COMPLEX, RZERO, LO, HI, SAFE_LO, SAFE_HI)
+            elif RC:
                 for j in range(N):
                     norm_a = max(norm_a, colsum[j])
                 if COMPLEX and not (norm_a >= SAFE_LO and norm_a <= SAFE_HI):
-                    for j in range(N):
-                        colsum[j] = RZERO
-                    for i in range(N):
-                        for j in range(N):
-                            colsum[j] += _modulus(x[b, i, j], LO, HI)
-                    norm_a = RZERO
-                    for j in range(N):
-                        norm_a = max(norm_a, colsum[j])
+                    norm_a = _careful_norm(x[b], colsum, RZERO, LO, HI)
             s = RONE
             if big > RZERO and (big < LO or big > HI):
                 e = math.frexp(big)[1]
@@ -240,27 +356,35 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
             for i in range(N):
                 col[i] = i
             for k in range(N):
-                p, best = _pivot_row(a, k, N, COMPLEX)
-                if best == RZERO:
-                    code = k + 1
-                    break
-                if p != k:
-                    for j in range(N):
-                        t = a[k, j]
-                        a[k, j] = a[p, j]
-                        a[p, j] = t
-                    tc = col[k]
-                    col[k] = col[p]
-                    col[p] = tc
-                inv = ONE / a[k, k]
+                if PD:
+                    positive, inv = _posdef_step(a, k, 0, N, ONE, RZERO, RONE)
+                    if not positive:
+                        code = k + 1
+                        break
+                else:
+                    p, best = _pivot_row(a, k, N, COMPLEX)
+                    if best == RZERO:
+                        code = k + 1
+                        break
+                    if p != k:
+                        for j in range(N):
+                            t = a[k, j]
+                            a[k, j] = a[p, j]
+                            a[p, j] = t
+                        tc = col[k]
+                        col[k] = col[p]
+                        col[p] = tc
+                    inv = ONE / a[k, k]
                 # One branch-free contiguous loop over the whole row (j < k:
                 # L^-1 P so far; j > k: the active part), which LLVM
-                # vectorizes; column k gets a value nobody reads, then -l.
+                # vectorizes; column k gets a value nobody reads, then -l
+                # (positive definite: -l / r_kk, R^-H's entry).
                 for i in range(k + 1, N):
                     l = a[i, k] * inv
                     for j in range(N):
                         a[i, j] = a[i, j] - l * a[k, j]
-                    a[i, k] = ZERO - l  # +0, not -0, where l is 0 (as LAPACK prints)
+                    # +0, not -0, where l is 0 (as LAPACK prints)
+                    a[i, k] = ZERO - (l * inv if PD else l)
                 a[k, k] = inv
             info[b] = code
             if code != 0:
@@ -278,7 +402,8 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
                     u[j] = a[k, j]
                     a[k, j] = ZERO
                 inv_ukk = a[k, k]
-                a[k, k] = ONE
+                # The diagonal of L^-1 P (1), or of R^-H (1 / r_kk).
+                a[k, k] = inv_ukk if PD else ONE
                 # Four rows j per pass over row k: each a[k, c] gets the same
                 # subtractions in the same order (the same bits) with a
                 # quarter of the loads and stores of row k (the inverse 5-8%
@@ -306,6 +431,11 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
             if RC:
                 for c in range(N):
                     colsum[c] = RZERO
+            if PD:  # the lower triangle, mirrored: exactly Hermitian
+                for i in range(N):
+                    a[i, i] = a[i, i].real + ZERO
+                    for c in range(i + 1, N):
+                        a[i, c] = a[c, i].conjugate() if COMPLEX else a[c, i]
             for i in range(N):
                 for c in range(N):
                     v = a[i, c]
@@ -320,23 +450,12 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
                 for c in range(N):
                     norm_x = max(norm_x, colsum[c])
                 if COMPLEX and not (norm_x >= SAFE_LO and norm_x <= SAFE_HI):
-                    for c in range(N):
-                        colsum[c] = RZERO
-                    for i in range(N):
-                        for c in range(N):
-                            colsum[c] += _modulus(a[i, c], LO, HI)
-                    norm_x = RZERO
-                    for c in range(N):
-                        norm_x = max(norm_x, colsum[c])
+                    norm_x = _careful_norm(a, colsum, RZERO, LO, HI)
                 # ||X||_1 = s ||a||_1, s a power of two. The product waits in
                 # rc for the reciprocal below (1-2% cheaper than dividing here).
                 rc[b] = norm_a * (norm_x * s)
         if RC:
-            for b in range(lo, hi):
-                if info[b] == 0:
-                    r = RONE / rc[b]
-                    # An overflowed inverse (Inf or NaN norm) gets 0, as rcond_from_inverse.
-                    rc[b] = r if r - r == RZERO else RZERO
+            _rcond_reciprocals(rc, info, lo, hi, RZERO, RONE)
 
     if parallel:
         # Measurement only (benchmarks/bench_compiled.py threads): Numba's
@@ -355,11 +474,12 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
     return block
 
 
-def _make_solve(n: int, dtype: np.dtype) -> Any:
+def _make_solve(n: int, dtype: np.dtype, posdef: bool = False) -> Any:
     ONE, ZERO, NAN, RZERO, RONE, RNAN, LO, HI, LIMIT = _constants(n, dtype)
     NFIX = n  # 0: the order is read from the array at run time
     COMPLEX = dtype.kind == "c"
     RT = _real_type(dtype)
+    PD = posdef  # as in _make_invert: the upper triangle mirrored, Cholesky's steps, potrf's info
 
     @_jit(nogil=True, error_model="numpy", boundscheck=False)
     def run(x, rhs, y, info):  # pragma: no cover - compiled
@@ -373,9 +493,13 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
             finite = True
             big = RZERO
             for i in range(N):
-                for j in range(N):
+                for j in range(i if PD else 0, N):
                     v = x[b, i, j]
+                    if PD and j == i:
+                        v = v.real + ZERO
                     a[i, j] = v
+                    if PD and j > i:
+                        a[j, i] = v.conjugate() if COMPLEX else v
                     re = abs(v.real)
                     if COMPLEX:
                         im = abs(v.imag)
@@ -405,16 +529,22 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
                     a[i, N + c] = rhs[b, i, c] * s
             code = 0
             for k in range(N):
-                p, best = _pivot_row(a, k, N, COMPLEX)
-                if best == RZERO:
-                    code = k + 1
-                    break
-                if p != k:
-                    for j in range(k, N + K):
-                        t = a[k, j]
-                        a[k, j] = a[p, j]
-                        a[p, j] = t
-                inv = ONE / a[k, k]
+                if PD:  # as the inverse: row k (A's part and b's) scaled, Cholesky's step
+                    positive, inv = _posdef_step(a, k, k, N + K, ONE, RZERO, RONE)
+                    if not positive:
+                        code = k + 1
+                        break
+                else:
+                    p, best = _pivot_row(a, k, N, COMPLEX)
+                    if best == RZERO:
+                        code = k + 1
+                        break
+                    if p != k:
+                        for j in range(k, N + K):
+                            t = a[k, j]
+                            a[k, j] = a[p, j]
+                            a[p, j] = t
+                    inv = ONE / a[k, k]
                 # The whole row in one loop (columns <= k get values nobody
                 # reads again): twice the multiply-adds on A's part, but one
                 # long loop that LLVM vectorizes, against a short unaligned
@@ -454,6 +584,154 @@ def _make_solve(n: int, dtype: np.dtype) -> Any:
     return run
 
 
+def _make_chol(n: int, dtype: np.dtype, mode: str) -> Any:
+    """The Cholesky kernels for Hermitian positive definite matrices.
+
+    ``mode``: "inverse", "inverse-rcond" or "solve", one body whose other
+    parts are compiled out (frozen constants). Per matrix:
+
+    * the upper triangle of A is read (a complex diagonal's imaginary part
+      is not, as ``potrf``), checked finite (else info
+      -1, all NaN, rcond NaN) and scaled by a power of two as the LU kernel
+      (``inv(a) = s inv(s a)``, ``(s a) y = s b``);
+    * ``A = U^H U``, right-looking by rows (``potrf``'s info: k when the
+      pivot of step k is not positive or is NaN; then all NaN, rcond 0);
+    * the inverse: ``Z = U^-H`` (lower triangular) by forward substitution,
+      then the upper triangle of ``X = Z^H Z`` as a sum of rank-one updates,
+      mirrored (conjugated) into the lower one, so X is exactly Hermitian
+      with a real diagonal: n^3 / 2 multiply-adds in all, against n^3 for
+      the LU inverse; rcond from the 1-norms of the full A and X;
+    * the solve: ``U^H t = b``, then ``U y = t``.
+
+    Every inner loop runs along a row, contiguous. n^3 / 2 multiply-adds
+    against n^3 for elimination (the ``posdef`` variant of the LU kernels),
+    but in triangular loops: for complex types, where the arithmetic
+    dominates, it is the faster from n = 12 (cpu_routes.POSDEF_CHOLESKY_MIN_N);
+    for real ones elimination's whole-row loops vectorize better and win at
+    every n (benchmarks/bench_compiled.py posdef).
+    """
+    ONE, ZERO, NAN, RZERO, RONE, RNAN, LO, HI, LIMIT = _constants(n, dtype)
+    NFIX = n  # 0: the order is read from the array at run time
+    COMPLEX = dtype.kind == "c"
+    RT = _real_type(dtype)
+    SOLVE = mode == "solve"
+    RC = mode == "inverse-rcond"
+    SAFE_LO = RT(np.ldexp(1.0, -(np.finfo(RT).maxexp // 4)))
+    SAFE_HI = RT(np.ldexp(1.0, np.finfo(RT).maxexp // 2 - 1))
+
+    @_jit(nogil=True, error_model="numpy", boundscheck=False)
+    def block(x, rhs, out, info, rc, lo, hi):  # pragma: no cover - compiled
+        N = NFIX if NFIX > 0 else x.shape[1]
+        K = rhs.shape[2]
+        u = np.empty((N, N), dtype=x.dtype)  # A (full), then U in its upper triangle, then X
+        z = np.empty((N, N), dtype=x.dtype)
+        w = np.empty((N, K), dtype=x.dtype)
+        colsum = np.empty(N, dtype=RT)
+        for b in range(lo, hi):
+            finite, big = _load_hermitian(x, b, u, N, COMPLEX, RZERO)
+            if not finite:
+                info[b] = -1
+                for i in range(N):
+                    for j in range(out.shape[2]):
+                        out[b, i, j] = NAN
+                if RC:
+                    rc[b] = RNAN
+                continue
+            norm_a = _one_norm(u, colsum, COMPLEX, RZERO, LO, HI, SAFE_LO, SAFE_HI) if RC else RZERO
+            s = RONE
+            if big > RZERO and (big < LO or big > HI):
+                e = math.frexp(big)[1]
+                e = min(max(e, -LIMIT), LIMIT)
+                s = RT(math.ldexp(1.0, -e))
+                for i in range(N):
+                    for j in range(i, N):
+                        u[i, j] = u[i, j] * s
+            # A = U^H U, right-looking: row k scaled, then the rows below it.
+            code = 0
+            for k in range(N):
+                d = u[k, k].real
+                if not (d > RZERO):
+                    code = k + 1
+                    break
+                r = np.sqrt(d)
+                u[k, k] = r
+                inv = RONE / r
+                for j in range(k + 1, N):
+                    u[k, j] = u[k, j] * inv
+                for i in range(k + 1, N):
+                    l = u[k, i].conjugate() if COMPLEX else u[k, i]
+                    for j in range(i, N):
+                        u[i, j] = u[i, j] - l * u[k, j]
+            info[b] = code
+            if code != 0:
+                for i in range(N):
+                    for j in range(out.shape[2]):
+                        out[b, i, j] = NAN
+                if RC:
+                    rc[b] = RZERO
+                continue
+            if SOLVE:
+                for i in range(N):
+                    for c in range(K):
+                        w[i, c] = rhs[b, i, c] * s
+                for i in range(N):  # U^H t = s b
+                    for m in range(i):
+                        l = u[m, i].conjugate() if COMPLEX else u[m, i]
+                        for c in range(K):
+                            w[i, c] = w[i, c] - l * w[m, c]
+                    d = RONE / u[i, i].real
+                    for c in range(K):
+                        w[i, c] = w[i, c] * d
+                for i in range(N - 1, -1, -1):  # U y = t
+                    for m in range(i + 1, N):
+                        l = u[i, m]
+                        for c in range(K):
+                            w[i, c] = w[i, c] - l * w[m, c]
+                    d = RONE / u[i, i].real
+                    for c in range(K):
+                        t = w[i, c] * d
+                        w[i, c] = t
+                        out[b, i, c] = t
+                continue
+            # Z = U^-H, row i from the rows above it (nonzero up to column m).
+            for i in range(N):
+                for j in range(i):
+                    z[i, j] = ZERO
+                for m in range(i):
+                    l = u[m, i].conjugate() if COMPLEX else u[m, i]
+                    for j in range(m + 1):
+                        z[i, j] = z[i, j] - l * z[m, j]
+                d = RONE / u[i, i].real
+                for j in range(i):
+                    z[i, j] = z[i, j] * d
+                z[i, i] = d
+            # The upper triangle of X = Z^H Z into u, one row of Z at a time.
+            for i in range(N):
+                for j in range(i, N):
+                    u[i, j] = ZERO
+            for k in range(N):
+                for i in range(k + 1):
+                    l = z[k, i].conjugate() if COMPLEX else z[k, i]
+                    for j in range(i, k + 1):
+                        u[i, j] = u[i, j] + l * z[k, j]
+            # Store s X, mirrored from the upper triangle, with a real diagonal.
+            for i in range(N):
+                for j in range(N):
+                    if i < j:
+                        v = u[i, j]
+                    elif i == j:
+                        v = u[i, i].real + ZERO
+                    else:
+                        v = u[j, i].conjugate() if COMPLEX else u[j, i]
+                    out[b, i, j] = v * s
+            if RC:  # ||s X||_1 = s ||X||_1 (s a power of two)
+                rc[b] = norm_a * _one_norm(out[b], colsum, COMPLEX, RZERO, LO, HI, SAFE_LO, SAFE_HI)
+        if RC:
+            _rcond_reciprocals(rc, info, lo, hi, RZERO, RONE)
+
+    return block
+
+
 def invert(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
            unrolled: bool = False) -> None:
     """Invert the C-contiguous block ``x`` (m, n, n) into ``out``; info (and rcond) per matrix.
@@ -487,6 +765,48 @@ def solve(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
         _unrolled.solve_kernel(a.shape[-1], a.dtype)(_read_only(a), _read_only(b), y, info)
         return
     kernel("solve", a.shape[-1], a.dtype)(_read_only(a), _read_only(b), y, info)
+
+
+def invert_posdef(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
+                  method: str) -> None:
+    """Invert Hermitian positive definite matrices, the upper triangle of the
+    C-contiguous block ``x`` (m, n, n) read, into ``out``; potrf's info (and rcond).
+
+    ``method`` (the caller's, from ``cpu_routes.posdef_method``): "unrolled"
+    (engines/_unrolled.py), "elimination" (the LU loop kernel without
+    pivoting) or "cholesky" (:func:`_make_chol`).
+    """
+    n = x.shape[-1]
+    x = _read_only(x)
+    empty = np.empty(0, dtype=_real_type(x.dtype))
+    if method == "unrolled":
+        from . import _unrolled
+        _unrolled.kernel(n, x.dtype, posdef=True)(x, out, info, rc, 0, len(x))
+    elif method == "cholesky":
+        no_rhs = _read_only(np.empty((1, 1, 1), dtype=x.dtype))
+        kernel("chol" if rc is None else "chol-rcond", n, x.dtype)(
+            x, no_rhs, out, info, empty if rc is None else rc, 0, len(x))
+    elif method == "elimination":
+        kernel("posdef" if rc is None else "posdef-rcond", n, x.dtype)(
+            x, out, info, empty if rc is None else rc, 0, len(x))
+    else:
+        raise ValueError(f"unknown positive definite method {method!r}")
+
+
+def solve_posdef(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray, method: str) -> None:
+    """Solve ``a @ y = b`` for Hermitian positive definite ``a`` (m, n, n), its upper
+    triangle read, b (m, n, k); potrf's info. ``method`` as :func:`invert_posdef`."""
+    n = a.shape[-1]
+    a, b = _read_only(a), _read_only(b)
+    if method == "unrolled":
+        from . import _unrolled
+        _unrolled.solve_kernel(n, a.dtype, posdef=True)(a, b, y, info)
+    elif method == "cholesky":
+        kernel("chol-solve", n, a.dtype)(a, b, y, info, np.empty(0, dtype=_real_type(a.dtype)), 0, len(a))
+    elif method == "elimination":
+        kernel("posdef-solve", n, a.dtype)(a, b, y, info)
+    else:
+        raise ValueError(f"unknown positive definite method {method!r}")
 
 
 @cache
@@ -544,11 +864,13 @@ def _read_only(x: np.ndarray) -> np.ndarray:
 
 def warm_up(dtypes: Iterable[Any], ns: Iterable[int],
             kinds: Iterable[str] = ("invert", "solve"),
-            unrolled: Any = None) -> dict[tuple[str, int, str], float]:
+            unrolled: Any = None, posdef: Any = None) -> dict[tuple[str, int, str], float]:
     """Compile (or load from the disk cache) the kernels for every dtype and n.
 
     ``unrolled(n, dtype)``, when given, says where the inverse runs the
-    unrolled kernel (``cpu_routes.unrolled_for``). Returns the seconds each
+    unrolled kernel (``cpu_routes.unrolled_for``); ``posdef(n, dtype)`` the
+    positive definite kernels' method (``cpu_routes.posdef_method``, needed
+    for the kinds "posdef" and "posdef-solve"). Returns the seconds each
     ``(kind, n, dtype name)`` took.
     """
     took: dict[tuple[str, int, str], float] = {}
@@ -566,6 +888,12 @@ def warm_up(dtypes: Iterable[Any], ns: Iterable[int],
                 elif kind == "solve":
                     solve(x, x, np.empty_like(x), np.zeros(1, np.int32),
                           bool(unrolled and unrolled(n, dt)))
+                elif kind == "posdef":
+                    invert_posdef(x, np.empty_like(x), np.zeros(1, np.int32), None, posdef(n, dt))
+                    invert_posdef(x, np.empty_like(x), np.zeros(1, np.int32),
+                                  np.empty(1, dtype=_real_type(dt)), posdef(n, dt))
+                elif kind == "posdef-solve":
+                    solve_posdef(x, x, np.empty_like(x), np.zeros(1, np.int32), posdef(n, dt))
                 else:
                     raise ValueError(f"unknown compiled kernel {kind!r}")
                 took[(kind, n, dt.name)] = time.perf_counter() - start

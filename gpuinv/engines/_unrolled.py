@@ -21,6 +21,11 @@ candidate row instead of a loop, and after a zero pivot the elimination
 runs on (with Inf and NaN, never read) instead of stopping, since every
 element of that matrix's output is overwritten with NaN.
 
+Each has a positive definite variant (``invpd{n}``, ``solvepd{n}``): the
+loop kernels' ``posdef`` variant written out the same way (the upper
+triangle read and mirrored, Cholesky's steps without pivoting, potrf's
+info; the same bits as the loop kernel, checked likewise).
+
 The source is generated per n (:func:`source`) and written once to a cache
 directory, then imported from there, so that Numba's disk cache
 (``cache=True``) keeps the machine code across processes as it does for the
@@ -54,8 +59,35 @@ def _a(i: int, j: int) -> str:
     return f"a{i}_{j}"
 
 
-def _function(n: int, complex_: bool) -> list[str]:
-    """The source lines of ``inv{n}{r|c}``: one kernel, real or complex arithmetic."""
+def _load(w: Any, N: int, complex_: bool, posdef: bool) -> None:
+    """Every entry into its local; positive definite: the upper triangle, mirrored
+    (conjugated), a complex diagonal's imaginary part not read (as potrf)."""
+    for i in range(N):
+        for j in range(N):
+            if not posdef:
+                w(f"        {_a(i, j)} = x[b, {i}, {j}]")
+            elif i == j:
+                w(f"        {_a(i, i)} = x[b, {i}, {i}].real + ZERO")
+            elif i < j:
+                w(f"        {_a(i, j)} = x[b, {i}, {j}]")
+                w(f"        {_a(j, i)} = {_a(i, j)}" + (".conjugate()" if complex_ else ""))
+
+
+def _posdef_step(w: Any, k: int, first: int, N: int) -> None:
+    """Step k without pivoting: potrf's verdict on the pivot (on a Hermitian matrix,
+    the square of potrf's: leading minors k over k - 1), then row k (its columns
+    from ``first``) scaled by 1 / sqrt(pivot) into ``inv``, as the loop kernels.
+    Past a failed step the arithmetic runs on (NaN, Inf: never read)."""
+    w(f"        if not ({_a(k, k)}.real > RZ) and code == 0:")
+    w(f"            code = {k + 1}")
+    w(f"        inv = ONE * (RONE / np.sqrt({_a(k, k)}.real))")
+    for j in range(first, N):
+        w(f"        {_a(k, j)} = {_a(k, j)} * inv")
+
+
+def _function(n: int, complex_: bool, posdef: bool = False) -> list[str]:
+    """The source lines of ``inv{n}{r|c}`` (``invpd{n}{r|c}`` with ``posdef``:
+    Hermitian positive definite, the loop kernel's ``posdef`` variant)."""
     lines: list[str] = []
     w = lines.append
     N = n
@@ -85,10 +117,10 @@ def _function(n: int, complex_: bool) -> list[str]:
 
     all_entries = [(i, j) for i in range(N) for j in range(N)]
     w(f"@_jit(nogil=True, error_model='numpy', boundscheck=False)")
-    w(f"def inv{N}{suffix}(x, out, info, rc, lo, hi, RC, ONE, ZERO, NAN, RZ, RONE, RNAN, LO, HI, LIMIT, SAFE_LO, SAFE_HI):")
+    w(f"def inv{'pd' if posdef else ''}{N}{suffix}(x, out, info, rc, lo, hi, RC, ONE, ZERO, NAN, RZ, RONE, RNAN, "
+      "LO, HI, LIMIT, SAFE_LO, SAFE_HI):")
     w(f"    for b in range(lo, hi):")
-    for i, j in all_entries:
-        w(f"        {_a(i, j)} = x[b, {i}, {j}]")
+    _load(w, N, complex_, posdef)
     # Every entry finite: a - a is 0 for a finite a, NaN otherwise.
     w("        z = " + " + ".join(f"({_a(i, j)} - {_a(i, j)})" for i, j in all_entries))
     w("        if not (z == ZERO):")
@@ -116,32 +148,35 @@ def _function(n: int, complex_: bool) -> list[str]:
         w(f"        c{c} = {c}")
     w("        code = 0")
     for k in range(N):
-        w(f"        p = {k}")
-        w(f"        best = {key(_a(k, k))}")
-        for i in range(k + 1, N):
-            w(f"        kv = {key(_a(i, k))}")
-            w("        if kv > best:")
-            w("            best = kv")
-            w(f"            p = {i}")
-        w(f"        if best == RZ and code == 0:")
-        w(f"            code = {k + 1}")
-        for i in range(k + 1, N):
-            w(f"        {'if' if i == k + 1 else 'elif'} p == {i}:")
-            for j in range(N):
-                w(f"            {_a(k, j)}, {_a(i, j)} = {_a(i, j)}, {_a(k, j)}")
-            w(f"            c{k}, c{i} = c{i}, c{k}")
-        if complex_:
-            # Numba raises on a complex division by zero (error_model or
-            # not): past a zero pivot, whose output is all NaN, divide by 1.
-            w(f"        inv = ONE / ({_a(k, k)} if code == 0 else ONE)")
+        if posdef:
+            _posdef_step(w, k, 0, N)
         else:
-            w(f"        inv = ONE / {_a(k, k)}")
+            w(f"        p = {k}")
+            w(f"        best = {key(_a(k, k))}")
+            for i in range(k + 1, N):
+                w(f"        kv = {key(_a(i, k))}")
+                w("        if kv > best:")
+                w("            best = kv")
+                w(f"            p = {i}")
+            w(f"        if best == RZ and code == 0:")
+            w(f"            code = {k + 1}")
+            for i in range(k + 1, N):
+                w(f"        {'if' if i == k + 1 else 'elif'} p == {i}:")
+                for j in range(N):
+                    w(f"            {_a(k, j)}, {_a(i, j)} = {_a(i, j)}, {_a(k, j)}")
+                w(f"            c{k}, c{i} = c{i}, c{k}")
+            if complex_:
+                # Numba raises on a complex division by zero (error_model or
+                # not): past a zero pivot, whose output is all NaN, divide by 1.
+                w(f"        inv = ONE / ({_a(k, k)} if code == 0 else ONE)")
+            else:
+                w(f"        inv = ONE / {_a(k, k)}")
         for i in range(k + 1, N):
             w(f"        l = {_a(i, k)} * inv")
             for j in range(N):
                 if j != k:
                     w(f"        {_a(i, j)} = {_a(i, j)} - l * {_a(k, j)}")
-            w(f"        {_a(i, k)} = ZERO - l")
+            w(f"        {_a(i, k)} = ZERO - {'l * inv' if posdef else 'l'}")
         w(f"        {_a(k, k)} = inv")
     w("        info[b] = code")
     w("        if code != 0:")
@@ -157,10 +192,16 @@ def _function(n: int, complex_: bool) -> list[str]:
             w(f"        u{j} = {_a(k, j)}")
         w(f"        ik = {_a(k, k)}")
         for c in range(N):
-            expr = "ONE" if c == k else ("ZERO" if c > k else _a(k, c))
+            diagonal = "ik" if posdef else "ONE"  # of R^-H, or of L^-1 P
+            expr = diagonal if c == k else ("ZERO" if c > k else _a(k, c))
             for j in range(k + 1, N):
                 expr = f"({expr} - u{j} * {_a(j, c)})"
             w(f"        {_a(k, c)} = {expr} * ik")
+    if posdef:  # the lower triangle, mirrored: exactly Hermitian
+        for i in range(N):
+            w(f"        {_a(i, i)} = {_a(i, i)}.real + ZERO")
+            for c in range(i + 1, N):
+                w(f"        {_a(i, c)} = {_a(c, i)}" + (".conjugate()" if complex_ else ""))
     for i, c in all_entries:
         w(f"        out[b, {i}, c{c}] = {_a(i, c)} * s")
     w("        if RC:")
@@ -176,8 +217,9 @@ def _function(n: int, complex_: bool) -> list[str]:
     return lines
 
 
-def _solve_function(n: int, complex_: bool) -> list[str]:
-    """The source lines of ``solve{n}{r|c}``: the loop solve kernel's arithmetic.
+def _solve_function(n: int, complex_: bool, posdef: bool = False) -> list[str]:
+    """The source lines of ``solve{n}{r|c}``: the loop solve kernel's arithmetic
+    (``solvepd{n}{r|c}`` with ``posdef``: its ``posdef`` variant, no pivoting).
 
     The loop kernel eliminates on [A | B]. Here A is factored in local
     variables once, keeping each step's pivot row and multipliers, and the
@@ -197,11 +239,10 @@ def _solve_function(n: int, complex_: bool) -> list[str]:
 
     all_entries = [(i, j) for i in range(N) for j in range(N)]
     w(f"@_jit(nogil=True, error_model='numpy', boundscheck=False)")
-    w(f"def solve{N}{suffix}(x, rhs, y, info, ONE, ZERO, NAN, RZ, RONE, LO, HI, LIMIT):")
+    w(f"def solve{'pd' if posdef else ''}{N}{suffix}(x, rhs, y, info, ONE, ZERO, NAN, RZ, RONE, LO, HI, LIMIT):")
     w("    K = rhs.shape[2]")
     w("    for b in range(x.shape[0]):")
-    for i, j in all_entries:
-        w(f"        {_a(i, j)} = x[b, {i}, {j}]")
+    _load(w, N, complex_, posdef)
     w("        z = " + " + ".join(f"({_a(i, j)} - {_a(i, j)})" for i, j in all_entries))
     w("        if not (z == ZERO):")
     w("            info[b] = -1")
@@ -221,24 +262,28 @@ def _solve_function(n: int, complex_: bool) -> list[str]:
         w(f"            {_a(i, j)} = {_a(i, j)} * s")
     w("        code = 0")
     for k in range(N):
-        w(f"        p{k} = {k}")
-        w(f"        best = {key(_a(k, k))}")
-        for i in range(k + 1, N):
-            w(f"        kv = {key(_a(i, k))}")
-            w("        if kv > best:")
-            w("            best = kv")
-            w(f"            p{k} = {i}")
-        w(f"        if best == RZ and code == 0:")
-        w(f"            code = {k + 1}")
-        # The loop kernel swaps columns k.. only; columns < k are never read again.
-        for i in range(k + 1, N):
-            w(f"        {'if' if i == k + 1 else 'elif'} p{k} == {i}:")
-            for j in range(k, N):
-                w(f"            {_a(k, j)}, {_a(i, j)} = {_a(i, j)}, {_a(k, j)}")
-        if complex_:
-            w(f"        inv = ONE / ({_a(k, k)} if code == 0 else ONE)")
+        if posdef:
+            _posdef_step(w, k, k, N)
+            w(f"        r{k} = inv")
         else:
-            w(f"        inv = ONE / {_a(k, k)}")
+            w(f"        p{k} = {k}")
+            w(f"        best = {key(_a(k, k))}")
+            for i in range(k + 1, N):
+                w(f"        kv = {key(_a(i, k))}")
+                w("        if kv > best:")
+                w("            best = kv")
+                w(f"            p{k} = {i}")
+            w(f"        if best == RZ and code == 0:")
+            w(f"            code = {k + 1}")
+            # The loop kernel swaps columns k.. only; columns < k are never read again.
+            for i in range(k + 1, N):
+                w(f"        {'if' if i == k + 1 else 'elif'} p{k} == {i}:")
+                for j in range(k, N):
+                    w(f"            {_a(k, j)}, {_a(i, j)} = {_a(i, j)}, {_a(k, j)}")
+            if complex_:
+                w(f"        inv = ONE / ({_a(k, k)} if code == 0 else ONE)")
+            else:
+                w(f"        inv = ONE / {_a(k, k)}")
         for i in range(k + 1, N):
             w(f"        l{k}_{i} = {_a(i, k)} * inv")
             for j in range(k + 1, N):
@@ -254,7 +299,9 @@ def _solve_function(n: int, complex_: bool) -> list[str]:
     for i in range(N):
         w(f"            b{i} = rhs[b, {i}, c] * s")
     for k in range(N):
-        for i in range(k + 1, N):
+        if posdef:
+            w(f"            b{k} = b{k} * r{k}")
+        for i in range(k + 1 if not posdef else N, N):
             w(f"            {'if' if i == k + 1 else 'elif'} p{k} == {i}:")
             w(f"                b{k}, b{i} = b{i}, b{k}")
         for i in range(k + 1, N):
@@ -320,8 +367,9 @@ def source() -> str:
     body = [_HEADER]
     for n in range(2, MAX_N + 1):
         for complex_ in (False, True):
-            body.append("\n".join(_function(n, complex_)) + "\n\n")
-            body.append("\n".join(_solve_function(n, complex_)) + "\n\n")
+            for posdef in (False, True):
+                body.append("\n".join(_function(n, complex_, posdef)) + "\n\n")
+                body.append("\n".join(_solve_function(n, complex_, posdef)) + "\n\n")
     return "".join(body)
 
 
@@ -370,12 +418,13 @@ def _constants(dtype: np.dtype) -> tuple[Any, ...]:
             rt(np.ldexp(1.0, -(maxexp // 4))), rt(np.ldexp(1.0, maxexp // 2 - 1)))
 
 
-def solve_kernel(n: int, dtype: Any) -> Any:
-    """``run(a, b, y, info)``: the unrolled solve for order n (2 <= n <= MAX_N), b (m, n, k)."""
+def solve_kernel(n: int, dtype: Any, posdef: bool = False) -> Any:
+    """``run(a, b, y, info)``: the unrolled solve for order n (2 <= n <= MAX_N), b (m, n, k);
+    ``posdef``: Hermitian positive definite, the upper triangle read, potrf's info."""
     if not 2 <= n <= MAX_N:
         raise ValueError(f"no unrolled kernel for n = {n}; they cover 2..{MAX_N}")
     dtype = np.dtype(dtype)
-    fn = getattr(_module(), f"solve{n}{'c' if dtype.kind == 'c' else 'r'}")
+    fn = getattr(_module(), f"solve{'pd' if posdef else ''}{n}{'c' if dtype.kind == 'c' else 'r'}")
     one, zero, nan, rz, rone, _, lo, hi, limit = _constants(dtype)[:9]
 
     def run(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray) -> None:
@@ -384,12 +433,13 @@ def solve_kernel(n: int, dtype: Any) -> Any:
     return run
 
 
-def kernel(n: int, dtype: Any) -> Any:
-    """``run(x, out, info, rc_or_None, lo, hi)``: the unrolled inverse for order n (2 <= n <= MAX_N)."""
+def kernel(n: int, dtype: Any, posdef: bool = False) -> Any:
+    """``run(x, out, info, rc_or_None, lo, hi)``: the unrolled inverse for order n (2 <= n <= MAX_N);
+    ``posdef``: Hermitian positive definite, the upper triangle read, potrf's info."""
     if not 2 <= n <= MAX_N:
         raise ValueError(f"no unrolled kernel for n = {n}; they cover 2..{MAX_N}")
     dtype = np.dtype(dtype)
-    fn = getattr(_module(), f"inv{n}{'c' if dtype.kind == 'c' else 'r'}")
+    fn = getattr(_module(), f"inv{'pd' if posdef else ''}{n}{'c' if dtype.kind == 'c' else 'r'}")
     consts = _constants(dtype)
     empty = np.empty(1, dtype=consts[3].dtype)
 

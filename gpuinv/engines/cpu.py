@@ -47,6 +47,7 @@ from ._closed_form import (
     closed_form_solve,
 )
 from ._structured import (
+    cholesky_inverse,
     diagonal_inverse,
     mirror_lower,
     positive_definite_inverse,
@@ -62,6 +63,7 @@ from .cpu_routes import (
     compiled_for,
     compiled_kernels,
     cpu_route,
+    posdef_method,
     threads_for,
     unrolled_for,
 )
@@ -156,7 +158,8 @@ class CpuEngine:
                                 info1[chunk.start : chunk.stop], part, structure, lower)
 
         per_chunk = max(1, config.cpu_chunk_bytes // (n * n * dtype.itemsize))
-        threads = threads_for(n, dtype if structure in ("general", "symmetric", "hermitian") else None)
+        threads = (threads_for(n, dtype, "posdef") if structure == "positive definite" else
+                   threads_for(n, dtype if structure in ("general", "symmetric", "hermitian") else None))
         self._run(task, plan_chunks(op.batch_shape, per_chunk), threads=threads)
         return out, info, rc
 
@@ -533,7 +536,7 @@ def _invert_structured(a: np.ndarray, out: np.ndarray, info: np.ndarray, structu
         elif structure in ("upper triangular", "lower triangular"):
             triangular_inverse(x, o, i, lower=structure == "lower triangular")
         elif structure == "positive definite":
-            positive_definite_inverse(x, o, i, general=_invert_finite)
+            positive_definite_inverse(x, o, i)
         else:
             raise ValueError(f"unknown structure {structure!r}")
 
@@ -543,6 +546,12 @@ def _invert_structured(a: np.ndarray, out: np.ndarray, info: np.ndarray, structu
 def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.ndarray | None,
                     structure: str, lower: bool) -> None:
     """Invert a contiguous block ``x`` (m, n, n) as ``structure`` reads it; rcond into ``rc``."""
+    if structure == "positive definite":
+        compiled = compiled_for("posdef", x.shape[-1], x.dtype)
+        if compiled is not None:  # potrf's info, rcond and the non-finite check inside the kernel
+            compiled.invert_posdef(_upper_read(x, lower), out, info, rc,
+                                   posdef_method(x.shape[-1], x.dtype))
+            return
     if structure == "general":
         compiled = compiled_for("invert", x.shape[-1], x.dtype)
         if compiled is not None:  # rcond inside the kernel, while the matrix is in registers
@@ -567,12 +576,22 @@ def invert_block_ex(x: np.ndarray, out: np.ndarray, info: np.ndarray, rc: np.nda
         source = x if lower else x.swapaxes(1, 2)
         if not lower and x.dtype.kind == "c":
             source = source.conj()
-        positive_definite_inverse(source, out, info, general=_invert_finite)
+        positive_definite_inverse(source, out, info)
     else:
         a = structured_matrix(x, structure, lower)
         _invert_structured(a, out, info, structure)
     if rc is not None:
         rc[...] = rcond_from_inverse(a, out, info)
+
+
+def _upper_read(x: np.ndarray, lower: bool) -> np.ndarray:
+    """The block whose upper triangle is the triangle that ``lower`` names of
+    ``x`` (the conjugate transpose of x for the lower one): the compiled
+    positive definite kernels read the upper one."""
+    if not lower:
+        return x
+    t = x.swapaxes(1, 2)
+    return np.ascontiguousarray(t.conj() if x.dtype.kind == "c" else t)
 
 
 _LOCAL = threading.local()
@@ -725,9 +744,11 @@ def _invert_pos_closed_form(x: np.ndarray, out: np.ndarray, info: np.ndarray,
         full = np.ascontiguousarray(structured_matrix(x[idx], "positive definite", lower))
         sub_out = np.empty_like(full)
         sub_info = np.zeros(idx.size, dtype=np.int32)
-        _invert_finite(full, sub_out, sub_info)
-        mirror_lower(sub_out, conjugate=x.dtype.kind == "c")
+        # Cholesky, not LU: an LU inverse mirrored into a Hermitian one is
+        # not backward stable (cholesky_inverse).
+        cholesky_inverse(full, sub_out, sub_info)
         out[idx] = sub_out
+        info[idx] = sub_info  # the factorization's verdict, where rounding decides
         if rc is not None:
             rc[idx] = rcond_from_inverse(full, sub_out, sub_info)
 
@@ -816,6 +837,13 @@ def solve_block(a: np.ndarray, b: np.ndarray, y: np.ndarray, info: np.ndarray,
     inversion: exact rcond is defined from it.
     """
     original = a
+    if structure == "positive definite":
+        compiled = compiled_for("posdef-solve", a.shape[-1], a.dtype)
+        if compiled is not None:  # potrf's info and the non-finite check inside the kernel
+            compiled.solve_posdef(_upper_read(a, lower), b, y, info, posdef_method(a.shape[-1], a.dtype))
+            if rc is not None:
+                _solve_rcond(original, a, info, rc, structure, lower)
+            return
     if structure != "general":
         a = structured_matrix(a, structure, lower)
     compiled = (compiled_for("solve", a.shape[-1], a.dtype)
@@ -875,7 +903,8 @@ def _solve_rcond(original: np.ndarray, a: np.ndarray, info: np.ndarray, rc: np.n
 
 def warm_up(dtypes: Iterable[Any] = (np.float32, np.float64, np.complex64, np.complex128),
             ns: Iterable[int] | None = None,
-            kinds: Iterable[str] = ("invert", "solve")) -> dict[tuple[str, int, str], float]:
+            kinds: Iterable[str] = ("invert", "solve", "posdef", "posdef-solve")
+            ) -> dict[tuple[str, int, str], float]:
     """Compile the CPU engine's Numba kernels ahead of the first call.
 
     Each kernel is compiled once per (kind, n, dtype), on its first call, and
@@ -891,7 +920,8 @@ def warm_up(dtypes: Iterable[Any] = (np.float32, np.float64, np.complex64, np.co
     ns : iterable of int, optional
         Matrix orders; by default every order the compiled route takes.
     kinds : iterable of str, optional
-        ``"invert"`` (``inv``, ``inv_ex``, rcond included) and/or ``"solve"``.
+        ``"invert"`` (``inv``, ``inv_ex``, rcond included), ``"solve"``, and
+        for ``assume_a="positive definite"`` ``"posdef"`` and ``"posdef-solve"``.
 
     Returns
     -------
@@ -912,9 +942,10 @@ def warm_up(dtypes: Iterable[Any] = (np.float32, np.float64, np.complex64, np.co
     top = max(*COMPILED_INV_MAX_N.values(), *COMPILED_SOLVE_MAX_N.values())
     orders = list(range(1, top + 1)) if ns is None else list(ns)
     for kind in kinds:
-        if kind not in ("invert", "solve"):
-            raise ValueError(f"kinds must hold 'invert' or 'solve', got {kind!r}")
+        if kind not in ("invert", "solve", "posdef", "posdef-solve"):
+            raise ValueError(f"kinds must hold 'invert', 'solve', 'posdef' or 'posdef-solve', got {kind!r}")
         for dt in dtypes:
             wanted = [n for n in orders if compiled_for(kind, n, dt) is not None]
-            took.update(compiled.warm_up([dt], wanted, kinds=(kind,), unrolled=unrolled_for))
+            took.update(compiled.warm_up([dt], wanted, kinds=(kind,), unrolled=unrolled_for,
+                                         posdef=posdef_method))
     return took

@@ -14,7 +14,9 @@ import numpy as np
 from .._config import config
 
 __all__ = ["CPU_CLOSED_FORM_MAX_N", "COMPILED_INV_MIN_N", "COMPILED_INV_MAX_N",
-           "COMPILED_SOLVE_MAX_N", "GETRI_MIN_N", "UNROLLED_MAX_N", "compiled_for",
+           "COMPILED_POSDEF_MIN_N", "COMPILED_POSDEF_MAX_N", "COMPILED_POSDEF_SOLVE_MAX_N",
+           "COMPILED_SOLVE_MAX_N",
+           "POSDEF_CHOLESKY_MIN_N", "posdef_method", "GETRI_MIN_N", "UNROLLED_MAX_N", "compiled_for",
            "compiled_kernels", "cpu_route", "threads_for", "unrolled_for"]
 
 # Closed forms beat LAPACK's per-matrix calls by 5-30x for n <= 4 and keep its
@@ -39,7 +41,7 @@ def cpu_route(n: int) -> str:
     return "closed_form" if n <= CPU_CLOSED_FORM_MAX_N else "lapack"
 
 
-def threads_for(n: int, dtype: Any = None) -> int:
+def threads_for(n: int, dtype: Any = None, kind: str = "invert") -> int:
     """Worker threads for order n (benchmarks/bench_cpu.py, threads sweep).
 
     * 5 <= n <= 8: LAPACK's tiny-matrix calls contend inside OpenBLAS; two
@@ -56,7 +58,7 @@ def threads_for(n: int, dtype: Any = None) -> int:
       1.25, 1.18, 0.71 at n = 128, 256, 512 in one run and 0.98, 0.81, 0.70
       (float64) in the next (docs/cpu-compiled.md, "Threads at n >= 128").
     """
-    if dtype is not None and compiled_for("invert", n, dtype) is not None:
+    if dtype is not None and compiled_for(kind, n, dtype) is not None:
         return config.cpu_threads
     if 5 <= n <= 8 and compiled_kernels() is not None:
         return config.cpu_threads
@@ -147,6 +149,47 @@ COMPILED_INV_MIN_N = {"d": 2, "f": 2, "D": 2, "F": 4}
 UNROLLED_MAX_N = {"d": 8, "f": 8, "D": 4, "F": 4}
 COMPILED_INV_MAX_N = {"d": 128, "f": 384, "D": 24, "F": 24}
 COMPILED_SOLVE_MAX_N = {"d": 32, "f": 48, "D": 16, "F": 16}
+# The positive definite inverse and solve (assume_a="positive definite"):
+# elimination without pivoting with each pivot row scaled by 1 / sqrt(pivot)
+# (the LU kernels' posdef variant: Cholesky's factor, by whole-row loops;
+# the pivots give potrf's info), written out up to UNROLLED_MAX_N, and for
+# complex types from POSDEF_CHOLESKY_MIN_N a Cholesky kernel (engines/
+# _compiled.py, _make_chol: half the arithmetic, in triangular loops, which
+# pays where complex arithmetic dominates; for real types elimination ran
+# 1.2-2.3x faster at every n). Both as accurate as LAPACK's potri (backward
+# error about 1 eps at condition 1e8; tests/test_accuracy.py). The LAPACK
+# route they replace: NumPy's Cholesky gufunc, the triangular inverse and a
+# product (the closed forms and their leading minors up to n = 4), which ran
+# at 0.1-0.6x of the compiled general inverse. Compiled / LAPACK route
+# speed, one 1 MiB chunk on one thread, the inverse with rcond and the solve
+# (k = 1), 9 interleaved rounds (`bench_compiled.py posdef`; loaded 2-core
+# AMD EPYC; benchmarks/results/2026-12-07c-cpu-posdef-amd-epyc-2core/):
+#
+#   n              1     2     3     4     5     8    16    32    64   128
+#   float64      1.46  4.29  6.05 10.27 13.69 14.37  4.49  4.76  3.37  1.99
+#   float32      0.17  1.56  2.20  6.09  8.21  5.19  2.74  2.64  1.90  1.67
+#   complex128   0.63  1.58  2.42  4.51  3.16  2.85  2.13  1.80  1.46  1.33
+#   complex64    0.38  1.04  1.64  3.16  2.88  2.10  1.58  1.25  0.90  0.73
+#   solve:
+#   float64      2.91 10.08  9.32  7.65  6.04  8.85  2.34  2.15  1.70  1.09
+#   float32      2.07 10.44  9.61  7.23  6.78  4.04  2.14  2.04  1.88  1.38
+#   complex128   1.94  7.39  5.55  5.13  3.34  3.06  2.18  1.68  1.18  1.14
+#   complex64    2.27  5.90  4.19  3.90  2.15  1.90  1.60  1.26  0.86  0.56
+#
+# and against the compiled general inverse on the same matrices, from n = 2
+# (complex64: 3): 0.80-1.45x (real; below 1 at n = 2..4, where the written-
+# out LU has no square root to take) and 0.96-1.84x (complex). The inverse
+# at n = 1 (a reciprocal per element) and complex64 at n = 2 keep the closed
+# forms; complex64 stops at 48 (1.08, and 0.90 at 64), the rest at 128, the
+# largest measured.
+COMPILED_POSDEF_MIN_N = {"d": 2, "f": 2, "D": 2, "F": 3}
+COMPILED_POSDEF_MAX_N = {"d": 128, "f": 128, "D": 128, "F": 48}
+COMPILED_POSDEF_SOLVE_MAX_N = {"d": 128, "f": 128, "D": 128, "F": 48}
+# Elimination / Cholesky speed (the same run), complex128 and complex64: the
+# inverse 0.87 and 1.05 at n = 8, 0.94 and 0.90 at 12, 0.62 and 0.55 at 128;
+# the solve 1.02 and 0.91 at 8, 0.98 and 0.81 at 12. (An earlier run: 1.03
+# and 1.17 at 8, 0.90 and 0.93 at 12.)
+POSDEF_CHOLESKY_MIN_N = {"d": 1 << 20, "f": 1 << 20, "D": 12, "F": 12}
 
 _compiled_module: Any = None
 _compiled_failed = False
@@ -175,10 +218,22 @@ def unrolled_for(n: int, dtype: Any) -> bool:
     return 2 <= n <= UNROLLED_MAX_N[np.dtype(dtype).char]
 
 
+def posdef_method(n: int, dtype: Any) -> str:
+    """The compiled positive definite kernels' method at order n: "unrolled",
+    "elimination" or "cholesky" (see COMPILED_POSDEF_MAX_N)."""
+    if unrolled_for(n, dtype):
+        return "unrolled"
+    return "cholesky" if n >= POSDEF_CHOLESKY_MIN_N[np.dtype(dtype).char] else "elimination"
+
+
 def compiled_for(kind: str, n: int, dtype: Any) -> Any:
-    """The compiled-kernel module if it takes ``kind`` ("invert", "solve") at order n."""
-    top = (COMPILED_INV_MAX_N if kind == "invert" else COMPILED_SOLVE_MAX_N)[np.dtype(dtype).char]
-    low = COMPILED_INV_MIN_N[np.dtype(dtype).char] if kind == "invert" else 1
+    """The compiled-kernel module if it takes ``kind`` at order n: "invert" and
+    "solve" (LU), "posdef" and "posdef-solve" (positive definite)."""
+    char = np.dtype(dtype).char
+    low, top = {"invert": (COMPILED_INV_MIN_N[char], COMPILED_INV_MAX_N[char]),
+                "solve": (1, COMPILED_SOLVE_MAX_N[char]),
+                "posdef": (COMPILED_POSDEF_MIN_N[char], COMPILED_POSDEF_MAX_N[char]),
+                "posdef-solve": (1, COMPILED_POSDEF_SOLVE_MAX_N[char])}[kind]
     if not low <= n <= top:
         return None
     return compiled_kernels()
