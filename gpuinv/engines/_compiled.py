@@ -115,21 +115,36 @@ def _pivot_row(a, k, n, complex_):  # pragma: no cover - compiled
 
 
 @_jit(inline="always")
-def _posdef_step(a, k, first, last, one, rzero, rone):  # pragma: no cover - compiled
-    """Step k without pivoting on a Hermitian matrix: whether its pivot d is
-    positive (it is potrf's squared: leading minors k over k - 1; potrf stops
-    where it is not positive or is NaN), and 1 / sqrt(d), by which row k
-    (columns first..last - 1) is scaled. The scaling makes the step Cholesky's:
-    R (potrf's factor) in the upper part, R^-H built in the lower one, both as
-    well scaled as A. Unit-diagonal elimination has multipliers up to
-    sqrt(cond): its inverse lost up to cond * eps (1e5 eps at cond 1e8)."""
-    d = a[k, k].real
-    if not (d > rzero):
-        return False, one
-    inv = one * (rone / np.sqrt(d))
-    for j in range(first, last):
-        a[k, j] = a[k, j] * inv
-    return True, inv
+def _step(a, k, n, first, last, posdef, complex_, one, rzero, rone):  # pragma: no cover - compiled
+    """Step k's pivot: ``(nonzero, p, 1 / pivot)``, rows k and p of ``a``
+    (columns first..last - 1) interchanged.
+
+    LU (getf2's rule, :func:`_pivot_row`): nonzero unless the column is
+    exactly zero. ``posdef``, a Hermitian matrix without pivoting (p = k):
+    the pivot d is potrf's squared (leading minors k over k - 1; potrf stops
+    where it is not positive or is NaN), and row k is scaled by 1 / sqrt(d),
+    which returns as the reciprocal. The scaling makes the step Cholesky's:
+    R (potrf's factor) in the upper part, R^-H built in the lower one, both
+    as well scaled as A. Unit-diagonal elimination has multipliers up to
+    sqrt(cond): its inverse lost up to cond * eps (1e5 eps at cond 1e8).
+    """
+    if posdef:
+        d = a[k, k].real
+        if not (d > rzero):
+            return False, k, one
+        inv = one * (rone / np.sqrt(d))
+        for j in range(first, last):
+            a[k, j] = a[k, j] * inv
+        return True, k, inv
+    p, best = _pivot_row(a, k, n, complex_)
+    if best == rzero:
+        return False, p, one
+    if p != k:
+        for j in range(first, last):
+            t = a[k, j]
+            a[k, j] = a[p, j]
+            a[p, j] = t
+    return True, p, one / a[k, k]
 
 
 @_jit(inline="always")
@@ -356,25 +371,14 @@ def _make_invert(n: int, dtype: np.dtype, parallel: bool = False, rcond: bool = 
             for i in range(N):
                 col[i] = i
             for k in range(N):
-                if PD:
-                    positive, inv = _posdef_step(a, k, 0, N, ONE, RZERO, RONE)
-                    if not positive:
-                        code = k + 1
-                        break
-                else:
-                    p, best = _pivot_row(a, k, N, COMPLEX)
-                    if best == RZERO:
-                        code = k + 1
-                        break
-                    if p != k:
-                        for j in range(N):
-                            t = a[k, j]
-                            a[k, j] = a[p, j]
-                            a[p, j] = t
-                        tc = col[k]
-                        col[k] = col[p]
-                        col[p] = tc
-                    inv = ONE / a[k, k]
+                nonzero, p, inv = _step(a, k, N, 0, N, PD, COMPLEX, ONE, RZERO, RONE)
+                if not nonzero:
+                    code = k + 1
+                    break
+                if p != k:
+                    tc = col[k]
+                    col[k] = col[p]
+                    col[p] = tc
                 # One branch-free contiguous loop over the whole row (j < k:
                 # L^-1 P so far; j > k: the active part), which LLVM
                 # vectorizes; column k gets a value nobody reads, then -l
@@ -492,24 +496,23 @@ def _make_solve(n: int, dtype: np.dtype, posdef: bool = False) -> Any:
         for b in range(m):
             finite = True
             big = RZERO
-            for i in range(N):
-                for j in range(i if PD else 0, N):
-                    v = x[b, i, j]
-                    if PD and j == i:
-                        v = v.real + ZERO
-                    a[i, j] = v
-                    if PD and j > i:
-                        a[j, i] = v.conjugate() if COMPLEX else v
-                    re = abs(v.real)
-                    if COMPLEX:
-                        im = abs(v.imag)
-                        if not (re - re == RZERO and im - im == RZERO):
-                            finite = False
-                        big = max(big, re, im)
-                    else:
-                        if not (re - re == RZERO):
-                            finite = False
-                        big = max(big, re)
+            if PD:
+                finite, big = _load_hermitian(x, b, a, N, COMPLEX, RZERO)
+            else:
+                for i in range(N):
+                    for j in range(N):
+                        v = x[b, i, j]
+                        a[i, j] = v
+                        re = abs(v.real)
+                        if COMPLEX:
+                            im = abs(v.imag)
+                            if not (re - re == RZERO and im - im == RZERO):
+                                finite = False
+                            big = max(big, re, im)
+                        else:
+                            if not (re - re == RZERO):
+                                finite = False
+                            big = max(big, re)
             if not finite:
                 info[b] = -1
                 for i in range(N):
@@ -529,22 +532,11 @@ def _make_solve(n: int, dtype: np.dtype, posdef: bool = False) -> Any:
                     a[i, N + c] = rhs[b, i, c] * s
             code = 0
             for k in range(N):
-                if PD:  # as the inverse: row k (A's part and b's) scaled, Cholesky's step
-                    positive, inv = _posdef_step(a, k, k, N + K, ONE, RZERO, RONE)
-                    if not positive:
-                        code = k + 1
-                        break
-                else:
-                    p, best = _pivot_row(a, k, N, COMPLEX)
-                    if best == RZERO:
-                        code = k + 1
-                        break
-                    if p != k:
-                        for j in range(k, N + K):
-                            t = a[k, j]
-                            a[k, j] = a[p, j]
-                            a[p, j] = t
-                    inv = ONE / a[k, k]
+                # Columns k.. of [A | B] (those < k are never read again).
+                nonzero, p, inv = _step(a, k, N, k, N + K, PD, COMPLEX, ONE, RZERO, RONE)
+                if not nonzero:
+                    code = k + 1
+                    break
                 # The whole row in one loop (columns <= k get values nobody
                 # reads again): twice the multiply-adds on A's part, but one
                 # long loop that LLVM vectorizes, against a short unaligned

@@ -85,6 +85,52 @@ def _posdef_step(w: Any, k: int, first: int, N: int) -> None:
         w(f"        {_a(k, j)} = {_a(k, j)} * inv")
 
 
+def _key(v: str, complex_: bool) -> str:
+    """getf2's pivot key: ``|re| + |im|`` (``|a|`` for real)."""
+    return f"abs({v}.real) + abs({v}.imag)" if complex_ else f"abs({v})"
+
+
+def _largest_and_scale(w: Any, N: int, complex_: bool, between: Any = None) -> None:
+    """The largest |re|, |im| into ``big``, then (after ``between()``, if given)
+    the power-of-two scaling of every entry into ``s``, as the loop kernels."""
+    entries = [(i, j) for i in range(N) for j in range(N)]
+    w("        big = RZ")
+    for i, j in entries:
+        w(f"        big = max(big, abs({_a(i, j)}.real))")
+        if complex_:
+            w(f"        big = max(big, abs({_a(i, j)}.imag))")
+    if between is not None:
+        between()
+    w("        s = RONE")
+    w("        if big > RZ and (big < LO or big > HI):")
+    w("            s = _power_of_two(big, LIMIT, RONE)")
+    for i, j in entries:
+        w(f"            {_a(i, j)} = {_a(i, j)} * s")
+
+
+def _pivot(w: Any, k: int, N: int, complex_: bool, p: str) -> None:
+    """getf2's pivot row of step k into ``p``, and the zero-pivot code."""
+    w(f"        {p} = {k}")
+    w(f"        best = {_key(_a(k, k), complex_)}")
+    for i in range(k + 1, N):
+        w(f"        kv = {_key(_a(i, k), complex_)}")
+        w("        if kv > best:")
+        w("            best = kv")
+        w(f"            {p} = {i}")
+    w(f"        if best == RZ and code == 0:")
+    w(f"            code = {k + 1}")
+
+
+def _reciprocal(w: Any, k: int, complex_: bool) -> None:
+    """``inv``, 1 / the pivot of step k."""
+    if complex_:
+        # Numba raises on a complex division by zero (error_model or
+        # not): past a zero pivot, whose output is all NaN, divide by 1.
+        w(f"        inv = ONE / ({_a(k, k)} if code == 0 else ONE)")
+    else:
+        w(f"        inv = ONE / {_a(k, k)}")
+
+
 def _function(n: int, complex_: bool, posdef: bool = False) -> list[str]:
     """The source lines of ``inv{n}{r|c}`` (``invpd{n}{r|c}`` with ``posdef``:
     Hermitian positive definite, the loop kernel's ``posdef`` variant)."""
@@ -92,9 +138,6 @@ def _function(n: int, complex_: bool, posdef: bool = False) -> list[str]:
     w = lines.append
     N = n
     suffix = "c" if complex_ else "r"
-
-    def key(v: str) -> str:
-        return f"abs({v}.real) + abs({v}.imag)" if complex_ else f"abs({v})"
 
     def modulus(v: str) -> str:
         # The loop kernel's branch-free complex modulus (checked by the norm's range).
@@ -130,20 +173,13 @@ def _function(n: int, complex_: bool, posdef: bool = False) -> list[str]:
     w("            if RC:")
     w("                rc[b] = RNAN")
     w("            continue")
-    # The largest |re|, |im|: whether to scale.
-    w("        big = RZ")
-    for i, j in all_entries:
-        w(f"        big = max(big, abs({_a(i, j)}.real))")
-        if complex_:
-            w(f"        big = max(big, abs({_a(i, j)}.imag))")
-    w("        norm_a = RZ")
-    w("        if RC:")
-    one_norm("norm_a")
-    w("        s = RONE")
-    w("        if big > RZ and (big < LO or big > HI):")
-    w("            s = _power_of_two(big, LIMIT, RONE)")
-    for i, j in all_entries:
-        w(f"            {_a(i, j)} = {_a(i, j)} * s")
+    def norm_a() -> None:
+        w("        norm_a = RZ")
+        w("        if RC:")
+        one_norm("norm_a")
+
+    # The largest |re|, |im|: whether to scale (||A||_1 before scaling).
+    _largest_and_scale(w, N, complex_, norm_a)
     for c in range(N):
         w(f"        c{c} = {c}")
     w("        code = 0")
@@ -151,26 +187,13 @@ def _function(n: int, complex_: bool, posdef: bool = False) -> list[str]:
         if posdef:
             _posdef_step(w, k, 0, N)
         else:
-            w(f"        p = {k}")
-            w(f"        best = {key(_a(k, k))}")
-            for i in range(k + 1, N):
-                w(f"        kv = {key(_a(i, k))}")
-                w("        if kv > best:")
-                w("            best = kv")
-                w(f"            p = {i}")
-            w(f"        if best == RZ and code == 0:")
-            w(f"            code = {k + 1}")
+            _pivot(w, k, N, complex_, "p")
             for i in range(k + 1, N):
                 w(f"        {'if' if i == k + 1 else 'elif'} p == {i}:")
                 for j in range(N):
                     w(f"            {_a(k, j)}, {_a(i, j)} = {_a(i, j)}, {_a(k, j)}")
                 w(f"            c{k}, c{i} = c{i}, c{k}")
-            if complex_:
-                # Numba raises on a complex division by zero (error_model or
-                # not): past a zero pivot, whose output is all NaN, divide by 1.
-                w(f"        inv = ONE / ({_a(k, k)} if code == 0 else ONE)")
-            else:
-                w(f"        inv = ONE / {_a(k, k)}")
+            _reciprocal(w, k, complex_)
         for i in range(k + 1, N):
             w(f"        l = {_a(i, k)} * inv")
             for j in range(N):
@@ -234,9 +257,6 @@ def _solve_function(n: int, complex_: bool, posdef: bool = False) -> list[str]:
     N = n
     suffix = "c" if complex_ else "r"
 
-    def key(v: str) -> str:
-        return f"abs({v}.real) + abs({v}.imag)" if complex_ else f"abs({v})"
-
     all_entries = [(i, j) for i in range(N) for j in range(N)]
     w(f"@_jit(nogil=True, error_model='numpy', boundscheck=False)")
     w(f"def solve{'pd' if posdef else ''}{N}{suffix}(x, rhs, y, info, ONE, ZERO, NAN, RZ, RONE, LO, HI, LIMIT):")
@@ -250,40 +270,20 @@ def _solve_function(n: int, complex_: bool, posdef: bool = False) -> list[str]:
     w("                for c in range(K):")
     w("                    y[b, i, c] = NAN")
     w("            continue")
-    w("        big = RZ")
-    for i, j in all_entries:
-        w(f"        big = max(big, abs({_a(i, j)}.real))")
-        if complex_:
-            w(f"        big = max(big, abs({_a(i, j)}.imag))")
-    w("        s = RONE")
-    w("        if big > RZ and (big < LO or big > HI):")
-    w("            s = _power_of_two(big, LIMIT, RONE)")
-    for i, j in all_entries:
-        w(f"            {_a(i, j)} = {_a(i, j)} * s")
+    _largest_and_scale(w, N, complex_)
     w("        code = 0")
     for k in range(N):
         if posdef:
             _posdef_step(w, k, k, N)
             w(f"        r{k} = inv")
         else:
-            w(f"        p{k} = {k}")
-            w(f"        best = {key(_a(k, k))}")
-            for i in range(k + 1, N):
-                w(f"        kv = {key(_a(i, k))}")
-                w("        if kv > best:")
-                w("            best = kv")
-                w(f"            p{k} = {i}")
-            w(f"        if best == RZ and code == 0:")
-            w(f"            code = {k + 1}")
+            _pivot(w, k, N, complex_, f"p{k}")
             # The loop kernel swaps columns k.. only; columns < k are never read again.
             for i in range(k + 1, N):
                 w(f"        {'if' if i == k + 1 else 'elif'} p{k} == {i}:")
                 for j in range(k, N):
                     w(f"            {_a(k, j)}, {_a(i, j)} = {_a(i, j)}, {_a(k, j)}")
-            if complex_:
-                w(f"        inv = ONE / ({_a(k, k)} if code == 0 else ONE)")
-            else:
-                w(f"        inv = ONE / {_a(k, k)}")
+            _reciprocal(w, k, complex_)
         for i in range(k + 1, N):
             w(f"        l{k}_{i} = {_a(i, k)} * inv")
             for j in range(k + 1, N):
